@@ -1,0 +1,30 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+OUT ?= out
+SAMPLE ?= sample
+
+.PHONY: venv run test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Generate the bundled sample corpus, convert it, print where the SimpleTuner-ready output is.
+run: venv
+	$(PY) -m dalle3_etl synth $(SAMPLE) --shards 4 --per-shard 250 --seed 0
+	$(PY) -m dalle3_etl convert $(SAMPLE) -o $(OUT) --config config/default.toml
+
+test: venv
+	$(PY) -m pytest -q
+
+bench: venv
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	$(PY) -m dalle3_etl bench
+
+clean:
+	rm -rf $(OUT) $(SAMPLE)

@@ -1,0 +1,3 @@
+from dalle3_etl.cli import main
+
+main()
