@@ -1,0 +1,138 @@
+"""The `dalle3-etl` command line (typer).
+
+Exit codes: 0 every shard read (rejected samples are not failures), 1 some shard failed or was
+damaged, 2 usage error (bad arguments, settings that conflict with an existing output, output
+locked), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from dalle3_etl.settings import SettingsError, load_settings
+from dalle3_etl.sources import SourceError, resolve_inputs
+from dalle3_etl.state import StateError
+
+app = typer.Typer(
+    name="dalle3-etl",
+    help="Turn image-caption tar shards (DALLE-3 1M) into a SimpleTuner-ready dataset in one parallel, "
+    "streaming, resumable pass.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def fail_usage(message: str) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(EXIT_USAGE)
+
+
+def _csv(value: Optional[str]) -> Optional[tuple[str, ...]]:
+    if value is None:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@app.command()
+def convert(
+    inputs: List[str] = typer.Argument(..., help="Shard files, directories, globs, or hf://datasets/<repo>[@rev]/<path>."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
+    caption_field: Optional[str] = typer.Option(None, help="JSON field used as the caption."),
+    caption_fallbacks: Optional[str] = typer.Option(None, help="Comma-separated fields tried in order when the caption is empty."),
+    fields: Optional[str] = typer.Option(None, help="Comma-separated extra JSON fields to copy into the parquet."),
+    images: Optional[bool] = typer.Option(None, "--images/--no-images", help="Copy image bytes into OUT/data."),
+    captions: Optional[bool] = typer.Option(None, "--captions/--no-captions", help="Write <image stem>.txt caption files."),
+    flat: Optional[bool] = typer.Option(None, "--flat/--subfolders", help="All images directly in OUT/data (refuses clashing names)."),
+    max_json_bytes: Optional[int] = typer.Option(None, help="Reject JSON members larger than this."),
+    executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
+    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+    restart: bool = typer.Option(False, "--restart", help="Delete previous output in OUT and start over."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo only shards that failed or were damaged last time."),
+    keep_tars: Optional[Path] = typer.Option(None, "--keep-tars", help="With hf:// inputs: also save the downloaded tars here."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+) -> None:
+    """Convert shards into OUT/dalle3.parquet, OUT/data/<shard>/<image> + .txt captions and OUT/multidatabackend.json."""
+    from dalle3_etl.pipeline import run_convert
+    from dalle3_etl.report import RichReporter
+
+    try:
+        settings = load_settings(
+            config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
+            fields=_csv(fields), images=images, captions=captions, flat=flat, max_json_bytes=max_json_bytes,
+        )
+        if keep_tars is not None:
+            from dalle3_etl import hub
+
+            hub.set_keep_dir(keep_tars)
+        sources = resolve_inputs(inputs)
+    except (SettingsError, SourceError) as exc:
+        fail_usage(str(exc))
+    try:
+        summary = run_convert(
+            sources, out, settings, executor=executor, ray_address=ray_address, restart_run=restart,
+            retry_failed=retry_failed, reporter=RichReporter(quiet=quiet),
+        )
+    except StateError as exc:
+        fail_usage(str(exc))
+    except ImportError as exc:
+        fail_usage(str(exc))
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(summary.exit_code)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Argument(..., help="Folder for the generated shards and truth.jsonl."),
+    shards: int = typer.Option(2, help="Number of shards."),
+    per_shard: int = typer.Option(100, help="Samples per shard."),
+    seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
+    image_bytes: int = typer.Option(24_000, help="Approximate bytes per image."),
+) -> None:
+    """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
+    from dalle3_etl.synth import SynthSpec, write_corpus
+
+    rows = write_corpus(out, SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes))
+    Console().print(f"wrote {shards} shard(s), {len(rows)} samples, to {out}", highlight=False)
+
+
+@app.command()
+def status(out: Path = typer.Argument(..., help="An output directory of convert.")) -> None:
+    """Shards done / failed / pending (of those seen), with counts."""
+    from dalle3_etl.status import print_status
+
+    if not (out / ".dalle3-etl").is_dir():
+        fail_usage(f"{out} is not a dalle3-etl output directory")
+    print_status(out)
+
+
+def _register_optional() -> None:
+    try:
+        from dalle3_etl import hub
+    except ImportError:
+        return
+    add = getattr(hub, "add_cli", None)
+    if add is not None:
+        add(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

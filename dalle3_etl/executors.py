@@ -1,0 +1,152 @@
+"""Run shard conversions: in this process, in a local process pool, or (see `rayexec`) on Ray.
+
+Every executor runs the same function, `run_task`, on the same `ShardTask`, so their outputs are the
+same bytes. Executors report progress `(shard id, bytes, samples)` and each finished `ShardResult`
+through callbacks; the driver (`pipeline`) decides what to run and merges afterwards.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from dalle3_etl.settings import Settings
+from dalle3_etl.shard import ShardResult, convert_shard, forget_shard
+from dalle3_etl.sources import ShardSource
+from dalle3_etl.state import Layout
+
+ProgressCb = Callable[[str, int, int], None]
+ResultCb = Callable[[ShardResult], None]
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    source: ShardSource
+    out: str
+    settings: Settings
+
+
+def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult:
+    """Convert one shard. Never raises for a shard's own problems: a failed result says what went wrong."""
+    try:
+        return convert_shard(task.source, Path(task.out), task.settings, progress)
+    except Exception as exc:  # a bug or an unexpected input error: report it, keep the run going
+        try:
+            forget_shard(Layout(Path(task.out)), task.source.shard_id, task.settings)
+        except OSError:
+            pass
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        return ShardResult(
+            shard_id=task.source.shard_id, ok=False,
+            failure=f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
+        )
+
+
+class Executor(Protocol):
+    def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None: ...
+
+
+class InlineExecutor:
+    """Runs shards one after another in this process (`--workers 1`)."""
+
+    def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None:
+        for task in tasks:
+            on_result(run_task(task, on_progress))
+
+
+_progress_queue = None
+
+
+def _init_worker(progress_queue) -> None:
+    global _progress_queue
+    _progress_queue = progress_queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; no tracebacks from each
+
+
+def _queue_progress(shard_id: str, nbytes: int, samples: int) -> None:
+    try:
+        _progress_queue.put_nowait((shard_id, nbytes, samples))
+    except Exception:
+        pass  # progress is best effort
+
+
+def _pool_task(task: ShardTask) -> ShardResult:
+    return run_task(task, _queue_progress)
+
+
+def mp_context():
+    return mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+
+
+class LocalExecutor:
+    """A process pool over shards. Ctrl-C kills the workers at once; their shards stay incomplete and
+    are redone by the next run."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None:
+        if not tasks:
+            return
+        ctx = mp_context()
+        progress_queue = ctx.Queue()
+        pool = cf.ProcessPoolExecutor(
+            max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+            initializer=_init_worker, initargs=(progress_queue,),
+        )
+        try:
+            pending = {pool.submit(_pool_task, task): task for task in tasks}
+            while pending:
+                done, _ = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
+                _drain(progress_queue, on_progress)
+                for fut in done:
+                    task = pending.pop(fut)
+                    try:
+                        result = fut.result()
+                    except Exception as exc:  # the worker process died (OOM killer, segfault)
+                        result = ShardResult(shard_id=task.source.shard_id, ok=False,
+                                             failure=f"worker process died: {type(exc).__name__}: {exc}")
+                    on_result(result)
+        except BaseException:
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        else:
+            pool.shutdown(wait=True)
+        finally:
+            progress_queue.close()
+
+
+def _drain(progress_queue, on_progress: ProgressCb) -> None:
+    while True:
+        try:
+            item = progress_queue.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
+        on_progress(*item)
+
+
+def make_executor(name: str, workers: int, ray_address: str | None = None) -> Executor:
+    if name == "local":
+        return InlineExecutor() if workers == 1 else LocalExecutor(workers)
+    if name == "ray":
+        from dalle3_etl.rayexec import RayExecutor  # optional dependency
+
+        return RayExecutor(address=ray_address)
+    raise ValueError(f"unknown executor {name!r} (use 'local' or 'ray')")
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1

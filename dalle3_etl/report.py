@@ -1,0 +1,160 @@
+"""What a run shows: a rich progress bar on a terminal, periodic plain lines otherwise, a summary table."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+)
+from rich.table import Table
+
+from dalle3_etl.pipeline import Plan, Reporter, RunSummary
+from dalle3_etl.shard import ShardResult
+
+LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a terminal
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+class RichReporter(Reporter):
+    def __init__(self, console: Console | None = None, quiet: bool = False):
+        self.console = console or Console(stderr=False)
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self.shard_bytes: dict[str, int] = {}
+        self.shard_samples: dict[str, int] = {}
+        self.finished = 0
+        self.total_shards = 0
+        self.total_bytes = 0
+        self.t0 = time.monotonic()
+        self.last_log = self.t0
+
+    # -- Reporter ----------------------------------------------------------------------------------
+
+    def start(self, plan: Plan, total_bytes: int) -> None:
+        self.total_shards = len(plan.todo)
+        self.total_bytes = total_bytes
+        self.t0 = self.last_log = time.monotonic()
+        if self.quiet:
+            return
+        if plan.skipped:
+            self.console.print(f"Resuming: {len(plan.skipped)} shard(s) already complete, skipped.")
+        if plan.todo:
+            self.console.print(f"Converting {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
+        if self.live and plan.todo:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
+                TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                console=self.console, transient=False,
+            )
+            self.task = self.progress.add_task(self._desc(), total=total_bytes or None, rate="")
+            self.progress.start()
+
+    def _desc(self) -> str:
+        return f"shards {self.finished}/{self.total_shards}"
+
+    def _samples(self) -> int:
+        return sum(self.shard_samples.values())
+
+    def progress(self, shard_id: str, nbytes: int, samples: int) -> None:  # noqa: F811 - Reporter API
+        self.shard_bytes[shard_id] = nbytes
+        self.shard_samples[shard_id] = samples
+        self._update()
+
+    def shard_done(self, result: ShardResult) -> None:
+        self.finished += 1
+        self.shard_bytes[result.shard_id] = result.bytes_in
+        self.shard_samples[result.shard_id] = result.samples
+        if not self.quiet:
+            if not result.ok:
+                self._print(f"[red]FAILED[/red] {result.shard_id}: {result.failure}")
+            elif result.error:
+                self._print(f"[yellow]DAMAGED[/yellow] {result.shard_id}: {result.error} "
+                            f"({result.samples} samples before the damage were kept)")
+        self._update()
+
+    def _print(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def _update(self) -> None:
+        done = sum(self.shard_bytes.values())
+        elapsed = max(time.monotonic() - self.t0, 1e-9)
+        rate = self._samples() / elapsed
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, description=self._desc(), rate=f"{rate:,.0f} samples/s")
+        elif not self.quiet and time.monotonic() - self.last_log >= LOG_EVERY:
+            self.last_log = time.monotonic()
+            pct = 100 * done / self.total_bytes if self.total_bytes else 100.0
+            eta = (self.total_bytes - done) / (done / elapsed) if done else float("nan")
+            self._print(f"progress: {self._desc()}, {human_bytes(done)}/{human_bytes(self.total_bytes)} "
+                        f"({pct:.1f}%), {rate:,.0f} samples/s, ETA {eta:,.0f}s")
+
+    def merging(self) -> None:
+        self._stop()
+        if not self.quiet:
+            self._print("Merging parts into one parquet...")
+
+    def _stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def finish(self, summary: RunSummary) -> None:
+        self._stop()
+        if summary.interrupted:
+            self.console.print(
+                "[yellow]Interrupted.[/yellow] Completed shards are kept. Run the same command again to resume.",
+                highlight=False,
+            )
+            return
+        if self.quiet:
+            return
+        self.console.print(summary_table(summary))
+        if summary.failed:
+            self._print(f"[red]{len(summary.failed)} shard(s) could not be read completely[/red]: "
+                        f"{', '.join(r.shard_id for r in summary.failed)}. See above; "
+                        "fix the input and run again (add --retry-failed to redo only those).")
+        self._print(f"SimpleTuner-ready output in {summary.out}:")
+        self._print(f"  parquet:    {summary.parquet}")
+        self._print(f"  images:     {summary.out / 'data'}")
+        self._print(f"  dataloader: {summary.dataloader}")
+
+
+def summary_table(summary: RunSummary) -> Table:
+    results = summary.results
+    rejects: Counter[str] = Counter()
+    notes: Counter[str] = Counter()
+    for r in results:
+        rejects.update(r.rejects)
+        notes.update(r.notes)
+    samples = sum(r.samples for r in results)
+    table = Table(title="dalle3-etl convert", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("shards converted", str(sum(1 for r in results if r.ok)))
+    table.add_row("shards skipped (already complete)", str(len(summary.plan.skipped)))
+    table.add_row("shards failed or damaged", str(len(summary.failed)))
+    table.add_row("samples converted this run", f"{samples:,}")
+    table.add_row("rows in parquet", f"{summary.rows:,}")
+    for reason, count in sorted(rejects.items()):
+        table.add_row(f"rejected: {reason}", f"{count:,}")
+    for note, count in sorted(notes.items()):
+        table.add_row(note.replace("_", " "), f"{count:,}")
+    table.add_row("bytes read", human_bytes(sum(r.bytes_in for r in results)))
+    table.add_row("bytes written", human_bytes(sum(r.bytes_out for r in results)))
+    table.add_row("time", f"{summary.seconds:.1f} s")
+    table.add_row("samples/s", f"{samples / summary.seconds:,.0f}" if summary.seconds > 0 else "-")
+    return table
+
+
+__all__ = ["RichReporter", "summary_table", "human_bytes"]
