@@ -117,14 +117,21 @@ def status(out: Path = typer.Argument(..., help="An output directory of convert.
     print_status(out)
 
 
+# Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.
+COMMAND_MODULES = ("hub", "inspect", "bench")
+
+
 def _register_optional() -> None:
-    try:
-        from dalle3_etl import hub
-    except ImportError:
-        return
-    add = getattr(hub, "add_cli", None)
-    if add is not None:
-        add(app)
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"dalle3_etl.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"dalle3_etl.{name}":
+                continue
+            raise
+        module.add_cli(app)
 
 
 _register_optional()
