@@ -32,7 +32,7 @@ EXIT_INTERRUPTED = 130
 
 
 def fail_usage(message: str) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", highlight=False)
     raise typer.Exit(EXIT_USAGE)
 
 

@@ -1,0 +1,46 @@
+"""Shared fixtures: generated corpora and converted outputs, built once per session where read-only."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dalle3_etl.pipeline import run_convert
+from dalle3_etl.settings import load_settings
+from dalle3_etl.sources import resolve_inputs
+from dalle3_etl.synth import SynthSpec, write_corpus
+
+
+def convert(inputs, out: Path, **overrides):
+    """Run a conversion the way the CLI does, returning the RunSummary."""
+    settings = load_settings(None, **{k: v for k, v in overrides.items() if k not in ("restart_run", "retry_failed", "executor")})
+    opts = {k: overrides[k] for k in ("restart_run", "retry_failed", "executor") if k in overrides}
+    return run_convert(resolve_inputs([str(i) for i in inputs]), out, settings, **opts)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """3 shards x 40 samples, every synth case (fallback captions, missing sizes, no caption) present."""
+    root = tmp_path_factory.mktemp("corpus")
+    truth = write_corpus(root, SynthSpec(shards=3, per_shard=40, seed=7, image_bytes=3000))
+    return root, truth
+
+
+@pytest.fixture(scope="session")
+def converted(corpus, tmp_path_factory):
+    """The corpus converted once with default settings and 2 workers (read-only for tests)."""
+    root, truth = corpus
+    out = tmp_path_factory.mktemp("converted") / "out"
+    summary = convert([root], out, workers=2)
+    return out, truth, summary
+
+
+@pytest.fixture
+def converted_copy(converted, tmp_path):
+    """A private copy of the converted output that a test may damage."""
+    out, truth, summary = converted
+    dst = tmp_path / "out"
+    shutil.copytree(out, dst, symlinks=True)
+    return dst, truth

@@ -1,0 +1,70 @@
+"""Caption choice, cleaning, size from JSON, reject reasons."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from dalle3_etl.records import JsonInfo, Reason, Reject, choose_caption, clean_caption, json_size, parse_json
+from dalle3_etl.settings import Settings
+
+CHAIN = Settings().caption_chain
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [("a\nb", "a b"), ("  a  b \r\n c\t", "a b c"), ("x\u2028y\u00a0z", "x y z"), ("日本語 テスト", "日本語 テスト")],
+)
+def test_clean_caption_never_leaves_a_line_break_or_whitespace_run(raw, clean):
+    assert clean_caption(raw) == clean
+
+
+def test_caption_falls_back_along_the_chain_and_lists_give_first_non_empty():
+    assert choose_caption({"short_caption": "a"}, CHAIN) == ("a", "short_caption")
+    assert choose_caption({"short_caption": " \n", "long_caption": "long"}, CHAIN) == ("long", "long_caption")
+    obj = {"short_caption": "", "short_caption2": ["", "  ", 3, "third\nline"]}
+    assert choose_caption(obj, CHAIN) == ("third line", "short_caption2")
+    assert choose_caption({"original_prompt": "p"}, CHAIN) == ("p", "original_prompt")
+
+
+def test_no_usable_caption_explains_each_field():
+    caption, detail = choose_caption({"short_caption": 5, "long_caption": "  ", "short_caption2": []}, CHAIN)
+    assert caption is None
+    assert "short_caption: wrong type (int)" in detail and "long_caption: empty" in detail
+    assert "original_prompt: missing" in detail
+
+
+@pytest.mark.parametrize(
+    "obj, expected",
+    [
+        ({"width": 1024, "height": 768}, (1024, 768)),
+        ({"width": 1024.0, "height": "768"}, (1024, 768)),
+        ({"width": 0, "height": 768}, (None, None)),
+        ({"width": -5, "height": 768}, (None, None)),
+        ({"width": 70000, "height": 768}, (None, None)),
+        ({"width": "wide", "height": 768}, (None, None)),
+        ({"width": True, "height": 768}, (None, None)),
+        ({"height": 768}, (None, None)),
+        ({}, (None, None)),
+    ],
+)
+def test_json_size_only_trusts_positive_bounded_integers(obj, expected):
+    w, h, detail = json_size(obj, 65535)
+    assert (w, h) == expected
+    assert (detail == "") == (expected != (None, None))
+
+
+def test_parse_json_rejects_with_reasons():
+    s = Settings()
+    assert parse_json(b"{not json", s).reason == Reason.JSON_INVALID
+    assert "UTF-8" in parse_json(b'{"short_caption": "\xff\xfe"}', s).detail
+    assert parse_json(b"[1, 2]", s).reason == Reason.JSON_NOT_OBJECT
+    info = parse_json(orjson.dumps({"short_caption": "c", "width": 1, "height": 2, "source": "r/x"}), s)
+    assert isinstance(info, JsonInfo) and (info.caption, info.width, info.height, info.source) == ("c", 1, 2, "r/x")
+
+
+def test_extra_fields_keep_lists_and_stringify_other_types():
+    s = Settings(fields=("short_caption2", "resolution", "url"))
+    info = parse_json(orjson.dumps({"short_caption": "c", "short_caption2": ["a", "b"], "resolution": [3, 4]}), s)
+    assert info.extras == {"short_caption2": ["a", "b"], "resolution": "[3,4]", "url": None}
+    assert not isinstance(info, Reject)
