@@ -565,7 +565,12 @@ class TarReader:
         meta_off = -1
         while True:
             hoff = self._cur
-            block = take(BLOCK)
+            i = hoff - self._win_off  # seekable fast path: the header is in the read-ahead window
+            if self.seekable and i >= 0 and i + BLOCK <= len(self._win):
+                block = self._win[i:i + BLOCK]
+                self._cur = hoff + BLOCK
+            else:
+                block = take(BLOCK)
             if len(block) < BLOCK:
                 self._eof_at_header(hoff, len(block), meta_type, meta_off)
             if block == ZERO_BLOCK:
@@ -575,9 +580,13 @@ class TarReader:
                 self._bad_header(hoff, block, meta_type)
             tf = block[156:157]
             try:
-                size = _nti(block[124:136])
+                field = block[124:136]
+                size = int(field[:11], 8) if field[11] == 0 and field[0] != 0x80 else _nti(field)
             except ValueError:
-                size = -1
+                try:
+                    size = _nti(field)
+                except ValueError:
+                    size = -1
             if size < 0:
                 raise TarFormatError(f"invalid size field in header at offset {hoff} ({self._after()})",
                                      offset=hoff)
