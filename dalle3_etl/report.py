@@ -30,7 +30,7 @@ class RichReporter(Reporter):
         self.console = console or Console(stderr=False)
         self.quiet = quiet
         self.live = self.console.is_terminal and not quiet
-        self.progress: Progress | None = None
+        self.bar: Progress | None = None
         self.shard_bytes: dict[str, int] = {}
         self.shard_samples: dict[str, int] = {}
         self.finished = 0
@@ -52,13 +52,13 @@ class RichReporter(Reporter):
         if plan.todo:
             self.console.print(f"Converting {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
         if self.live and plan.todo:
-            self.progress = Progress(
+            self.bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
                 TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
                 console=self.console, transient=False,
             )
-            self.task = self.progress.add_task(self._desc(), total=total_bytes or None, rate="")
-            self.progress.start()
+            self.task = self.bar.add_task(self._desc(), total=total_bytes or None, rate="")
+            self.bar.start()
 
     def _desc(self) -> str:
         return f"shards {self.finished}/{self.total_shards}"
@@ -66,7 +66,7 @@ class RichReporter(Reporter):
     def _samples(self) -> int:
         return sum(self.shard_samples.values())
 
-    def progress(self, shard_id: str, nbytes: int, samples: int) -> None:  # noqa: F811 - Reporter API
+    def progress(self, shard_id: str, nbytes: int, samples: int) -> None:
         self.shard_bytes[shard_id] = nbytes
         self.shard_samples[shard_id] = samples
         self._update()
@@ -90,8 +90,8 @@ class RichReporter(Reporter):
         done = sum(self.shard_bytes.values())
         elapsed = max(time.monotonic() - self.t0, 1e-9)
         rate = self._samples() / elapsed
-        if self.progress is not None:
-            self.progress.update(self.task, completed=done, description=self._desc(), rate=f"{rate:,.0f} samples/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, description=self._desc(), rate=f"{rate:,.0f} samples/s")
         elif not self.quiet and time.monotonic() - self.last_log >= LOG_EVERY:
             self.last_log = time.monotonic()
             pct = 100 * done / self.total_bytes if self.total_bytes else 100.0
@@ -105,9 +105,9 @@ class RichReporter(Reporter):
             self._print("Merging parts into one parquet...")
 
     def _stop(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
 
     def finish(self, summary: RunSummary) -> None:
         self._stop()
