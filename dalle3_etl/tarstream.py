@@ -17,6 +17,12 @@ Meta records (``x``, ``g``, ``X``, ``L``, ``K``) describe the next member and ar
 Every member carries `problem`: ``None`` when it is safe to use, else a short reason (absolute name,
 ``..``, link, device...). Structural damage raises `TarFormatError` after every member before the
 damage has been yielded, so the caller keeps the good samples.
+
+Differences from tarfile, on purpose: names are normalised ('./a//b' -> 'a/b'); `Member.size` is 0 for
+links, directories, devices and fifos (tarfile stores no data for them either, but reports the header's
+size field); a pax global header applies to every later member (POSIX; tarfile applies it only to
+members that have a local pax header too); a lone zero block followed by more data raises instead of
+silently ending the archive; a file that ends without the end-of-archive marker raises.
 """
 
 from __future__ import annotations
