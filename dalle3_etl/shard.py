@@ -11,6 +11,7 @@ into place and writes the completion record last.
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections import Counter
@@ -29,7 +30,8 @@ from dalle3_etl.sources import ShardSource
 from dalle3_etl.state import Layout, clear_shard, remove_path, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
-STREAM_HEAD_BYTES = 256 * 1024  # image head kept for the size probe when streaming without copying images
+STREAM_HEAD_BYTES = 256 * 1024
+PROBE_READ_BYTES = 64 * 1024  # one pread usually holds the whole header, even behind EXIF  # image head kept for the size probe when streaming without copying images
 
 ProgressFn = Callable[[str, int, int], None]  # (shard id, bytes read, samples written)
 
@@ -119,7 +121,8 @@ class ShardConverter:
 
     def _probe_size(self, ref: ImageRef) -> tuple[int, int] | None:
         if ref.offset >= 0:
-            return imageheader.image_size(imageheader.RangeReader(self._reader.pread, ref.offset, ref.size))
+            view = imageheader.RangeReader(self._reader.pread, ref.offset, ref.size)
+            return imageheader.image_size(io.BufferedReader(view, buffer_size=PROBE_READ_BYTES))
         if ref.staged:
             with open(ref.staged, "rb") as fh:
                 return imageheader.image_size(fh)
