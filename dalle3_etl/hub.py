@@ -322,8 +322,8 @@ class HubStream(io.RawIOBase):
     """Non-seekable, verified, resuming binary stream of one Hub file; see `open_verified_stream`."""
 
     def __init__(self, source: HubShardSource, *, keep_dir: Path | str | None = None,
-                 token: str | bool | None = None, chunk_size: int = CHUNK_SIZE, max_retries: int = MAX_RETRIES,
-                 drain_limit: int = DRAIN_LIMIT):
+                 token: str | bool | None = None, chunk_size: int | None = None, max_retries: int | None = None,
+                 drain_limit: int | None = None):
         super().__init__()
         self.source = source
         self.name = source.uri
@@ -333,9 +333,9 @@ class HubStream(io.RawIOBase):
         self._size = source.size
         self._hasher, self._expected, self._algo = _new_hasher(source)
         self._token = token
-        self._chunk_size = chunk_size
-        self._max_retries = max_retries
-        self._drain_limit = drain_limit
+        self._chunk_size = chunk_size or CHUNK_SIZE
+        self._max_retries = MAX_RETRIES if max_retries is None else max_retries
+        self._drain_limit = DRAIN_LIMIT if drain_limit is None else drain_limit
         self._received = 0  # body bytes received, hashed (and kept) so far
         self._delivered = 0  # bytes handed to the reader
         self._buf = b""
@@ -593,7 +593,18 @@ class HubStream(io.RawIOBase):
                     f"{self._path}: the server sends {length} bytes, the Hub lists {self._size}"))
         else:
             self._fail(HubTransferError(f"{self._path}: unexpected HTTP {resp.status_code} from {url}"))
-        self._iter = resp.iter_bytes(self._chunk_size)
+        # Chunks as they arrive (a fixed chunk size would lose the partial chunk when the connection drops), cut
+        # to at most chunk_size so the reader sees steady progress.
+        self._iter = _pieces(resp.iter_bytes(), self._chunk_size)
+
+
+def _pieces(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    for chunk in chunks:
+        if len(chunk) <= size:
+            yield chunk
+        else:
+            for i in range(0, len(chunk), size):
+                yield chunk[i : i + size]
 
 
 def open_verified_stream(source: HubShardSource, *, keep_dir: Path | str | None = None,
