@@ -144,9 +144,10 @@ class HubShardSource(ShardSource):
         return open_verified_stream(self, keep_dir=self.keep_dir)
 
 
-def _uri(repo_type: str, repo_id: str, commit: str, path: str) -> str:
+def _uri(repo_type: str, repo_id: str, commit: str | None, path: str) -> str:
     prefix = "" if repo_type == "model" else f"{repo_type}s/"
-    return f"hf://{prefix}{repo_id}@{commit}/{path}"
+    at = f"@{commit}" if commit else ""
+    return f"hf://{prefix}{repo_id}{at}/{path}"
 
 
 def _source(entry: RepoFile, *, repo_id: str, repo_type: str, commit: str, endpoint: str,
@@ -154,9 +155,11 @@ def _source(entry: RepoFile, *, repo_id: str, repo_type: str, commit: str, endpo
     size = entry.lfs.size if entry.lfs is not None else entry.size
     sha = entry.lfs.sha256 if entry.lfs is not None else None
     uri = _uri(repo_type, repo_id, commit, entry.path)
+    # The fingerprint names the file without the commit: the repo gets new commits when shards are added, and a
+    # shard whose bytes did not change (same sha256) must not be converted again because of that.
     return HubShardSource(
         shard_id=shard_id_for(entry.path), uri=uri, size=int(size),
-        fingerprint={"uri": uri, "size": int(size), "sha256": sha},
+        fingerprint={"uri": _uri(repo_type, repo_id, None, entry.path), "size": int(size), "sha256": sha},
         repo_id=repo_id, repo_type=repo_type, commit=commit, path_in_repo=entry.path, sha256=sha,
         blob_id=entry.blob_id, endpoint=endpoint, keep_dir=str(keep_dir) if keep_dir is not None else None,
     )

@@ -166,14 +166,21 @@ def test_resolve_glob_pins_commit(fake_hub):
         assert isinstance(s, hub.HubShardSource) and s.commit == fake_hub.commit
         assert s.size == len(data) and s.sha256 == hashlib.sha256(data).hexdigest()
         assert s.uri == f"hf://datasets/{fake_hub.repo_id}@{fake_hub.commit}/{s.path_in_repo}"
-        assert s.fingerprint == {"uri": s.uri, "size": s.size, "sha256": s.sha256}
+        # No commit in the fingerprint: adding shards upstream (a new commit) must not redo unchanged ones.
+        assert s.fingerprint == {"uri": f"hf://datasets/{fake_hub.repo_id}/{s.path_in_repo}", "size": s.size,
+                                 "sha256": s.sha256}
     picked = hub.resolve_hub_input(fake_hub.uri("data/data-00000[0-1].tar", revision="main"))
     assert [s.shard_id for s in picked] == ["data-000000", "data-000001"]
     assert [s.shard_id for s in hub.resolve_hub_input(fake_hub.uri("data"))] == [s.shard_id for s in sources]
     (one,) = hub.resolve_hub_input(fake_hub.uri(S2, revision=fake_hub.commit))
     assert one == sources[2]
-    # Through the project's input resolution, mixed with nothing else.
-    assert resolve_inputs([fake_hub.uri("data/data-00000?.tar")]) == sources
+    fake_hub.push({"data/data-000003.tar": make_shard(3), S1: make_shard(1, seed=5)})
+    later = hub.resolve_hub_input(fake_hub.uri("data/*.tar"))
+    assert len(later) == 4 and later[0].commit == fake_hub.commit != sources[0].commit
+    assert later[0].fingerprint == sources[0].fingerprint and later[2].fingerprint == sources[2].fingerprint
+    assert later[1].fingerprint != sources[1].fingerprint  # its bytes changed
+    # Through the project's input resolution, mixed with nothing else (pinned to the first commit).
+    assert resolve_inputs([fake_hub.uri("data/data-00000?.tar", revision=sources[0].commit)]) == sources
     for arg, says in [(fake_hub.uri("data/*.zip"), "matches no .tar"), (fake_hub.uri("data/x.tar"), "no such file"),
                       (fake_hub.uri("data/*.tar", revision="nope"), "revision not found"),
                       ("hf://datasets/a/b/data/*.tar", "repository not found"),
