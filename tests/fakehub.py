@@ -7,7 +7,9 @@ endpoints that `dalle3_etl.hub` makes the client call:
 * ``GET /api/datasets/<ns>/<name>/tree/<rev>[/<path>]``      tree listing (``recursive``), LFS ``oid``/``size``
 * ``POST /api/datasets/<ns>/<name>/paths-info/<rev>``        paths info (form field ``paths``, repeated)
 * ``HEAD|GET /datasets/<ns>/<name>/resolve/<rev>/<path>``    file bytes, with ``X-Repo-Commit``, ``ETag``,
-  ``X-Linked-Etag``/``X-Linked-Size`` for LFS files, ``Range`` requests answered with 206/416
+  ``X-Linked-Etag``/``X-Linked-Size`` for LFS files, ``Range`` requests answered with 206/416; with ``cdn=True``
+  LFS files are instead redirected (302, metadata headers on the redirect) to ``http://localhost:<port>/cdn/...``,
+  another origin, as the real Hub redirects to its CDN
 
 Faults, to test the client's recovery and our checks:
 
@@ -45,7 +47,7 @@ import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
@@ -116,6 +118,7 @@ class Logged:
     range: str | None
     status: int = 0
     body_bytes: int = 0  # body bytes actually sent
+    file: str | None = None  # repo path whose bytes (or redirect) this request got
     headers: dict = field(default_factory=dict)
 
 
@@ -123,8 +126,9 @@ class FakeHub:
     """Serves one dataset repo. ``files`` = ``{path: bytes}`` of the first commit (on ``main``)."""
 
     def __init__(self, files: dict[str, bytes] | None = None, *, repo_id: str = DEFAULT_REPO,
-                 lfs_suffixes: tuple[str, ...] = LFS_SUFFIXES):
+                 lfs_suffixes: tuple[str, ...] = LFS_SUFFIXES, cdn: bool = False):
         self.repo_id = repo_id
+        self.cdn = cdn  # redirect LFS files to a "CDN" on another origin, as the Hub does
         self.lfs_suffixes = lfs_suffixes
         self.commits: dict[str, dict[str, bytes]] = {}
         self.refs: dict[str, str] = {}
@@ -188,11 +192,11 @@ class FakeHub:
 
     # -- log -----------------------------------------------------------------------------------
     def gets(self, path: str | None = None) -> list[Logged]:
-        """Logged GETs of files (``resolve``), optionally of one repo path only."""
+        """Logged GETs that were answered with file bytes (not redirects), optionally of one repo path only."""
         with self._lock:
             entries = list(self.log)
-        return [e for e in entries if e.method == "GET" and "/resolve/" in e.path
-                and (path is None or e.path.endswith("/" + path))]
+        return [e for e in entries if e.method == "GET" and e.file is not None and e.status != 302
+                and (path is None or e.file == path)]
 
     def clear_log(self) -> None:
         with self._lock:
@@ -351,6 +355,8 @@ class _Handler(BaseHTTPRequestHandler):
         m = _RESOLVE.match(path)
         if m:
             return self._resolve(unquote(m[1]), unquote(m[2]), unquote(m[3]))
+        if path.startswith("/cdn/"):
+            return self._cdn(query)
         self._error(404, "NotFound", f"no route for {path}")
 
     def _api(self, repo_id: str, kind: str | None, revision: str | None, sub: str, query: dict) -> None:
@@ -398,15 +404,36 @@ class _Handler(BaseHTTPRequestHandler):
         tree = hub.commits[sha]
         if path not in tree:
             return self._error(404, "EntryNotFound", f"{path} does not exist", {"X-Repo-Commit": sha})
+        self._logged.file = path
         real = tree[path]
         entry = hub._entry(path, real)
-        headers = {"X-Repo-Commit": sha, "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": sha}
         if "lfs" in entry:
             headers["ETag"] = f'"{entry["lfs"]["oid"]}"'
             headers["X-Linked-Etag"] = f'"{entry["lfs"]["oid"]}"'
             headers["X-Linked-Size"] = str(len(real))
+            if hub.cdn:
+                # Like the Hub: LFS files redirect to a CDN on another origin ("localhost" instead of "127.0.0.1"),
+                # the metadata headers being on the redirect itself.
+                port = self.server.server_address[1]
+                headers["Location"] = f"http://localhost:{port}/cdn/{entry['lfs']['oid']}?path={quote(path)}&rev={sha}"
+                return self._send(302, b"", headers)
         else:
             headers["ETag"] = f'"{entry["oid"]}"'
+        self._serve_file(path, real, headers)
+
+    def _cdn(self, query: dict) -> None:
+        hub = self.fake
+        path, sha = query.get("path", [""])[0], query.get("rev", [""])[0]
+        tree = hub.commits.get(sha, {})
+        if path not in tree:
+            return self._error(404, "NotFound", "no such blob")
+        self._logged.file = path
+        self._serve_file(path, tree[path], {"ETag": f'"{hashlib.sha256(tree[path]).hexdigest()}"'})
+
+    def _serve_file(self, path: str, real: bytes, headers: dict) -> None:
+        hub = self.fake
+        headers = {**headers, "Accept-Ranges": "bytes"}
         with hub._lock:
             data = hub._corrupt.get(path, real)
             cut = None
@@ -507,9 +534,12 @@ def hub_env(monkeypatch, tmp_path) -> HubEnv:
 
 
 @pytest.fixture
-def fake_hub(hub_env) -> FakeHub:
-    """A started FakeHub serving `make_shards(3)` (+ a README) with the client pointed at it; stopped after."""
+def fake_hub(hub_env, request) -> FakeHub:
+    """A started FakeHub serving `make_shards(3)` (+ a README) with the client pointed at it; stopped after.
+
+    ``@pytest.mark.parametrize("fake_hub", ["direct", "cdn"], indirect=True)`` runs a test in both serving modes.
+    """
     files = {"README.md": b"# fake dalle3\n", ".gitattributes": b"*.tar filter=lfs diff=lfs merge=lfs -text\n", **make_shards(3)}
-    with FakeHub(files) as hub:
+    with FakeHub(files, cdn=getattr(request, "param", "direct") == "cdn") as hub:
         hub_env.point_to(hub)
         yield hub

@@ -87,6 +87,7 @@ def test_download_all_and_pinned_revision(fake_hub, tmp_path):
     assert [r.filename for r in old] == [S0, S1, S2]
 
 
+@pytest.mark.parametrize("fake_hub", ["direct", "cdn"], indirect=True)
 def test_download_resumes_a_cut_transfer(fake_hub, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
@@ -100,10 +101,12 @@ def test_download_resumes_a_cut_transfer(fake_hub, tmp_path, monkeypatch):
     assert (tmp_path / "dl" / S0).read_bytes() == fake_hub.files[S0]
     gets = fake_hub.gets(S0)
     assert [(g.range, g.status) for g in gets] == [(None, 200), (f"bytes={cut_at}-", 206)]
+    assert all(g.path.startswith("/cdn/") == fake_hub.cdn for g in gets)  # cdn: served after the Hub's redirect
     assert gets[0].body_bytes == cut_at and gets[1].body_bytes == len(fake_hub.files[S0]) - cut_at
     assert shard_files(tmp_path / "dl") == ["data-000000.tar"]  # no partial file left behind
 
 
+@pytest.mark.parametrize("fake_hub", ["direct", "cdn"], indirect=True)
 def test_download_catches_corrupted_file(fake_hub, tmp_path):
     fake_hub.corrupt(S1)
     results = hub.download(fake_hub.repo_id, tmp_path / "dl", shards="0-1", workers=2, progress=False)
@@ -204,13 +207,15 @@ def test_open_streams_the_pinned_bytes(fake_hub):
     assert b"".join(parts) == old
 
 
+@pytest.mark.parametrize("fake_hub", ["direct", "cdn"], indirect=True)
 def test_open_resumes_a_dropped_connection(fake_hub):
     (src,) = hub.resolve_hub_input(fake_hub.uri(S1))
     fake_hub.cut(S1, after=30_000, times=2)
     with src.open() as f:
         assert f.read() == fake_hub.files[S1]
-    ranges = [(g.range, g.status) for g in fake_hub.gets(S1)]
-    assert ranges == [(None, 200), ("bytes=30000-", 206), ("bytes=60000-", 206)]
+    gets = fake_hub.gets(S1)
+    assert [(g.range, g.status) for g in gets] == [(None, 200), ("bytes=30000-", 206), ("bytes=60000-", 206)]
+    assert all(g.path.startswith("/cdn/") == fake_hub.cdn for g in gets)
 
 
 def test_keep_dir_gets_the_file_only_after_a_verified_read(fake_hub, tmp_path):
@@ -263,6 +268,7 @@ def test_close_verifies_a_tar_read_to_its_end_marker(fake_hub, tmp_path, monkeyp
     assert list(keep.iterdir()) == []
 
 
+@pytest.mark.parametrize("fake_hub", ["direct", "cdn"], indirect=True)
 def test_stream_sha256_mismatch_is_a_clear_error(fake_hub, tmp_path):
     keep = tmp_path / "keep"
     fake_hub.corrupt(S1)
