@@ -55,7 +55,7 @@ from dalle3_etl.sources import SHARD_SUFFIXES, ShardSource, SourceError, natural
 __all__ = [
     "DEFAULT_REPO", "SHARD_PATTERN", "HubError", "HubNotFoundError", "HubUnavailableError", "HubIntegrityError",
     "HubTransferError", "ShardSelectionError", "HubShardSource", "HubStream", "DownloadResult",
-    "resolve_hub_input", "open_verified_stream", "set_keep_dir", "with_keep_dir", "download",
+    "resolve_hub_input", "resolve_hub_inputs", "open_verified_stream", "set_keep_dir", "with_keep_dir", "download",
     "parse_shard_selection", "add_cli",
 ]
 
@@ -239,62 +239,130 @@ def _list_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: str
     return [e for e in entries if isinstance(e, RepoFile)]
 
 
+MAX_BRACE_EXPANSION = 100_000
+
+
+def _expand_braces(text: str) -> list[str]:
+    """Shell-style ``{a,b}`` and ``{00..09}`` (zero-padded like bash), nested allowed; for quoted arguments."""
+    m = None
+    for cand in re.finditer(r"\{([^{}]*)\}", text):  # innermost first
+        body = cand[1]
+        if re.fullmatch(r"-?\d+\.\.-?\d+", body) or "," in body:
+            m = cand
+            break
+    if m is None:
+        return [text]
+    body = m[1]
+    r = re.fullmatch(r"(-?\d+)\.\.(-?\d+)", body)
+    if r:
+        lo, hi = int(r[1]), int(r[2])
+        if abs(hi - lo) >= MAX_BRACE_EXPANSION:
+            raise SourceError(f"{{{body}}}: brace range too large")
+        padded = any(len(x.lstrip("-")) > 1 and x.lstrip("-").startswith("0") for x in (r[1], r[2]))
+        width = max(len(r[1]), len(r[2])) if padded else 0
+        step = 1 if hi >= lo else -1
+        items = [str(i).zfill(width) for i in range(lo, hi + step, step)]
+    else:
+        items = body.split(",")
+    out: list[str] = []
+    for item in items:
+        out.extend(_expand_braces(text[: m.start()] + item + text[m.end() :]))
+        if len(out) > MAX_BRACE_EXPANSION:
+            raise SourceError(f"{text}: brace expansion too large")
+    return list(dict.fromkeys(out))
+
+
+def _match_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: str, path: str) -> list[RepoFile]:
+    """Repo files named by ``path``: a file, a folder (its shards, recursively), a glob, with ``{...}`` braces."""
+    alternatives = list(dict.fromkeys(_expand_braces(path)))
+    exact = [a for a in alternatives if not _has_magic(a)]
+    globs = [a for a in alternatives if _has_magic(a)]
+    found: dict[str, RepoFile] = {}
+    if exact:
+        infos = []
+        for i in range(0, len(exact), 100):
+            infos += _hub_call(what, api.get_paths_info, repo_id, exact[i : i + 100], revision=commit,
+                               repo_type=repo_type)
+        by_path = {info.path: info for info in infos}
+        missing = [p for p in exact if p not in by_path]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise HubNotFoundError(f"{what}: no such file or folder in the repo: {', '.join(missing[:5])}{more}")
+        for p in exact:
+            info = by_path[p]
+            if isinstance(info, RepoFolder):
+                files = [f for f in _list_files(api, what, repo_id, repo_type, commit, info.path, True)
+                         if f.path.endswith(SHARD_SUFFIXES)]
+                if not files:
+                    raise HubNotFoundError(f"{what}: folder {p} contains no .tar shards")
+                found.update((f.path, f) for f in files)
+            else:
+                found[p] = info
+    listings: dict[tuple[str, bool], list[RepoFile]] = {}
+    matched_any = False
+    for g in globs:
+        parts = g.split("/")
+        k = next(i for i, part in enumerate(parts) if _has_magic(part))
+        key = ("/".join(parts[:k]), len(parts) - k > 1 or "**" in g)
+        if key not in listings:
+            try:
+                listings[key] = _list_files(api, what, repo_id, repo_type, commit, key[0], key[1])
+            except HubNotFoundError:
+                listings[key] = []
+        rx = _glob_regex(g)
+        for f in listings[key]:
+            if rx.match(f.path) and f.path.endswith(SHARD_SUFFIXES):
+                found[f.path] = f
+                matched_any = True
+    if globs and not matched_any:
+        raise HubNotFoundError(f"{what}: pattern matches no .tar shards in the repo")
+    return list(found.values())
+
+
 _DEFAULT: Any = object()
 
 
-def resolve_hub_input(arg: str, *, keep_dir: Path | str | None = _DEFAULT,
-                      endpoint: str | None = None, token: str | bool | None = None) -> list[HubShardSource]:
+def resolve_hub_input(arg: str, *, keep_dir: Path | str | None = _DEFAULT, endpoint: str | None = None,
+                      token: str | bool | None = None) -> list[HubShardSource]:
     """``hf://datasets/<owner>/<name>[@<rev>]/<path>`` -> shard sources pinned to the revision's commit.
 
     ``path`` may be a file (any name), a folder (its ``.tar`` shards, recursively) or a glob (``data/*.tar``,
-    ``data/data-00000[0-9].tar``; only ``.tar`` shards are kept). Raises a `SourceError` subclass naming the
-    argument when nothing matches, the repo/revision does not exist, or the Hub cannot be reached.
-    ``keep_dir`` defaults to the one set with `set_keep_dir`.
+    ``data/data-00000[0-9].tar``, ``**`` across folders; only ``.tar`` shards are kept), with shell-style braces
+    for quoted arguments (``data/data-0000{00..09}.tar``; every expanded name without a wildcard must exist).
+    Raises a `SourceError` subclass naming the argument when nothing matches, the repo/revision does not exist,
+    or the Hub cannot be reached. ``keep_dir`` defaults to the one set with `set_keep_dir`.
     """
-    try:
-        parsed = parse_hf_uri(arg)
-    except (HfUriError, ValueError) as exc:
-        raise SourceError(f"{arg}: not a valid hf:// URI ({exc})") from exc
-    if parsed.is_bucket:
-        raise SourceError(f"{arg}: buckets are not supported; use hf://datasets/<owner>/<name>/<path>")
-    path = parsed.path_in_repo.strip("/")
-    if not path:
-        raise SourceError(f"{arg}: give a path in the repo, e.g. {arg.rstrip('/')}/data/*.tar")
+    return resolve_hub_inputs([arg], keep_dir=keep_dir, endpoint=endpoint, token=token)
+
+
+def resolve_hub_inputs(args: list[str], *, keep_dir: Path | str | None = _DEFAULT, endpoint: str | None = None,
+                       token: str | bool | None = None) -> list[HubShardSource]:
+    """`resolve_hub_input` for several arguments, resolving each repo revision to its commit once (all arguments
+    naming the same ``repo@rev`` are pinned to the same commit, even if the branch moves meanwhile)."""
     kd = _KEEP_DIR if keep_dir is _DEFAULT else (Path(keep_dir).expanduser().resolve() if keep_dir is not None else None)
     ep = hub_endpoint(endpoint)
     api = HfApi(endpoint=ep, token=token)
-    repo_id, repo_type = parsed.id, parsed.type
-    commit = _resolve_commit(api, repo_id, repo_type, parsed.revision)
-    what = f"{arg} (commit {commit[:12]})"
-
-    if _has_magic(path):
-        parts = path.split("/")
-        k = next(i for i, p in enumerate(parts) if _has_magic(p))
-        base = "/".join(parts[:k])
-        recursive = len(parts) - k > 1 or "**" in path
-        rx = _glob_regex(path)
+    commits: dict[tuple[str, str, str | None], str] = {}
+    by_uri: dict[str, HubShardSource] = {}
+    for arg in args:
         try:
-            candidates = _list_files(api, what, repo_id, repo_type, commit, base, recursive)
-        except HubNotFoundError:
-            candidates = []
-        files = [f for f in candidates if rx.match(f.path) and f.path.endswith(SHARD_SUFFIXES)]
-        if not files:
-            raise HubNotFoundError(f"{what}: pattern matches no .tar shards in the repo")
-    else:
-        infos = _hub_call(what, api.get_paths_info, repo_id, [path], revision=commit, repo_type=repo_type)
-        if not infos:
-            raise HubNotFoundError(f"{what}: no such file or folder in the repo")
-        info = infos[0]
-        if isinstance(info, RepoFolder):
-            files = [f for f in _list_files(api, what, repo_id, repo_type, commit, info.path, True)
-                     if f.path.endswith(SHARD_SUFFIXES)]
-            if not files:
-                raise HubNotFoundError(f"{what}: folder contains no .tar shards")
-        else:
-            files = [info]
-    sources = [_source(f, repo_id=repo_id, repo_type=repo_type, commit=commit, endpoint=ep, keep_dir=kd)
-               for f in files]
-    return sorted(sources, key=lambda s: natural_key(s.path_in_repo))
+            parsed = parse_hf_uri(arg)
+        except (HfUriError, ValueError) as exc:
+            raise SourceError(f"{arg}: not a valid hf:// URI ({exc})") from exc
+        if parsed.is_bucket:
+            raise SourceError(f"{arg}: buckets are not supported; use hf://datasets/<owner>/<name>/<path>")
+        path = parsed.path_in_repo.strip("/")
+        if not path:
+            raise SourceError(f"{arg}: give a path in the repo, e.g. {arg.rstrip('/')}/data/*.tar")
+        key = (parsed.type, parsed.id, parsed.revision)
+        if key not in commits:
+            commits[key] = _resolve_commit(api, parsed.id, parsed.type, parsed.revision)
+        commit = commits[key]
+        files = _match_files(api, f"{arg} (commit {commit[:12]})", parsed.id, parsed.type, commit, path)
+        for f in files:
+            src = _source(f, repo_id=parsed.id, repo_type=parsed.type, commit=commit, endpoint=ep, keep_dir=kd)
+            by_uri[src.uri] = src
+    return sorted(by_uri.values(), key=lambda s: natural_key(s.uri))
 
 
 # -- verified streaming ----------------------------------------------------------------------------
@@ -987,8 +1055,9 @@ def add_cli(app: typer.Typer) -> None:
     ) -> None:
         """Download shards from the Hub and check each one's size and sha256 against the Hub's LFS metadata.
 
-        Exit code 0 when every file is verified, 1 when any file failed or did not match (it is renamed
-        <name>.corrupt), 2 for a usage error (bad --shards, unknown repo, revision or shard).
+        A file that does not match is renamed NAME.corrupt and reported.
+        Exit code: 0 all verified, 1 any file failed or did not match, 2 usage error (bad --shards, unknown repo,
+        revision or shard).
         """
         try:
             results = download(repo, local_dir, revision=revision, shards=shards, workers=workers,

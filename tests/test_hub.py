@@ -192,6 +192,28 @@ def test_resolve_glob_pins_commit(fake_hub):
             hub.resolve_hub_input(arg)
 
 
+def test_brace_and_glob_syntax(fake_hub):
+    assert hub._expand_braces("d-{00..02}.tar") == ["d-00.tar", "d-01.tar", "d-02.tar"]
+    assert hub._expand_braces("{a,b{1..2}}x") == ["ax", "b1x", "b2x"]
+    assert hub._expand_braces("{x}{}") == ["{x}{}"]
+    assert hub._glob_regex("data/*.tar").match("data/data-000001.tar")
+    assert not hub._glob_regex("*.tar").match("data/data-000001.tar")
+    assert hub._glob_regex("**/*.tar").match("data/data-000001.tar")
+    assert hub._glob_regex("data/data-00000[!0].tar").match("data/data-000001.tar")
+
+    ids = lambda srcs: [s.shard_id for s in srcs]  # noqa: E731
+    assert ids(hub.resolve_hub_input(fake_hub.uri("data/data-0000{00..01}.tar"))) == ["data-000000", "data-000001"]
+    assert ids(hub.resolve_hub_input(fake_hub.uri("data/data-00000{0,2}.tar"))) == ["data-000000", "data-000002"]
+    assert ids(hub.resolve_hub_input(fake_hub.uri("**/data-*2.tar"))) == ["data-000002"]
+    with pytest.raises(hub.HubNotFoundError, match="no such file or folder in the repo: data/data-000003.tar"):
+        hub.resolve_hub_input(fake_hub.uri("data/data-0000{00..03}.tar"))
+    # Several arguments on one revision are pinned to one commit, resolved once.
+    fake_hub.clear_log()
+    srcs = hub.resolve_hub_inputs([fake_hub.uri(S0), fake_hub.uri(S1), fake_hub.uri("data/*.tar")])
+    assert ids(srcs) == ["data-000000", "data-000001", "data-000002"]
+    assert sum(1 for e in fake_hub.log if e.path == f"/api/datasets/{fake_hub.repo_id}") == 1
+
+
 def test_open_streams_the_pinned_bytes(fake_hub):
     (src,) = hub.resolve_hub_input(fake_hub.uri(S0))
     old = fake_hub.files[S0]
