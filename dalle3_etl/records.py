@@ -7,6 +7,7 @@ whitespace become one space, so SimpleTuner never splits one caption into severa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,29 @@ class Reason:
     IMAGE_WITHOUT_JSON = "image_without_json"
     JSON_WITHOUT_IMAGE = "json_without_image"
     NAME_CLASH = "name_clash"
+    NAME_UNUSABLE = "name_unusable"
+    SHARD_UNREADABLE = "shard_unreadable"
+
+
+#: Every reason code with what it means (README table, `--help` texts, tests).
+REASONS: dict[str, str] = {
+    Reason.UNSAFE_MEMBER: "member name or type is unsafe: absolute, '..', backslash, control character, "
+                          "not UTF-8, a component over 255 bytes; symlink, hardlink, device, fifo, sparse",
+    Reason.DUPLICATE_MEMBER: "another member for a key that already has one (the first one is kept)",
+    Reason.JSON_TOO_LARGE: "JSON member larger than max_json_bytes (skipped unread)",
+    Reason.JSON_INVALID: "JSON member is not valid JSON or not UTF-8",
+    Reason.JSON_NOT_OBJECT: "JSON member is valid JSON but not an object",
+    Reason.NO_CAPTION: "no usable caption along the caption chain (missing, wrong type, empty or blank)",
+    Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read",
+    Reason.SIZE_INVALID: "JSON width/height missing or invalid and the image header gives a size above max_dimension",
+    Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
+    Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",
+    Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, or (--flat) by an "
+                       "earlier shard",
+    Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path)",
+    Reason.SHARD_UNREADABLE: "the tar is damaged from here on (truncated, bad header, not a tar, bad "
+                             "compression); samples before the damage are kept",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +67,11 @@ class JsonInfo:
     caption_detail: str
     width: int | None
     height: int | None
-    size_detail: str
+    size_detail: str  # why width/height cannot be used ("" when they can)
     source: str | None
     extras: dict[str, Any]
+    size_invalid: bool = False  # the JSON has width/height, but a value is not a usable size
+    image_ext: str | None = None  # extension of the JSON's `image_name`, lower case, when it has one
 
 
 def clean_caption(text: str) -> str:
@@ -83,27 +109,55 @@ def choose_caption(obj: dict[str, Any], chain: tuple[str, ...]) -> tuple[str | N
     return None, "; ".join(f"{name}: {_describe(obj.get(name))}" for name in chain)
 
 
-def _dimension(value: Any, limit: int) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, float) and value.is_integer():
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def _dimension(value: Any, limit: int) -> tuple[int | None, str]:
+    """(value, "") for a usable size, else (None, why not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None, f"{_short(value)} is not a number"
+    if isinstance(value, str):
+        text = value.strip()
+        if _DIGITS.fullmatch(text) is None:
+            return None, f"{_short(value)} is not a whole number"
+        value = int(text)
+    elif isinstance(value, float):
+        if not value.is_integer():
+            return None, f"{_short(value)} is not a whole number"
         value = int(value)
-    elif isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, int) and 0 < value <= limit:
-        return value
-    return None
+    if value <= 0:
+        return None, f"{value} is not positive"
+    if value > limit:
+        return None, f"{value} is above {limit}"
+    return value, ""
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def json_size(obj: dict[str, Any], limit: int) -> tuple[int | None, int | None, str]:
     """(width, height, detail): both valid, or (None, None, why not) to fall back to the image header."""
     raw_w, raw_h = obj.get("width"), obj.get("height")
-    width, height = _dimension(raw_w, limit), _dimension(raw_h, limit)
-    if width is not None and height is not None:
-        return width, height, ""
     if raw_w is None and raw_h is None:
         return None, None, "JSON has no width/height"
-    return None, None, f"JSON width/height not usable (width={raw_w!r}, height={raw_h!r})"
+    width, why_w = _dimension(raw_w, limit) if raw_w is not None else (None, "missing")
+    height, why_h = _dimension(raw_h, limit) if raw_h is not None else (None, "missing")
+    if width is not None and height is not None:
+        return width, height, ""
+    problems = [f"{name} {why}" for name, why in (("width", why_w), ("height", why_h)) if why]
+    return None, None, f"JSON {', '.join(problems)}"
+
+
+def _image_ext(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    base = value.rsplit("/", 1)[-1]
+    dot = base.rfind(".")
+    if dot <= 0:
+        return None
+    return base[dot + 1:].lower() or None
 
 
 def _extra_value(name: str, value: Any) -> Any:
@@ -116,20 +170,33 @@ def _extra_value(name: str, value: Any) -> Any:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 
 
+def _not_utf8(data: bytes) -> str | None:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        hint = " (looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        return f"JSON is not valid UTF-8{hint}: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+    return None
+
+
 def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
+    if data[:3] == b"\xef\xbb\xbf":
+        data = data[3:]  # a UTF-8 byte order mark: allowed to be ignored (RFC 8259), written by some tools
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        text = str(exc)
-        if "utf-8" in text.lower() or "surrogate" in text.lower():
-            return Reject(Reason.JSON_INVALID, f"JSON is not valid UTF-8: {text}")
-        return Reject(Reason.JSON_INVALID, f"invalid JSON: {text}")
+        why = _not_utf8(data)
+        if why is not None:
+            return Reject(Reason.JSON_INVALID, why)
+        return Reject(Reason.JSON_INVALID, f"invalid JSON: {exc}")
     if not isinstance(obj, dict):
         return Reject(Reason.JSON_NOT_OBJECT, f"JSON is a {type(obj).__name__}, not an object")
     caption, caption_detail = choose_caption(obj, settings.caption_chain)
     width, height, size_detail = json_size(obj, settings.max_dimension)
+    size_invalid = width is None and (obj.get("width") is not None or obj.get("height") is not None)
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         source = orjson.dumps(source).decode()
     extras = {name: _extra_value(name, obj.get(name)) for name in settings.fields}
-    return JsonInfo(caption, caption_detail, width, height, size_detail, source, extras)
+    return JsonInfo(caption, caption_detail, width, height, size_detail, source, extras, size_invalid,
+                    _image_ext(obj.get("image_name")))

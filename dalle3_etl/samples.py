@@ -1,10 +1,11 @@
 """Group tar members into samples: an image member and a JSON member sharing a key.
 
 The key is the member name without its LAST extension (``a/000123.v2.jpg`` -> ``a/000123.v2``), and
-extensions match case-insensitively. Members of one sample need not be adjacent: a member waits in
-`Pairing` until its partner arrives. At most `max_pending` members wait; past that the oldest is
-given up as unpaired, so memory stays bounded on a badly ordered tar, and it is reported, not lost
-silently.
+extensions match case-insensitively (``.PNG``, ``.JSON``). Members of one sample need not be adjacent:
+a member waits in `Pairing` until its partner arrives. At most `max_pending` members, holding at most
+`max_pending_bytes` of payload in memory, wait; past that the oldest is given up as unpaired, so memory
+stays bounded on a badly ordered tar. Nothing is lost silently: a given-up member is reported, and so
+is its partner when it turns up later ("given up earlier", not "missing").
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Any
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 JSON_EXTENSION = "json"
+#: Default bound on the payload bytes held in memory by waiting members (JSON text, image heads).
+MAX_PENDING_BYTES = 256 << 20
 
 
 def classify(name: str) -> tuple[str, str | None, str]:
@@ -42,6 +45,8 @@ class Entry:
     key: str
     image: Part | None = None
     json: Part | None = None
+    weight: int = 0  # payload bytes held in memory while waiting
+    why: str = ""  # for an entry handed back unpaired: why its partner is missing (a full sentence)
 
     @property
     def members(self) -> list[str]:
@@ -56,17 +61,38 @@ class Duplicate:
 
 
 class Pairing:
-    """Pairs image and JSON members by key; reports duplicates and members that never pair."""
+    """Pairs image and JSON members by key; reports duplicates and members that never pair.
 
-    def __init__(self, max_pending: int):
+    Memory: the waiting members (bounded by `max_pending` and `max_pending_bytes`) plus one key per
+    sample seen (to recognise duplicates and late partners of given-up members).
+    """
+
+    def __init__(self, max_pending: int, max_pending_bytes: int = MAX_PENDING_BYTES):
         self.max_pending = max_pending
+        self.max_pending_bytes = max_pending_bytes
         self.pending: dict[str, Entry] = {}
+        self.pending_bytes = 0
         self.completed: set[str] = set()
+        self.given_up: dict[str, tuple[str, str]] = {}  # key -> (member given up, bound hit), for its late partner
+        self.evicted = 0
 
-    def add(self, key: str, role: str, member: str, payload: Any) -> tuple[Entry | None, list[Entry | Duplicate]]:
-        """Add a member. Returns (completed entry or None, problems to report now)."""
+    def add(self, key: str, role: str, member: str, payload: Any,
+            weight: int = 0) -> tuple[Entry | None, list[Entry | Duplicate]]:
+        """Add a member. Returns (completed entry or None, problems to report now).
+
+        A problem is a `Duplicate` or an unpaired `Entry` (its `why` says why the partner is missing)."""
         if key in self.completed:
-            return None, [Duplicate(member, f"a sample with key {key!r} was already converted from this shard", payload)]
+            return None, [Duplicate(member, f"another {role} member for key {key!r}: that sample was already converted "
+                                            f"or rejected earlier in this shard", payload)]
+        gone = self.given_up.get(key)
+        if gone is not None:
+            member_gone, bound = gone
+            entry = Entry(key, why=f"its partner {member_gone!r} came earlier and was given up when more than "
+                                   f"{bound} were waiting for a partner; the shard's samples are far apart "
+                                   f"(raise max_pending)")
+            setattr(entry, role, Part(member, payload))
+            self.completed.add(key)  # a third member for this key is a duplicate
+            return None, [entry]
         entry = self.pending.get(key)
         if entry is None:
             entry = Entry(key)
@@ -75,17 +101,31 @@ class Pairing:
             first = getattr(entry, role).member
             return None, [Duplicate(member, f"second {role} member for key {key!r} (first: {first!r})", payload)]
         setattr(entry, role, Part(member, payload))
+        entry.weight += weight
+        self.pending_bytes += weight
         if entry.image is not None and entry.json is not None:
             del self.pending[key]
+            self.pending_bytes -= entry.weight
             self.completed.add(key)
             return entry, []
         problems: list[Entry | Duplicate] = []
-        while len(self.pending) > self.max_pending:
-            oldest = next(iter(self.pending))
-            problems.append(self.pending.pop(oldest))
+        while len(self.pending) > self.max_pending or (
+                self.pending_bytes > self.max_pending_bytes and len(self.pending) > 1):
+            bound = (f"{self.max_pending} members" if len(self.pending) > self.max_pending
+                     else f"{self.max_pending_bytes} bytes of members")
+            oldest = self.pending.pop(next(iter(self.pending)))
+            self.pending_bytes -= oldest.weight
+            self.evicted += 1
+            missing = "JSON" if oldest.json is None else "image"
+            oldest.why = (f"no {missing} member with key {oldest.key!r} came in time: gave up waiting when more "
+                          f"than {bound} were waiting for a partner; the shard's samples are far apart "
+                          f"(raise max_pending)")
+            self.given_up[oldest.key] = (oldest.members[0], bound)
+            problems.append(oldest)
         return None, problems
 
     def leftovers(self) -> list[Entry]:
         rest = list(self.pending.values())
         self.pending.clear()
+        self.pending_bytes = 0
         return rest

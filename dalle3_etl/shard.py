@@ -11,6 +11,7 @@ into place and writes the completion record last.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import time
@@ -30,8 +31,13 @@ from dalle3_etl.sources import ShardSource
 from dalle3_etl.state import Layout, clear_shard, remove_path, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
-STREAM_HEAD_BYTES = 256 * 1024
-PROBE_READ_BYTES = 64 * 1024  # one pread usually holds the whole header, even behind EXIF  # image head kept for the size probe when streaming without copying images
+STREAM_HEAD_BYTES = 256 * 1024  # image head read for the size probe when streaming without copying images
+PROBE_READ_BYTES = 64 * 1024  # one pread usually holds the whole header, even behind EXIF
+# Errors creating an output file that come from the member's NAME (reject that sample), not from the
+# disk (ENOSPC, EIO, EFBIG...: those fail the shard, which is redone next run).
+_CLASH_ERRNOS = frozenset((errno.EEXIST, errno.ENOTDIR, errno.EISDIR))
+_NAME_ERRNOS = _CLASH_ERRNOS | {errno.ENAMETOOLONG, errno.EILSEQ, errno.EINVAL}
+_EQUIVALENT_EXT = {"jpeg": "jpg"}
 
 ProgressFn = Callable[[str, int, int], None]  # (shard id, bytes read, samples written)
 
@@ -58,7 +64,8 @@ class ImageRef:
     offset: int = -1  # seekable input: where the body is in the tar
     size: int = 0
     staged: str | None = None  # streamed input: staged copy of the body
-    head: bytes | None = None  # streamed input without images: first bytes, for the size probe
+    probed: bool = False  # streamed input without images: the size was probed as the body went by ...
+    probe: tuple[int, int] | None = None  # ... with this result (None: header unreadable)
 
 
 def source_fingerprint(src: ShardSource) -> dict[str, Any]:
@@ -98,7 +105,7 @@ class ShardConverter:
 
     def _reject(self, member: str, reason: str, detail: str) -> None:
         self.counts[reason] += 1
-        line = {"shard": self.shard_id, "member": member, "reason": reason, "detail": detail}
+        line = {"shard": self.shard_id, "member": _printable(member), "reason": reason, "detail": _printable(detail)}
         self._rejects_fh.write(orjson.dumps(line) + b"\n")
 
     def _discard(self, ref: Any) -> None:
@@ -107,7 +114,7 @@ class ShardConverter:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _image_ref(self, reader: tarstream.TarReader, member: tarstream.Member) -> ImageRef:
+    def _image_ref(self, reader: tarstream.TarReader, member: tarstream.Member, need_size: bool) -> ImageRef:
         if reader.seekable:
             return ImageRef(offset=member.offset, size=member.size)
         if self.settings.images:
@@ -117,24 +124,65 @@ class ShardConverter:
             with open(path, "wb") as fh:
                 reader.copy_to(fh)
             return ImageRef(size=member.size, staged=path)
-        return ImageRef(size=member.size, head=reader.read(STREAM_HEAD_BYTES))
+        # Streaming without copying images: probe now (if the size may be needed), keep no bytes, so a
+        # member waiting for its JSON costs no memory.
+        probe = imageheader.image_size_from_bytes(reader.read(STREAM_HEAD_BYTES)) if need_size else None
+        return ImageRef(size=member.size, probed=True, probe=probe)
 
     def _probe_size(self, ref: ImageRef) -> tuple[int, int] | None:
+        if ref.probed:
+            return ref.probe
         if ref.offset >= 0:
             view = imageheader.RangeReader(self._reader.pread, ref.offset, ref.size)
             return imageheader.image_size(io.BufferedReader(view, buffer_size=PROBE_READ_BYTES))
         if ref.staged:
             with open(ref.staged, "rb") as fh:
                 return imageheader.image_size(fh)
-        return imageheader.image_size_from_bytes(ref.head or b"")
+        return None
+
+    def _write_sample(self, filename: str, ref: ImageRef, caption: str) -> int:
+        """Write the image and caption files of one sample; returns bytes written.
+
+        On an error that comes from the name (see _NAME_ERRNOS) the files of this sample are removed
+        before the error is re-raised, so the caller can reject the sample and go on."""
+        created: list[str] = []
+        written = 0
+        try:
+            if self.settings.images:
+                dst = self.files.path(filename)
+                if ref.staged:
+                    os.replace(ref.staged, dst)
+                    ref.staged = None
+                    created.append(dst)
+                else:
+                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    created.append(dst)
+                    try:
+                        self._reader.copy_range(ref.offset, ref.size, fd)
+                    finally:
+                        os.close(fd)
+                written += ref.size
+            if self.settings.captions:
+                written += self.files.write_text(caption_relpath(filename), caption)
+        except OSError as exc:
+            if exc.errno in _NAME_ERRNOS:
+                for path in created:
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+            raise
+        return written
 
     def _finish(self, entry: Entry) -> None:
         info = entry.json.payload
         ref: ImageRef = entry.image.payload
         image_member = entry.image.member
-        if isinstance(info, Reject):
+        bad = [(p.member, p.payload) for p in (entry.image, entry.json) if isinstance(p.payload, Reject)]
+        if bad:  # one line per member at fault; its partner goes with it
             self._discard(ref)
-            self._reject(entry.json.member, info.reason, info.detail)
+            for member, reject in bad:
+                self._reject(member, reject.reason, reject.detail)
             return
         assert isinstance(info, JsonInfo)
         if info.caption is None:
@@ -146,79 +194,107 @@ class ShardConverter:
             size = self._probe_size(ref)
             if size is None:
                 self._discard(ref)
-                self._reject(image_member, Reason.SIZE_UNREADABLE, f"{info.size_detail} and the image header cannot be read")
+                self._reject(image_member, Reason.SIZE_UNREADABLE,
+                             f"{info.size_detail}, and the image header cannot be read")
                 return
             width, height = size
             limit = self.settings.max_dimension
             if width > limit or height > limit:
                 self._discard(ref)
-                self._reject(image_member, Reason.SIZE_INVALID, f"image header says {width}x{height}, above {limit}")
+                self._reject(image_member, Reason.SIZE_INVALID,
+                             f"{info.size_detail}, and the image header says {width}x{height}, above {limit}")
                 return
             self.notes["size_from_header"] += 1
+            if info.size_invalid:
+                self.notes["json_size_invalid"] += 1  # converted with the header's size
         ext = image_member[image_member.rfind(".") :]
+        if info.image_ext is not None and _norm_ext(info.image_ext) != _norm_ext(ext[1:]):
+            self.notes["image_name_ext_differs"] += 1  # the member's name wins (dataset-facts)
         filename = f"{self.prefix}{entry.key}{ext}"
-        if self.settings.images:
-            dst = self.files.path(filename)
-            if ref.staged:
-                os.replace(ref.staged, dst)
-            else:
-                fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    self._reader.copy_range(ref.offset, ref.size, fd)
-                finally:
-                    os.close(fd)
-            self.bytes_out += ref.size
-        if self.settings.captions:
-            self.bytes_out += self.files.write_text(caption_relpath(filename), info.caption)
+        try:
+            self.bytes_out += self._write_sample(filename, ref, info.caption)
+        except OSError as exc:
+            if exc.errno not in _NAME_ERRNOS:
+                raise  # the disk, not the name: the shard fails and is redone next run
+            self._discard(ref)
+            clash = exc.errno in _CLASH_ERRNOS
+            why = (" (the path is taken by another member's file or folder)" if clash else "")
+            self._reject(image_member, Reason.NAME_CLASH if clash else Reason.NAME_UNUSABLE,
+                         f"cannot create {filename!r} in the output: {exc.strerror}{why}")
+            return
         self.part.add((filename, info.caption, width, height, entry.key, self.shard_id, info.source,
                        *info.extras.values()))
         self.samples += 1
 
-    def _report_unpaired(self, entry: Entry, why: str) -> None:
+    def _report_unpaired(self, entry: Entry, where: str) -> None:
+        """Report the members of an entry that never got its partner (`where`: "in this shard"...)."""
+        for part, reason, missing in ((entry.image, Reason.IMAGE_WITHOUT_JSON, "JSON"),
+                                      (entry.json, Reason.JSON_WITHOUT_IMAGE, "image")):
+            if part is None:
+                continue
+            detail = entry.why or f"no {missing} member with key {entry.key!r} {where}"
+            if isinstance(part.payload, Reject):  # the member was bad itself: that is the reason
+                self._reject(part.member, part.payload.reason, f"{part.payload.detail} (also: {detail})")
+            else:
+                self._reject(part.member, reason, detail)
         if entry.image is not None:
             self._discard(entry.image.payload)
-            self._reject(entry.image.member, Reason.IMAGE_WITHOUT_JSON, f"no JSON member with key {entry.key!r}{why}")
-        if entry.json is not None:
-            self._reject(entry.json.member, Reason.JSON_WITHOUT_IMAGE, f"no image member with key {entry.key!r}{why}")
 
     def _convert_members(self, reader: tarstream.TarReader) -> None:
         settings = self.settings
         pairing = Pairing(settings.max_pending)
         last = time.monotonic()
-        for member in reader:
-            if self.progress is not None:
-                now = time.monotonic()
-                if now - last >= PROGRESS_EVERY:
-                    self.progress(self.shard_id, reader.position, self.samples)
-                    last = now
-            if member.kind == "dir" and member.problem is None:
-                continue
-            if member.problem is not None:
-                self._reject(member.name, Reason.UNSAFE_MEMBER, member.problem)
-                continue
-            key, role, _ = classify(member.name)
-            if role is None:
-                self.notes["other_members"] += 1
-                continue
-            if role == "json":
-                if member.size > settings.max_json_bytes:
-                    self._reject(member.name, Reason.JSON_TOO_LARGE,
-                                 f"JSON member is {member.size} bytes, limit is {settings.max_json_bytes}")
+        try:
+            for member in reader:
+                if self.progress is not None:
+                    now = time.monotonic()
+                    if now - last >= PROGRESS_EVERY:
+                        self.progress(self.shard_id, reader.position, self.samples)
+                        last = now
+                if member.kind == "dir" and member.problem is None:
+                    self.notes["other_members"] += 1  # never created; files make their own folders
                     continue
-                payload: Any = parse_json(reader.read(), settings)
-            else:
-                payload = self._image_ref(reader, member)
-            done, problems = pairing.add(key, role, member.name, payload)
-            for problem in problems:
-                if isinstance(problem, Duplicate):
-                    self._discard(problem.payload)
-                    self._reject(problem.member, Reason.DUPLICATE_MEMBER, problem.reason)
+                key, role, _ = classify(member.name)
+                weight = 0
+                payload: Any
+                if member.problem is not None:
+                    payload = Reject(Reason.UNSAFE_MEMBER, member.problem)
+                    if role is None:
+                        self._reject(member.name, payload.reason, payload.detail)
+                        continue
+                    # else it takes its partner down with it: one line for the sample, not two
+                elif role is None:
+                    self.notes["other_members"] += 1
+                    continue
+                elif role == "json":
+                    if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
+                        payload = Reject(Reason.JSON_TOO_LARGE, f"JSON member is {member.size} bytes, more than "
+                                                                f"max_json_bytes={settings.max_json_bytes}; not read")
+                    else:
+                        data = reader.read()
+                        weight = len(data)
+                        payload = parse_json(data, settings)
                 else:
-                    self._report_unpaired(problem, f" within {settings.max_pending} pending members")
-            if done is not None:
-                self._finish(done)
+                    waiting = pairing.pending.get(key)
+                    json_part = waiting.json if waiting is not None else None
+                    need_size = not (json_part is not None and (isinstance(json_part.payload, Reject)
+                                                                or json_part.payload.width is not None))
+                    payload = self._image_ref(reader, member, need_size)
+                done, problems = pairing.add(key, role, member.name, payload, weight)
+                for problem in problems:
+                    if isinstance(problem, Duplicate):
+                        self._discard(problem.payload)
+                        self._reject(problem.member, Reason.DUPLICATE_MEMBER, problem.reason)
+                    else:
+                        self._report_unpaired(problem, "")
+                if done is not None:
+                    self._finish(done)
+        except tarstream.TarFormatError as exc:
+            for entry in pairing.leftovers():
+                self._report_unpaired(entry, f"before the shard became unreadable at offset {exc.offset}")
+            raise
         for entry in pairing.leftovers():
-            self._report_unpaired(entry, " in this shard")
+            self._report_unpaired(entry, "in this shard")
 
     # -- the whole shard ----------------------------------------------------------------------------
 
@@ -275,6 +351,25 @@ class ShardConverter:
         os.replace(self.staging / "part.parquet", layout.part(sid))
         os.replace(self.staging / "rejects.jsonl", layout.rejects(sid))
         remove_path(self.staging)
+
+
+def _printable(text: str) -> str:
+    """Text safe to write as JSON: a name with non-UTF-8 bytes shows them as \\xNN escapes."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "surrogatepass").decode(
+            "utf-8", "backslashreplace")
+
+
+def _only_escapes(text: str) -> bool:
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+def _norm_ext(ext: str) -> str:
+    ext = ext.lower()
+    return _EQUIVALENT_EXT.get(ext, ext)
 
 
 def convert_shard(src: ShardSource, out: Path, settings: Settings, progress: ProgressFn | None = None) -> ShardResult:

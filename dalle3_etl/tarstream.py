@@ -706,6 +706,9 @@ class TarReader:
                                  f"the archive is damaged or was concatenated", offset=hoff)
         self._done = True
         self._member = None
+        for owned in self._owned:
+            if isinstance(owned, _Decompressed):
+                owned.drain()  # read the compressed stream to its end: its checksum is verified there
 
     def _bad_header(self, hoff: int, block: bytes, meta_type: bytes | None) -> None:
         if hoff == self._start and self._last_name is None and meta_type is None:
@@ -745,10 +748,84 @@ class _PeekedStream:
         return self._f.read(n)
 
 
+def _is_data_error(exc: BaseException) -> bool:
+    """True when a decompressor's exception is about the compressed data (not an I/O error of the source)."""
+    import zlib
+
+    kinds: list[type] = [EOFError, zlib.error]
+    try:
+        import gzip
+
+        kinds.append(gzip.BadGzipFile)
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+    try:
+        import lzma
+
+        kinds.append(lzma.LZMAError)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, tuple(kinds)):
+        return True
+    # bz2 reports damaged data as a plain OSError("Invalid data stream") without an errno
+    return type(exc) is OSError and exc.errno is None
+
+
+class _Decompressed:
+    """A decompression wrapper whose errors about damaged compressed data become `TarFormatError`
+    (so a damaged .tar.gz is reported like a damaged .tar: good members before the damage are kept)."""
+
+    def __init__(self, wrapper, kind: str):
+        self._w = wrapper
+        self.kind = kind
+        self.reader: TarReader | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def _damaged(self, exc: BaseException) -> TarFormatError:
+        reader = self.reader
+        offset = reader._cur if reader is not None else 0
+        member = reader._member.name if reader is not None and reader._member is not None else None
+        where = ""
+        if reader is not None:
+            where = f"inside member {member!r}" if member is not None else reader._after()
+        return TarFormatError(f"{self.kind} data is damaged after {offset} decompressed bytes ({where}): "
+                              f"{exc or type(exc).__name__}", offset=offset, member=member)
+
+    # read1/readinto1: hand over what is decompressed as soon as it is, so the members before a damage
+    # are yielded (a full read(1 MiB) would raise and drop up to 1 MiB decompressed before the damage).
+    def read(self, n: int = -1) -> bytes:
+        try:
+            return self._w.read1(n) if n is not None and n > 0 else self._w.read(n)
+        except Exception as exc:
+            if _is_data_error(exc):
+                raise self._damaged(exc) from exc
+            raise
+
+    def readinto(self, buf) -> int:
+        try:
+            return self._w.readinto1(buf)
+        except Exception as exc:
+            if _is_data_error(exc):
+                raise self._damaged(exc) from exc
+            raise
+
+    def drain(self) -> None:
+        """Read to the end of the compressed stream (what follows the tar's end marker is padding), so a
+        cut or corrupted trailer (CRC, length) is reported instead of passing unnoticed."""
+        while self.read(COPY_CHUNK):
+            pass
+
+    def close(self) -> None:
+        self._w.close()
+
+
 def open_tar(fileobj, *, max_meta_bytes: int = 1 << 20) -> TarReader:
     """A TarReader for fileobj, decompressing gzip (also bzip2/xz) transparently in stream mode.
 
-    Sniffs the first bytes; on a non-seekable stream they are given back through a peek buffer."""
+    Sniffs the first bytes; on a non-seekable stream they are given back through a peek buffer. Damaged
+    compressed data raises `TarFormatError` like a damaged tar."""
     seekable = _autodetect_seekable(fileobj)
     if seekable:
         pos = fileobj.tell()
@@ -759,22 +836,25 @@ def open_tar(fileobj, *, max_meta_bytes: int = 1 << 20) -> TarReader:
         head = _read_full(fileobj, 6)
         src = _PeekedStream(head, fileobj)
     wrapper = None
+    kind = ""
     if head[:2] == b"\x1f\x8b":
         import gzip
 
-        wrapper = gzip.GzipFile(fileobj=src, mode="rb")
+        wrapper, kind = gzip.GzipFile(fileobj=src, mode="rb"), "gzip"
     elif head[:3] == b"BZh" and head[3:4].isdigit():
         import bz2
 
-        wrapper = bz2.BZ2File(src, mode="rb")
+        wrapper, kind = bz2.BZ2File(src, mode="rb"), "bzip2"
     elif head[:6] == b"\xfd7zXZ\x00":
         import lzma
 
-        wrapper = lzma.LZMAFile(src, mode="rb")
+        wrapper, kind = lzma.LZMAFile(src, mode="rb"), "xz"
     elif head[:4] == b"\x28\xb5\x2f\xfd":
         raise TarFormatError("zstd-compressed archive: not supported, decompress it first (zstd -d)", offset=0)
     if wrapper is not None:
-        reader = TarReader(wrapper, seekable=False, max_meta_bytes=max_meta_bytes)
-        reader._owned.append(wrapper)
+        stream = _Decompressed(wrapper, kind)
+        reader = TarReader(stream, seekable=False, max_meta_bytes=max_meta_bytes)
+        stream.reader = reader
+        reader._owned.append(stream)
         return reader
     return TarReader(src, seekable=seekable, max_meta_bytes=max_meta_bytes)
