@@ -119,7 +119,7 @@ class Logged:
     status: int = 0
     body_bytes: int = 0  # body bytes actually sent
     file: str | None = None  # repo path whose bytes (or redirect) this request got
-    headers: dict = field(default_factory=dict)
+    headers: dict = field(default_factory=dict)  # request headers, names lower-cased
 
 
 class FakeHub:
@@ -316,7 +316,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _begin(self) -> tuple[str, dict]:
         parts = urlsplit(self.path)
         self._logged = Logged(self.command, unquote(parts.path), parse_qs(parts.query), self.headers.get("Range"),
-                              headers=dict(self.headers.items()))
+                              headers={k.lower(): v for k, v in self.headers.items()})
         with self.fake._lock:
             self.fake.log.append(self._logged)
         return parts.path, parse_qs(parts.query)

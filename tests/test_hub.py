@@ -334,3 +334,18 @@ def test_hub_sources_pickle(fake_hub):
     sources = hub.resolve_hub_input(fake_hub.uri("data/*.tar"))
     again = pickle.loads(pickle.dumps(sources))
     assert again == sources and again[0].endpoint == fake_hub.endpoint
+
+
+@pytest.mark.parametrize("fake_hub", ["cdn"], indirect=True)
+def test_token_from_hf_token_goes_to_the_hub_not_the_cdn(fake_hub, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_tests")
+    (src,) = hub.resolve_hub_input(fake_hub.uri(S0))
+    with src.open() as f:
+        f.finish()
+    hub.download(fake_hub.repo_id, tmp_path / "dl", shards="1", progress=False)
+    auth: dict[tuple[str, str], set] = {}
+    for e in fake_hub.log:
+        auth.setdefault((e.method, e.path.split("/")[1]), set()).add(e.headers.get("authorization"))
+    bearer = {"Bearer hf_fake_token_for_tests"}
+    assert auth[("GET", "api")] == auth[("GET", "datasets")] == auth[("HEAD", "datasets")] == bearer
+    assert auth[("GET", "cdn")] == {None}
