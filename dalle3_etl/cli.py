@@ -57,12 +57,22 @@ def convert(
     max_json_bytes: Optional[int] = typer.Option(None, help="Reject JSON members larger than this."),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)."),
-    restart: bool = typer.Option(False, "--restart", help="Delete previous output in OUT and start over."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo only shards that failed or were damaged last time."),
+    restart: bool = typer.Option(False, "--restart", help="Delete previous output in OUT and start over (needed to change a setting that changes the output)."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed",
+        help="Redo only shards that failed (nothing committed) or were damaged (read error; samples before it kept) "
+        "in an earlier run; shards never converted are left for a plain run. A plain re-run skips complete shards, "
+        "redoes failed and unfinished ones, and keeps damaged ones unless their input changed.",
+    ),
     keep_tars: Optional[Path] = typer.Option(None, "--keep-tars", help="With hf:// inputs: also save the downloaded tars here."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
 ) -> None:
-    """Convert shards into OUT/dalle3.parquet, OUT/data/<shard>/<image> + .txt captions and OUT/multidatabackend.json."""
+    """Convert shards into OUT/dalle3.parquet, OUT/data/<shard>/<image> + .txt captions and OUT/multidatabackend.json.
+
+    Resumable: run the same command again after a crash or Ctrl-C and completed shards are skipped.
+    Exit codes: 0 every input shard complete, 1 some shard failed/damaged/not converted, 2 usage error
+    (also: settings differ from OUT's, OUT in use by another run), 130 interrupted.
+    """
     from dalle3_etl.pipeline import run_convert
     from dalle3_etl.report import RichReporter
 

@@ -11,8 +11,11 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import queue
+import select
 import signal
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Callable, Protocol
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import ShardResult, convert_shard, forget_shard
 from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout
+from dalle3_etl.state import Layout, hold_workers_lock
 
 ProgressCb = Callable[[str, int, int], None]
 ResultCb = Callable[[ShardResult], None]
@@ -65,10 +68,43 @@ class InlineExecutor:
 _progress_queue = None
 
 
-def _init_worker(progress_queue) -> None:
+def _init_worker(progress_queue, driver_pid: int, workers_lock: str) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; no tracebacks from each
+    _die_with_driver(driver_pid)
+    hold_workers_lock(workers_lock)
+
+
+def _die_with_driver(driver_pid: int) -> None:
+    """Kill this worker as soon as the driver process is gone.
+
+    Pool workers are children of the multiprocessing fork server, not of the driver: when the driver
+    is killed (SIGKILL, OOM killer) they would otherwise finish and commit their shard, orphaned,
+    while a new run may already be converting it.
+    """
+    def suicide() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    try:
+        pidfd = os.pidfd_open(driver_pid)
+    except ProcessLookupError:
+        suicide()
+    except (AttributeError, OSError):  # no pidfd (not Linux, old kernel): poll
+        def watch() -> None:
+            while True:
+                time.sleep(0.2)
+                try:
+                    os.kill(driver_pid, 0)
+                except ProcessLookupError:
+                    suicide()
+                except PermissionError:
+                    pass
+    else:
+        def watch() -> None:
+            select.select([pidfd], [], [])  # readable once the driver has exited
+            suicide()
+    threading.Thread(target=watch, name="dalle3-etl-driver-watch", daemon=True).start()
 
 
 def _queue_progress(shard_id: str, nbytes: int, samples: int) -> None:
@@ -100,7 +136,8 @@ class LocalExecutor:
         progress_queue = ctx.Queue()
         pool = cf.ProcessPoolExecutor(
             max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-            initializer=_init_worker, initargs=(progress_queue,),
+            initializer=_init_worker,
+            initargs=(progress_queue, os.getpid(), str(Layout(Path(tasks[0].out)).workers_lock)),
         )
         try:
             pending = {pool.submit(_pool_task, task): task for task in tasks}

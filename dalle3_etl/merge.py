@@ -21,7 +21,11 @@ import pyarrow.parquet as pq
 from dalle3_etl.records import Reason
 from dalle3_etl.settings import Settings
 from dalle3_etl.sinks import caption_relpath, parquet_writer, schema_for
-from dalle3_etl.state import Layout, read_record, remove_path, write_atomic, write_record
+from dalle3_etl.state import (
+    Layout, crash_point, fsync_file, read_record, remove_path, write_atomic, write_record,
+)
+
+CLASHES_NAME = ".dalle3-etl-clashes.json"  # inside flat/<shard>/: the clash decision of an unfinished publish
 
 
 def _shard_files(filename: str, settings: Settings) -> list[str]:
@@ -33,41 +37,74 @@ def _shard_files(filename: str, settings: Settings) -> list[str]:
     return names
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
+
+
 def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
-    """Move a committed flat shard's files into OUT/data without overwriting; idempotent after a crash."""
+    """Move a committed flat shard's files into OUT/data without overwriting; idempotent after a crash.
+
+    Each file is hard-linked into OUT/data, then its staged name removed, so a crash leaves it in one
+    place or both (the same inode, recognised on the next run). Which names clash is decided once
+    and kept in `flat/<shard>/.dalle3-etl-clashes.json` until the record says `published`, so a
+    re-run after a crash makes the same decision even though some files already moved.
+    """
     record = read_record(layout, shard_id)
     if record is None or record.get("published"):
         return
     src_root = layout.flat_files(shard_id)
+    journal = src_root / CLASHES_NAME
     table = pq.read_table(layout.part(shard_id))
-    keep = []
-    clashes = []
-    for filename in table.column("filename").to_pylist():
-        names = _shard_files(filename, settings)
-        pending = [n for n in names if (src_root / n).exists()]
-        if any((layout.data / n).exists() for n in pending):
-            clashes.append(filename)
-            keep.append(False)
+    filenames = table.column("filename").to_pylist()
+    if journal.exists():
+        ordered = orjson.loads(journal.read_bytes())  # decided before a crash; the part may be filtered already
+    else:
+        ordered = []
+        for filename in filenames:
+            for name in _shard_files(filename, settings):
+                src, dst = src_root / name, layout.data / name
+                if src.exists() and dst.exists() and not _same_file(src, dst):
+                    ordered.append(filename)
+                    break
+        if ordered:
+            src_root.mkdir(parents=True, exist_ok=True)
+            write_atomic(journal, orjson.dumps(ordered))
+    clashes = set(ordered)
+    moved = 0
+    for filename in filenames:
+        if filename in clashes:
             continue
-        for name in pending:
-            dst = layout.data / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            os.link(src_root / name, dst)  # fails rather than overwrite
-            os.unlink(src_root / name)
-        keep.append(True)
+        for name in _shard_files(filename, settings):
+            src, dst = src_root / name, layout.data / name
+            if not src.exists():
+                continue  # moved before a crash
+            if not _same_file(src, dst):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.link(src, dst)  # fails rather than overwrite
+            moved += 1
+            crash_point("publish", shard_id, moved)
+            os.unlink(src)
     if clashes:
-        kept = table.filter(pa.array(keep))
-        tmp = layout.part(shard_id).with_name(f".{shard_id}.parquet.tmp")
-        pq.write_table(kept, tmp, compression="zstd")
-        os.replace(tmp, layout.part(shard_id))
-        lines = [
-            orjson.dumps({"shard": shard_id, "member": name, "reason": Reason.NAME_CLASH,
-                          "detail": f"{name} (or its caption file) already exists in {layout.data} (--flat)"})
-            for name in clashes
-        ]
+        keep = [f not in clashes for f in filenames]
+        if not all(keep):  # not yet filtered by a run that crashed later
+            tmp = layout.part(shard_id).with_name(f".{shard_id}.parquet.tmp")
+            pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
+            fsync_file(tmp)
+            os.replace(tmp, layout.part(shard_id))
+            crash_point("publish_part", shard_id)
         rejects = layout.rejects(shard_id)
-        write_atomic(rejects, rejects.read_bytes() + b"".join(line + b"\n" for line in lines))
-        record["samples"] -= len(clashes)
+        lines = [line for line in rejects.read_bytes().splitlines(keepends=True)
+                 if orjson.loads(line).get("reason") != Reason.NAME_CLASH]  # drop lines of a crashed publish
+        lines += [
+            orjson.dumps({"shard": shard_id, "member": name, "reason": Reason.NAME_CLASH,
+                          "detail": f"data/{name} (or its caption file) is taken by an earlier shard (--flat)"}) + b"\n"
+            for name in ordered
+        ]
+        write_atomic(rejects, b"".join(lines))
+        record["samples"] -= len(clashes)  # the record still holds the counts of the conversion
         record["rejects"][Reason.NAME_CLASH] = record["rejects"].get(Reason.NAME_CLASH, 0) + len(clashes)
     record["published"] = True
     write_record(layout, shard_id, record)
@@ -75,15 +112,21 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
 
 
 def unpublish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
-    """Remove the files a flat shard moved into OUT/data (before that shard is redone)."""
+    """Remove the files a flat shard moved into OUT/data (before that shard is redone).
+
+    A name still staged under flat/<shard> was not published by this shard (not yet, or it clashed
+    with another shard's file, which stays), unless both names are the same file (a crash between
+    link and unlink).
+    """
     part = layout.part(shard_id)
     if not part.exists():
         return
     src_root = layout.flat_files(shard_id)
     for filename in pq.read_table(part, columns=["filename"]).column("filename").to_pylist():
         for name in _shard_files(filename, settings):
-            if not (src_root / name).exists():
-                (layout.data / name).unlink(missing_ok=True)
+            src, dst = src_root / name, layout.data / name
+            if not src.exists() or _same_file(src, dst):
+                dst.unlink(missing_ok=True)
 
 
 def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> int:
@@ -110,11 +153,13 @@ def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> i
         if pending_rows:
             writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=group)
             rows += pending_rows
+        writer.close()
+        fsync_file(tmp)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
-    writer.close()
+    crash_point("merge", "parquet")
     os.replace(tmp, final)
     return rows
 
@@ -131,6 +176,8 @@ def merge_rejects(layout: Layout, shard_ids: list[str]) -> int:
                     for line in fh:
                         out.write(line)
                         count += 1
+        out.flush()
+        os.fsync(out.fileno())
     os.replace(tmp, final)
     return count
 
@@ -141,6 +188,7 @@ def merge(layout: Layout, shard_ids: list[str], settings: Settings) -> int:
         for sid in shard_ids:
             publish_flat(layout, sid, settings)
     merge_rejects(layout, shard_ids)
+    crash_point("merge", "rejects")
     return merge_parquet(layout, shard_ids, settings)
 
 

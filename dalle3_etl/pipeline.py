@@ -1,12 +1,26 @@
 """The driver of `convert`: plan which shards to (re)do, run them, merge, write the SimpleTuner config.
 
-Resume lives here: a shard whose completion record matches its input fingerprint is skipped; every
-other shard is redone from scratch. Settings that change the output are pinned in the manifest; a
-run with other settings is refused rather than mixing two settings in one dataset.
+Resume lives here. A shard is complete when it has a completion record (written last, after its
+files). What a run does with each input shard:
+
+- complete, input unchanged (same path, size, mtime): skipped ("Resuming: N shard(s) already complete");
+- complete, input changed: redone;
+- complete but *damaged* (its tar could not be read to the end; the samples before the damage are
+  in the dataset): skipped like a complete shard, and reported; `--retry-failed` reads it again;
+- no record (never converted, interrupted, or *failed*: nothing was committed): redone from scratch,
+  after whatever it left behind is removed;
+- with `--retry-failed`, only failed and damaged shards (and changed inputs) are redone; shards never
+  converted are left for a plain run and reported.
+
+Shards completed by earlier runs stay in the dataset even when a later run does not name them:
+OUT grows as shards are added. Settings that change the output are pinned in the manifest; a run
+with other settings is refused rather than mixing two settings in one dataset (`--restart` starts
+over). The exit code is 1 when, after the run, some input shard is failed, damaged or not converted.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,16 +35,36 @@ from dalle3_etl.shard import ShardResult, forget_shard, source_fingerprint
 from dalle3_etl.simpletuner import write_dataloader_config
 from dalle3_etl.sources import ShardSource, natural_key
 from dalle3_etl.state import (
-    Layout, RunLock, StateError, all_records, read_manifest, read_record, remove_path,
+    TMP_GLOB, Layout, RunLock, StateError, all_records, read_manifest, read_record, remove_path,
     settings_differences, write_atomic, write_manifest,
 )
+
+#: How the user sets each output-changing setting (for the refusal message).
+SETTING_FLAGS = {
+    "caption_field": "--caption-field", "caption_fallbacks": "--caption-fallbacks", "fields": "--fields",
+    "images": "--images/--no-images", "captions": "--captions/--no-captions", "flat": "--flat/--subfolders",
+    "max_json_bytes": "--max-json-bytes",
+}
 
 
 @dataclass
 class Plan:
     todo: list[ShardSource]
-    skipped: list[str]  # complete and unchanged
+    skipped: list[str]  # complete and unchanged (damaged ones included)
     why: dict[str, str]  # shard id -> why it is (re)done
+    damaged: list[str] = field(default_factory=list)  # skipped, but complete only up to a read error
+    deferred: list[str] = field(default_factory=list)  # not converted yet, left out by --retry-failed
+
+    def notices(self) -> list[str]:
+        """What the user should know about the shards this run does not convert."""
+        out = []
+        if self.damaged:
+            out.append(f"{len(self.damaged)} of them damaged in an earlier run (kept up to the damage): "
+                       f"{', '.join(self.damaged)}; add --retry-failed to read them again.")
+        if self.deferred:
+            out.append(f"--retry-failed: {len(self.deferred)} shard(s) never converted are left for a plain run: "
+                       f"{', '.join(self.deferred)}.")
+        return out
 
 
 @dataclass
@@ -43,6 +77,7 @@ class RunSummary:
     parquet: Path | None = None
     dataloader: Path | None = None
     interrupted: bool = False
+    incomplete: dict[str, str] = field(default_factory=dict)  # input shard id -> failed / damaged / not converted
 
     @property
     def failed(self) -> list[ShardResult]:
@@ -50,7 +85,17 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failed or self.interrupted else 0
+        return 1 if self.failed or self.incomplete or self.interrupted else 0
+
+    def notices(self) -> list[str]:
+        """Input shards left incomplete by earlier runs (this run's failures are reported one by one)."""
+        now = {r.shard_id for r in self.failed}
+        earlier = {sid: state for sid, state in self.incomplete.items() if sid not in now}
+        if not earlier:
+            return []
+        return [f"{len(earlier)} input shard(s) incomplete from earlier runs: "
+                + ", ".join(f"{sid} ({state})" for sid, state in earlier.items())
+                + ". See `dalle3-etl status`; --retry-failed redoes failed and damaged shards."]
 
 
 class Reporter:
@@ -68,34 +113,57 @@ def _failed_path(layout: Layout, shard_id: str) -> Path:
 
 
 def plan_run(layout: Layout, sources: list[ShardSource], *, retry_failed: bool) -> Plan:
-    todo, skipped, why = [], [], {}
+    plan = Plan([], [], {})
+    for src in sources:
+        sid = src.shard_id
+        record = read_record(layout, sid)
+        failed_before = _failed_path(layout, sid).exists()
+        damaged = record is not None and bool(record.get("error"))
+        if record is not None and record.get("source") != source_fingerprint(src):
+            plan.todo.append(src)
+            plan.why[sid] = "input changed since it was converted"
+        elif record is None and failed_before:
+            plan.todo.append(src)
+            plan.why[sid] = "failed last time"
+        elif damaged and retry_failed:
+            plan.todo.append(src)
+            plan.why[sid] = "damaged last time"
+        elif record is None and retry_failed:
+            plan.deferred.append(sid)
+        elif record is None:
+            plan.todo.append(src)
+            plan.why[sid] = "not converted yet"
+        else:
+            plan.skipped.append(sid)
+            if damaged:
+                plan.damaged.append(sid)
+    return plan
+
+
+def incomplete_shards(layout: Layout, sources: list[ShardSource]) -> dict[str, str]:
+    """Input shards that are not complete and clean in OUT now."""
+    out = {}
     for src in sources:
         record = read_record(layout, src.shard_id)
-        failed_before = _failed_path(layout, src.shard_id).exists()
-        if record is not None and record.get("source") != source_fingerprint(src):
-            todo.append(src)
-            why[src.shard_id] = "input changed since it was converted"
-        elif retry_failed:
-            if failed_before or (record is not None and record.get("error")):
-                todo.append(src)
-                why[src.shard_id] = "failed last time"
-            else:
-                skipped.append(src.shard_id)
-        elif record is None:
-            todo.append(src)
-            why[src.shard_id] = "failed last time" if failed_before else "not converted yet"
-        else:
-            skipped.append(src.shard_id)
-    return Plan(todo, skipped, why)
+        if record is None:
+            out[src.shard_id] = "failed" if _failed_path(layout, src.shard_id).exists() else "not converted"
+        elif record.get("error"):
+            out[src.shard_id] = "damaged"
+    return out
 
 
 def clean_leftovers(layout: Layout, settings: Settings) -> None:
     """Remove what an interrupted run left: staging, temporaries, output of shards without a record."""
     remove_path(layout.state / "staging")
-    for folder in (layout.state / "shards", layout.out):
-        for tmp in folder.glob(".*.tmp*"):
+    remove_path(layout.trash)
+    for folder in (layout.state, layout.out, *(layout.state / sub for sub in ("shards", "parts", "rejects", "failed"))):
+        for tmp in folder.glob(TMP_GLOB):
             tmp.unlink(missing_ok=True)
-    done = set(all_records(layout))
+    records = all_records(layout)
+    done = set(records)
+    for sid, rec in records.items():  # a --flat shard published just before a crash: its staged folder
+        if rec.get("published"):
+            remove_path(layout.flat_files(sid))
     leftovers = set()
     for sub, suffix in (("parts", ".parquet"), ("rejects", ".jsonl")):
         for path in (layout.state / sub).glob(f"*{suffix}"):
@@ -116,21 +184,33 @@ def check_settings(layout: Layout, settings: Settings) -> None:
         return
     diffs = settings_differences(manifest.get("settings", {}), settings.output_fingerprint())
     if diffs:
+        named = [f"{line}  ({SETTING_FLAGS[line.split(':')[0]]})" if line.split(":")[0] in SETTING_FLAGS else line
+                 for line in diffs]
         raise StateError(
             f"{layout.out} was converted with other settings that change the output:\n  - "
-            + "\n  - ".join(diffs)
+            + "\n  - ".join(named)
             + "\nRun again with the original settings to resume, or add --restart to start over "
             "(this deletes the converted output in that directory)."
         )
 
 
 def restart(layout: Layout, settings: Settings) -> None:
-    for name in ("shards", "parts", "rejects", "staging", "flat", "failed", "seen"):
-        remove_path(layout.state / name)
-    layout.manifest.unlink(missing_ok=True)
-    remove_path(layout.data)
-    for name in (settings.parquet_name, "rejects.jsonl", "multidatabackend.json"):
+    """Delete the previous output. Crash-safe: the records go first (every shard becomes incomplete),
+    then the rest is moved into the trash folder that every run empties; the manifest goes last, so
+    a run killed here is still refused until `--restart` has finished."""
+    old = read_manifest(layout)
+    old_parquet = (old or {}).get("settings", {}).get("parquet_name")
+    trash = layout.trash
+    remove_path(trash)  # left by a --restart that was killed
+    trash.mkdir(parents=True)
+    for i, path in enumerate([layout.state / "shards", layout.data,
+                              *(layout.state / name for name in ("parts", "rejects", "staging", "flat", "failed", "seen"))]):
+        if path.exists():
+            os.replace(path, trash / f"{i}-{path.name}")
+    for name in {settings.parquet_name, old_parquet or settings.parquet_name, "rejects.jsonl", "multidatabackend.json"}:
         (layout.out / name).unlink(missing_ok=True)
+    layout.manifest.unlink(missing_ok=True)
+    remove_path(trash)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -151,7 +231,7 @@ def run_convert(
     out.mkdir(parents=True, exist_ok=True)
     layout = Layout(out)
     start = time.monotonic()
-    with RunLock(layout.lock):
+    with RunLock(layout.lock, layout.workers_lock):
         if restart_run:
             restart(layout, settings)
         check_settings(layout, settings)
@@ -180,16 +260,17 @@ def run_convert(
 
         try:
             runner.run(tasks, reporter.progress, on_result)
+            reporter.merging()
+            done = sorted(all_records(layout), key=natural_key)
+            summary.rows = merge(layout, done, settings)
+            summary.parquet = out / settings.parquet_name
+            summary.dataloader = write_dataloader_config(layout, settings)
         except KeyboardInterrupt:
             summary.interrupted = True
             summary.seconds = time.monotonic() - start
             reporter.finish(summary)
             raise
-        reporter.merging()
-        done = sorted(all_records(layout), key=natural_key)
-        summary.rows = merge(layout, done, settings)
-        summary.parquet = out / settings.parquet_name
-        summary.dataloader = write_dataloader_config(layout, settings)
+        summary.incomplete = incomplete_shards(layout, sources)
     summary.results.sort(key=lambda r: natural_key(r.shard_id))
     summary.seconds = time.monotonic() - start
     reporter.finish(summary)

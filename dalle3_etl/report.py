@@ -49,6 +49,8 @@ class RichReporter(Reporter):
             return
         if plan.skipped:
             self.console.print(f"Resuming: {len(plan.skipped)} shard(s) already complete, skipped.")
+        for line in plan.notices():
+            self.console.print(line, highlight=False)
         if plan.todo:
             self.console.print(f"Converting {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
         if self.live and plan.todo:
@@ -124,6 +126,8 @@ class RichReporter(Reporter):
             self._print(f"[red]{len(summary.failed)} shard(s) could not be read completely[/red]: "
                         f"{', '.join(r.shard_id for r in summary.failed)}. See above; "
                         "fix the input and run again (add --retry-failed to redo only those).")
+        for line in summary.notices():
+            self._print(f"[yellow]{line}[/yellow]")
         self._print(f"SimpleTuner-ready output in {summary.out}:")
         self._print(f"  parquet:    {summary.parquet}")
         self._print(f"  images:     {summary.out / 'data'}")

@@ -28,7 +28,7 @@ from dalle3_etl.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.settings import Settings
 from dalle3_etl.sinks import FileTree, PartWriter, caption_relpath
 from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout, clear_shard, remove_path, write_record
+from dalle3_etl.state import Layout, clear_shard, crash_point, remove_path, sync_filesystem, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 STREAM_HEAD_BYTES = 256 * 1024  # image head read for the size probe when streaming without copying images
@@ -225,6 +225,7 @@ class ShardConverter:
         self.part.add((filename, info.caption, width, height, entry.key, self.shard_id, info.source,
                        *info.extras.values()))
         self.samples += 1
+        crash_point("sample", self.shard_id, self.samples)
 
     def _report_unpaired(self, entry: Entry, where: str) -> None:
         """Report the members of an entry that never got its partner (`where`: "in this shard"...)."""
@@ -316,6 +317,7 @@ class ShardConverter:
                     self._reject(exc.member or f"@{exc.offset}", "shard_unreadable", str(exc))
             self.part.close()
             self._rejects_fh.close()
+            crash_point("staged", self.shard_id)
             self.commit()
         except BaseException:
             self._rejects_fh.close()
@@ -326,10 +328,13 @@ class ShardConverter:
             notes=dict(sorted(self.notes.items())),
             bytes_in=self.src.size, bytes_out=self.bytes_out, seconds=time.monotonic() - start, error=error,
         )
+        sync_filesystem(layout.state)  # the record must never reach the disk before the files it describes
+        crash_point("committed", self.shard_id)
         write_record(layout, self.shard_id, {
             "shard": self.shard_id, "source": source_fingerprint(self.src), "settings": self.settings.output_fingerprint(),
             "samples": self.samples, "rejects": result.rejects, "notes": result.notes, "error": error, "published": not self.settings.flat,
         })
+        crash_point("recorded", self.shard_id)
         return result
 
     def commit(self) -> None:
@@ -348,6 +353,7 @@ class ShardConverter:
                 os.replace(staged, target)
             else:
                 target.mkdir()
+        crash_point("commit", sid)
         os.replace(self.staging / "part.parquet", layout.part(sid))
         os.replace(self.staging / "rejects.jsonl", layout.rejects(sid))
         remove_path(self.staging)

@@ -7,10 +7,13 @@ without a record left behind is removed before it is redone.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import shutil
+import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +29,60 @@ class StateError(RuntimeError):
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write under a temporary name (`.<name>.tmp-<pid>`, removed by the next run if we die), then rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def fsync_file(path: Path) -> None:
+    """Flush a finished file's bytes to disk before it is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_filesystem(path: Path) -> None:
+    """Flush everything written under `path`'s filesystem to disk (Linux `syncfs`, else `sync`).
+
+    Called once per shard before its completion record is written, so that after a power cut a
+    record never describes images or captions that did not reach the disk.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        syncfs = getattr(_libc(), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        except OSError:  # pragma: no cover - no C library to load
+            _LIBC = False
+    return _LIBC or None
+
+
+TMP_GLOB = ".*.tmp*"  # every temporary name a run writes next to a final file
+
+
+def is_temporary(name: str) -> bool:
+    return name.startswith(".") and ".tmp" in name
 
 
 def remove_path(path: Path) -> None:
@@ -62,6 +113,16 @@ class Layout:
     @property
     def lock(self) -> Path:
         return self.state / "lock"
+
+    @property
+    def workers_lock(self) -> Path:
+        """Held (shared) by every worker process of a run; see `RunLock`."""
+        return self.state / "workers.lock"
+
+    @property
+    def trash(self) -> Path:
+        """Where `--restart` moves old output before deleting it (emptied by every run)."""
+        return self.state / "trash"
 
     def record(self, shard_id: str) -> Path:
         return self.state / "shards" / f"{shard_id}.json"
@@ -158,15 +219,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+WORKERS_WAIT = 30.0  # seconds a new run waits for worker processes of a killed run to exit
+
+
 class RunLock:
     """One run per output directory.
 
     The lock file holds `host pid`. Where `fcntl.flock` exists the kernel releases the lock when its
     holder dies, so a lock left by a killed run is taken over at once; the pid check covers the rest.
+
+    Worker processes of a run hold `workers.lock` shared (`hold_workers_lock`) and exit when their
+    driver dies. A new run, once it has the lock, waits until no worker of an earlier run holds
+    `workers.lock`, so a killed run's worker can never commit a shard under a new run's feet.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, workers_lock: Path | None = None):
         self.path = path
+        self.workers_lock = workers_lock
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -196,6 +265,12 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
         self._fd = fd
+        if self.workers_lock is not None:
+            try:
+                _wait_for_old_workers(self.workers_lock)
+            except BaseException:
+                self.release()
+                raise
 
     def release(self) -> None:
         if self._fd is not None:
@@ -208,3 +283,106 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _wait_for_old_workers(path: Path, timeout: float = WORKERS_WAIT) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return  # closing fd below releases it at once
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                    raise
+            if time.monotonic() >= deadline:
+                raise StateError(
+                    f"worker processes of an earlier, killed dalle3-etl run still write to {path.parent.parent} "
+                    f"(they hold {path}); stop them (`fuser {path}` lists them) and run again"
+                )
+            time.sleep(0.05)
+    finally:
+        os.close(fd)
+
+
+_workers_lock_fd: int | None = None
+
+
+def hold_workers_lock(path: str | os.PathLike) -> None:
+    """In a worker process: hold `workers.lock` shared until the process exits."""
+    global _workers_lock_fd
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return
+    if _workers_lock_fd is not None:
+        os.close(_workers_lock_fd)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _workers_lock_fd = fd
+
+
+def lock_holder(layout: Layout) -> str | None:
+    """`host pid` of the run holding OUT's lock, or None when no run holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(layout.lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            return os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+        return None
+    finally:
+        os.close(fd)
+
+
+# --- crash test hook -------------------------------------------------------------------------------
+#
+# The crash-safety tests stop a real run at a named point by setting, in the environment of
+# `dalle3-etl convert`:
+#
+#     DALLE3_ETL_TEST_CRASH=[action@]point:arg[:arg...]      e.g. committed:data-000001
+#
+# action "kill" (the default) SIGKILLs the run's whole process group (driver, forkserver, workers),
+# "killself" SIGKILLs only the process that reaches the point (a worker killed by the OOM killer),
+# "stall" sleeps there for ever (a run that is still busy, holding its lock). Points:
+#   sample:<shard>:<n>   a shard has written its n-th sample to staging      (shard.py)
+#   staged:<shard>       a shard is fully staged, nothing committed           (shard.py)
+#   commit:<shard>       its files are in OUT/data, part and rejects are not  (shard.py)
+#   committed:<shard>    everything is in place but the record is not written (shard.py)
+#   recorded:<shard>     its completion record is written                     (shard.py)
+#   merge:rejects        rejects.jsonl is merged, dalle3.parquet is not       (merge.py)
+#   merge:parquet        dalle3.parquet is fully written under its temporary name, not renamed (merge.py)
+#   publish:<shard>:<n>  --flat: n-th file of a shard linked into OUT/data, its staged copy not yet removed
+#   publish_part:<shard> --flat: the part without clashing rows is written, the record is not updated
+# Unset (always, outside these tests) the hook costs one comparison.
+
+_CRASH = os.environ.get("DALLE3_ETL_TEST_CRASH") or None
+
+
+def crash_point(point: str, *args: object) -> None:
+    if _CRASH is None:
+        return
+    action, _, where = _CRASH.rpartition("@")
+    if where != ":".join((point, *map(str, args))):
+        return
+    if action == "stall":
+        while True:
+            time.sleep(3600)
+    if action == "killself":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        os.killpg(os.getpgrp(), signal.SIGKILL)

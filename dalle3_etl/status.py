@@ -1,4 +1,10 @@
-"""`dalle3-etl status OUT`: which shards are done, damaged, failed or pending, with counts."""
+"""`dalle3-etl status OUT`: which shards are done, damaged, failed or pending, with counts.
+
+done: complete. damaged: complete up to a read error (the samples before it are in the dataset).
+failed: nothing committed last time (output I/O error, worker died); the next run redoes it.
+pending: a run started it and did not finish (interrupted or killed); the next run redoes it.
+Only shards some run was given are known here; status cannot see inputs never passed to convert.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dalle3_etl.sources import natural_key
-from dalle3_etl.state import Layout, all_records
+from dalle3_etl.state import Layout, all_records, lock_holder, read_manifest
 
 
 def shard_states(out: Path) -> dict[str, dict]:
@@ -44,8 +50,30 @@ def print_status(out: Path, console: Console | None = None) -> None:
         table.add_row(sid, f"[{color}]{st['state']}[/{color}]", f"{st['samples']:,}", f"{st['rejects']:,}", st["detail"])
     console.print(table)
     counts = Counter(st["state"] for st in states.values())
+    samples = sum(st["samples"] for st in states.values())
     console.print(
         f"done {counts['done']}, damaged {counts['damaged']}, failed {counts['failed']}, pending {counts['pending']}; "
-        f"{sum(st['samples'] for st in states.values()):,} samples",
+        f"{samples:,} samples",
         highlight=False,
     )
+    for line in _dataset_lines(Path(out), samples):
+        console.print(line, highlight=False)
+
+
+def _dataset_lines(out: Path, samples: int) -> list[str]:
+    layout = Layout(out)
+    lines = []
+    holder = lock_holder(layout)
+    if holder is not None:
+        lines.append(f"A convert run is in progress (lock held by {holder}).")
+    manifest = read_manifest(layout) or {}
+    parquet = out / manifest.get("settings", {}).get("parquet_name", "dalle3.parquet")
+    if parquet.exists():
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(parquet).metadata.num_rows
+        state = "up to date" if rows == samples else "out of date: run convert again to merge"
+        lines.append(f"{parquet.name}: {rows:,} rows ({state}).")
+    else:
+        lines.append(f"{parquet.name}: not written yet (run convert again to finish).")
+    return lines
