@@ -35,7 +35,7 @@ from dalle3_etl.shard import ShardResult, forget_shard, source_fingerprint
 from dalle3_etl.simpletuner import write_dataloader_config
 from dalle3_etl.sources import ShardSource, natural_key
 from dalle3_etl.state import (
-    TMP_GLOB, Layout, RunLock, StateError, all_records, read_manifest, read_record, remove_path,
+    TMP_GLOB, Layout, RunLock, StateError, all_records, crash_point, read_manifest, read_record, remove_path,
     settings_differences, write_atomic, write_manifest,
 )
 
@@ -207,6 +207,7 @@ def restart(layout: Layout, settings: Settings) -> None:
                               *(layout.state / name for name in ("parts", "rejects", "staging", "flat", "failed", "seen"))]):
         if path.exists():
             os.replace(path, trash / f"{i}-{path.name}")
+            crash_point("restart", i)
     for name in {settings.parquet_name, old_parquet or settings.parquet_name, "rejects.jsonl", "multidatabackend.json"}:
         (layout.out / name).unlink(missing_ok=True)
     layout.manifest.unlink(missing_ok=True)

@@ -368,6 +368,7 @@ def lock_holder(layout: Layout) -> str | None:
 #   merge:parquet        dalle3.parquet is fully written under its temporary name, not renamed (merge.py)
 #   publish:<shard>:<n>  --flat: n-th file of a shard linked into OUT/data, its staged copy not yet removed
 #   publish_part:<shard> --flat: the part without clashing rows is written, the record is not updated
+#   restart:<n>          --restart has moved its n-th folder (0: the records, 1: OUT/data) to the trash
 # Unset (always, outside these tests) the hook costs one comparison.
 
 _CRASH = os.environ.get("DALLE3_ETL_TEST_CRASH") or None

@@ -333,6 +333,19 @@ def test_output_changing_settings_are_refused_until_restart_worker_count_is_not(
     assert leftovers(out) == []
 
 
+def test_a_killed_restart_leaves_no_mix_of_old_and_new_output(corpus, reference, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    code, log = run_convert_cli([corpus], out, "-w", "1", "--no-captions", "--restart", crash="restart:1")
+    assert code == -signal.SIGKILL, log
+    assert records(out) == [] and not (out / "data").exists()  # records went first, then the files
+    code, output = invoke("convert", corpus, "-o", out, "-w", "1", "--no-captions")
+    assert code == 2 and "--restart" in output  # the restart did not finish: still pinned to the old settings
+    resume([corpus], out)  # the old settings: every shard is redone
+    assert_same_output(out, reference)
+    assert leftovers(out) == []
+
+
 # --- changed and added inputs ------------------------------------------------------------------------
 
 

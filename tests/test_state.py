@@ -1,0 +1,96 @@
+"""Run state in isolation: what a re-run plans for each kind of shard, the run lock, leftover cleanup."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+import pytest
+
+from dalle3_etl.pipeline import clean_leftovers, plan_run
+from dalle3_etl.settings import Settings
+from dalle3_etl.sources import ShardSource
+from dalle3_etl.state import Layout, RunLock, StateError, lock_holder, write_atomic, write_record
+
+
+def _source(sid: str, size: int = 100) -> ShardSource:
+    return ShardSource(sid, f"/in/{sid}.tar", size, {"path": f"/in/{sid}.tar", "size": size, "mtime_ns": 1})
+
+
+@pytest.fixture
+def layout(tmp_path) -> Layout:
+    layout = Layout(tmp_path / "out")
+    layout.ensure()
+    (layout.state / "failed").mkdir()
+    (layout.state / "seen").mkdir()
+    return layout
+
+
+def _complete(layout: Layout, src: ShardSource, error: str | None = None) -> None:
+    write_record(layout, src.shard_id, {"shard": src.shard_id, "source": dict(src.fingerprint), "samples": 1,
+                                        "rejects": {}, "error": error, "published": True})
+
+
+def _failed(layout: Layout, sid: str) -> None:
+    write_atomic(layout.state / "failed" / f"{sid}.json", orjson.dumps({"shard_id": sid, "failure": "OSError"}))
+
+
+def test_what_a_rerun_does_with_each_kind_of_shard(layout):
+    done, changed, damaged, failed, new = (_source(f"s{i}") for i in range(5))
+    for src in (done, changed, damaged):
+        _complete(layout, src, error="truncated" if src is damaged else None)
+    _failed(layout, failed.shard_id)
+    changed = _source("s1", size=200)  # the file grew since it was converted
+
+    plan = plan_run(layout, [done, changed, damaged, failed, new], retry_failed=False)
+    assert [s.shard_id for s in plan.todo] == ["s1", "s3", "s4"]
+    assert plan.why == {"s1": "input changed since it was converted", "s3": "failed last time",
+                        "s4": "not converted yet"}
+    assert plan.skipped == ["s0", "s2"] and plan.damaged == ["s2"] and plan.deferred == []
+    assert "add --retry-failed" in plan.notices()[0]
+
+    plan = plan_run(layout, [done, changed, damaged, failed, new], retry_failed=True)
+    assert [s.shard_id for s in plan.todo] == ["s1", "s2", "s3"]
+    assert plan.why["s2"] == "damaged last time"
+    assert plan.skipped == ["s0"] and plan.deferred == ["s4"]
+    assert plan.notices() == ["--retry-failed: 1 shard(s) never converted are left for a plain run: s4."]
+
+
+def test_a_second_lock_on_the_same_output_is_refused_and_free_after_release(layout):
+    first = RunLock(layout.lock, layout.workers_lock)
+    first.acquire()
+    try:
+        assert lock_holder(layout) == f"{os.uname().nodename} {os.getpid()}"
+        with pytest.raises(StateError, match=f"another dalle3-etl run is using .*{os.getpid()}"):
+            RunLock(layout.lock, layout.workers_lock).acquire()
+    finally:
+        first.release()
+    assert lock_holder(layout) is None
+    with RunLock(layout.lock, layout.workers_lock):
+        pass
+
+
+def test_cleanup_removes_temporaries_everywhere_and_output_of_shards_without_a_record(layout):
+    settings = Settings()
+    kept = _source("s0")
+    _complete(layout, kept)
+    (layout.shard_data("s0")).mkdir()
+    (layout.shard_data("s0") / "a.jpg").write_bytes(b"x")
+    layout.part("s0").write_bytes(b"part")
+    for sid in ("s0", "s1"):
+        (layout.state / "seen" / sid).touch()
+    layout.shard_data("s1").mkdir()  # committed files of a shard killed before its record
+    layout.part("s1").write_bytes(b"part")
+    temporaries = [layout.out / ".dalle3.parquet.tmp", layout.state / ".manifest.json.tmp-12",
+                   layout.state / "shards" / ".s1.json.tmp-7", layout.state / "parts" / ".s0.parquet.tmp",
+                   layout.state / "rejects" / ".s0.jsonl.tmp-3", layout.state / "failed" / ".s1.json.tmp-9",
+                   layout.staging("s1") / "pending" / "1", layout.trash / "0-shards" / "s9.json"]
+    for path in temporaries:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"tmp")
+
+    clean_leftovers(layout, settings)
+
+    assert [p for p in temporaries if p.exists()] == []
+    assert not layout.shard_data("s1").exists() and not layout.part("s1").exists()
+    assert (layout.shard_data("s0") / "a.jpg").read_bytes() == b"x" and layout.part("s0").exists()
