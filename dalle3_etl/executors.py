@@ -8,6 +8,7 @@ through callbacks; the driver (`pipeline`) decides what to run and merges afterw
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import multiprocessing as mp
 import os
 import queue
@@ -122,16 +123,30 @@ def mp_context():
     return mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
 
 
+MAX_POOL_RESTARTS = 8  # pools started again after a worker died, per run
+
+
 class LocalExecutor:
     """A process pool over shards. Ctrl-C kills the workers at once; their shards stay incomplete and
-    are redone by the next run."""
+    are redone by the next run.
+
+    A worker that dies (OOM killer, segfault) breaks the whole pool. The shards that were being
+    converted then are reported failed (which one killed its worker cannot be told); shards that had
+    not started yet (no staging folder) go on in a new pool.
+    """
 
     def __init__(self, workers: int):
         self.workers = workers
 
     def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None:
-        if not tasks:
-            return
+        restarts = 0
+        while tasks:
+            tasks = self._run_pool(tasks, on_progress, on_result, may_retry=restarts < MAX_POOL_RESTARTS)
+            restarts += 1
+
+    def _run_pool(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb,
+                  may_retry: bool) -> list[ShardTask]:
+        """Run tasks in one pool. Returns the tasks to run in a new pool because a worker died first."""
         ctx = mp_context()
         progress_queue = ctx.Queue()
         pool = cf.ProcessPoolExecutor(
@@ -139,6 +154,7 @@ class LocalExecutor:
             initializer=_init_worker,
             initargs=(progress_queue, os.getpid(), str(Layout(Path(tasks[0].out)).workers_lock)),
         )
+        retry: list[ShardTask] = []
         try:
             pending = {pool.submit(_pool_task, task): task for task in tasks}
             while pending:
@@ -149,11 +165,17 @@ class LocalExecutor:
                     try:
                         result = fut.result()
                     except Exception as exc:  # the worker process died (OOM killer, segfault)
-                        result = ShardResult(shard_id=task.source.shard_id, ok=False,
-                                             failure=f"worker process died: {type(exc).__name__}: {exc}")
+                        sid = task.source.shard_id
+                        if (may_retry and isinstance(exc, BrokenProcessPool)
+                                and not Layout(Path(task.out)).staging(sid).exists()):
+                            retry.append(task)  # had not started
+                            continue
+                        result = ShardResult(shard_id=sid, ok=False, failure=(
+                            f"worker process died while converting it or another shard (killed by a signal, "
+                            f"e.g. the OOM killer?): {type(exc).__name__}: {exc}"))
                     on_result(result)
         except BaseException:
-            for proc in list(getattr(pool, "_processes", {}).values()):
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
             pool.shutdown(wait=False, cancel_futures=True)
             raise
@@ -161,6 +183,7 @@ class LocalExecutor:
             pool.shutdown(wait=True)
         finally:
             progress_queue.close()
+        return sorted(retry, key=tasks.index)
 
 
 def _drain(progress_queue, on_progress: ProgressCb) -> None:

@@ -210,14 +210,16 @@ def test_sigkill_of_the_process_tree_then_rerun_gives_the_uninterrupted_output(c
     assert {sid: st["state"] for sid, st in shard_states(out).items()} == dict.fromkeys(SHARDS, "done")
 
 
-def test_a_worker_killed_alone_fails_its_shards_and_the_rerun_completes(corpus, reference, tmp_path):
-    """The OOM killer takes one worker: the run finishes, reports failed shards, exits 1; the re-run repairs."""
+def test_a_worker_killed_alone_fails_only_the_shards_in_flight_and_the_rerun_completes(corpus, reference, tmp_path):
+    """The OOM killer takes one worker: that breaks the pool; shards not started yet go on in a new
+    pool, the run reports the shards that were in flight as failed and exits 1; the re-run repairs."""
     out = tmp_path / "out"
-    code, log = run_convert_cli([corpus], out, "-w", "2", crash="killself@sample:data-000001:10")
+    code, log = run_convert_cli([corpus], out, "-w", "2", crash="killself@sample:data-000000:1")
     assert code == 1, log
-    assert "FAILED data-000001: worker process died" in log
-    states = shard_states(out)
-    assert states["data-000001"]["state"] == "failed"
+    assert "FAILED data-000000: worker process died" in log
+    states = {sid: st["state"] for sid, st in shard_states(out).items()}
+    assert states["data-000000"] == "failed"
+    assert states["data-000002"] == states["data-000003"] == "done"  # queued when the worker died
     resume([corpus], out)
     assert_same_output(out, reference)
     assert leftovers(out) == []
