@@ -72,7 +72,9 @@ def _dataset_lines(out: Path, samples: int) -> list[str]:
         import pyarrow.parquet as pq
 
         rows = pq.ParquetFile(parquet).metadata.num_rows
-        state = "up to date" if rows == samples else "out of date: run convert again to merge"
+        newest = max((p.stat().st_mtime_ns for p in (layout.state / "shards").glob("*.json")), default=0)
+        fresh = rows == samples and parquet.stat().st_mtime_ns >= newest  # merged after the last shard completed
+        state = "up to date" if fresh else "out of date: run convert again to merge"
         lines.append(f"{parquet.name}: {rows:,} rows ({state}).")
     else:
         lines.append(f"{parquet.name}: not written yet (run convert again to finish).")

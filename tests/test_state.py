@@ -94,3 +94,28 @@ def test_cleanup_removes_temporaries_everywhere_and_output_of_shards_without_a_r
     assert [p for p in temporaries if p.exists()] == []
     assert not layout.shard_data("s1").exists() and not layout.part("s1").exists()
     assert (layout.shard_data("s0") / "a.jpg").read_bytes() == b"x" and layout.part("s0").exists()
+
+
+def test_status_tells_whether_dalle3_parquet_is_up_to_date(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from conftest import convert
+    from dalle3_etl.status import print_status
+    from dalle3_etl.synth import SynthSpec, write_corpus
+
+    def status(out) -> str:
+        buf = io.StringIO()
+        print_status(out, Console(file=buf, width=300))
+        return buf.getvalue()
+
+    write_corpus(tmp_path / "in", SynthSpec(shards=2, per_shard=6, seed=1, image_bytes=300))
+    out = tmp_path / "out"
+    assert convert([tmp_path / "in"], out, workers=1).exit_code == 0
+    text = status(out)
+    assert "done 2, damaged 0, failed 0, pending 0" in text and "up to date" in text and "in progress" not in text
+    record = Layout(out).record("data-000001")
+    later = (out / "dalle3.parquet").stat().st_mtime_ns + 1_000_000_000
+    os.utime(record, ns=(later, later))  # a shard completed after the last merge
+    assert "out of date: run convert again" in status(out)
