@@ -81,10 +81,6 @@ def _libc():
 TMP_GLOB = ".*.tmp*"  # every temporary name a run writes next to a final file
 
 
-def is_temporary(name: str) -> bool:
-    return name.startswith(".") and ".tmp" in name
-
-
 def remove_path(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
