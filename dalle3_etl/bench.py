@@ -122,8 +122,13 @@ class RunStat:
         return max((p.peak_rss_kb for p in self.procs), default=0)
 
 
-def _children_map() -> dict[int, list[int]]:
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_table() -> tuple[dict[int, list[int]], dict[int, float]]:
+    """(children of each pid, own user+system CPU seconds of each pid) from /proc/*/stat."""
     children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -132,10 +137,12 @@ def _children_map() -> dict[int, list[int]]:
                 stat = fh.read()
         except OSError:
             continue
-        # pid (comm) state ppid ...: comm may contain spaces and parentheses; split after the last ')'
-        ppid = int(stat[stat.rfind(b")") + 2 :].split(None, 2)[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
+        # pid (comm) state ppid ... utime stime: comm may hold spaces and ')'; split after the last ')'
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return children, cpu
 
 
 def _status(pid: int) -> tuple[int, str] | None:
@@ -177,7 +184,7 @@ class TreeSampler:
     def __init__(self, interval: float = POLL_SECONDS):
         self.interval = interval
         self.roots: set[int] = set()
-        self.seen: dict[int, list] = {}  # pid -> [VmHWM kB, cmdline, ppid]
+        self.seen: dict[int, list] = {}  # pid -> [VmHWM kB, cmdline, ppid, root pid, own CPU seconds]
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -199,11 +206,11 @@ class TreeSampler:
         roots = set(self.roots)
         if not roots:
             return
-        children = _children_map()
-        stack = [(c, r) for r in roots for c in children.get(r, [])]
+        children, cpu = _process_table()
+        stack = [(c, r, r) for r in roots for c in children.get(r, [])]
         while stack:
-            pid, ppid = stack.pop()
-            stack.extend((c, pid) for c in children.get(pid, []))
+            pid, ppid, root = stack.pop()
+            stack.extend((c, pid, root) for c in children.get(pid, []))
             got = _status(pid)
             if got is None:
                 continue
@@ -212,9 +219,17 @@ class TreeSampler:
                 continue  # a zombie (exited, not yet reaped): keep what was seen while it ran
             old = self.seen.get(pid)
             if old is None or old[1] != cmdline:  # new, or it called exec: a new program with a new VmHWM
-                self.seen[pid] = [hwm, cmdline, ppid]
-            elif hwm > old[0]:
-                old[0] = hwm
+                self.seen[pid] = [hwm, cmdline, ppid, root, cpu.get(pid, 0.0)]
+            else:
+                old[0] = max(old[0], hwm)
+                old[4] = max(old[4], cpu.get(pid, 0.0))
+
+    def tree_cpu(self) -> dict[int, float]:
+        """Own CPU seconds summed over every sampled process under each root (as last sampled)."""
+        out: dict[int, float] = {}
+        for _hwm, _cmd, _ppid, root, cpu in self.seen.values():
+            out[root] = out.get(root, 0.0) + cpu
+        return out
 
     def descendants(self, skip_children_of: set[int] = frozenset()) -> list[ProcStat]:
         """Sampled processes. A child with its parent's command line was forked without exec (a pool
@@ -223,7 +238,7 @@ class TreeSampler:
         has children, its own sampled figure is kept too, as "<name> (sampled)"."""
         out = []
         parents = {v[2] for v in self.seen.values()}
-        for pid, (hwm, cmdline, ppid) in sorted(self.seen.items()):
+        for pid, (hwm, cmdline, ppid, _root, _cpu) in sorted(self.seen.items()):
             name = _short_name([c for c in cmdline.split("\0") if c])
             if ppid in skip_children_of:
                 if pid not in parents:
@@ -247,7 +262,7 @@ class Runner:
 
     def __init__(self) -> None:
         self.procs: list[ProcStat] = []
-        self.cpu = 0.0
+        self.cpu_by_root: dict[int, float] = {}  # wait4 user+system CPU of each command (+ children it reaped)
         self.wrappers: set[int] = set()
         self.sampler: TreeSampler | None = None
 
@@ -284,7 +299,7 @@ class Runner:
                 os.unlink(proc.rss_file)
         if proc.returncode != 0:
             raise BenchError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err[-2000:]}")
-        self.cpu += ru.ru_utime + ru.ru_stime
+        self.cpu_by_root[proc.pid] = ru.ru_utime + ru.ru_stime
         self.procs.append(ProcStat(proc.pid, _short_name([str(c) for c in cmd]), maxrss, True))
 
     def run(self, cmd: Sequence[str], stdout=None) -> None:
@@ -323,7 +338,12 @@ def measure(body: Callable[[Runner], dict[str, float] | None]) -> RunStat:
     exact = {p.pid for p in runner.procs}
     sampled = sampler.descendants(skip_children_of=runner.wrappers)
     procs = runner.procs + [p for p in sampled if p.pid not in exact]
-    return RunStat(seconds=seconds, cpu_seconds=runner.cpu, procs=procs, steps=steps, load_before=load)
+    # CPU: wait4 covers a command and the children it reaped; pool workers reaped by a forkserver that
+    # is never reaped itself escape it, the /proc samples (own CPU of every process) do not. Both are
+    # lower bounds of the truth: take the larger per command.
+    sampled_cpu = sampler.tree_cpu()
+    cpu = sum(max(c, sampled_cpu.get(root, 0.0)) for root, c in runner.cpu_by_root.items())
+    return RunStat(seconds=seconds, cpu_seconds=cpu, procs=procs, steps=steps, load_before=load)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -649,7 +669,8 @@ def _stage_of(filename: str, func: str) -> str:
         if any(s in func for s in ("posix.pread", "posix.lseek", "posix.read", "posix.fstat")):
             return "tar header walk"
         if any(s in func for s in ("posix.open", "posix.write", "posix.close", "copy_file_range", "posix.mkdir",
-                                   "posix.replace", "posix.rename", "posix.stat", "posix.makedirs")):
+                                   "posix.replace", "posix.rename", "posix.stat", "posix.unlink", "posix.rmdir",
+                                   "posix.scandir", "posix.link", "posix.fsync")):
             return "file creation"
         if "pyarrow" in func or "write_batch" in func or "record_batch" in func:
             return "parquet write"
@@ -666,7 +687,7 @@ def _stage_of(filename: str, func: str) -> str:
         return "record building"
     if base == "sinks.py":
         return "file creation" if func in ("path", "write_text") else "parquet write"
-    if base in ("os.py", "shutil.py", "state.py"):
+    if base in ("os.py", "shutil.py", "state.py") or "posixpath" in filename:
         return "file creation"
     if base in ("shard.py", "samples.py"):
         return "pairing + driver"
@@ -686,19 +707,21 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
     settings = load_settings(None, images="--no-images" not in flags, captions="--no-captions" not in flags)
     src = resolve_inputs([str(shard)])[0]
 
-    def once() -> float:
+    def once(prof: cProfile.Profile | None = None) -> float:
         out = work / f"profile-{mode}"
         _rmtree(out)
         Layout(out).ensure()
         t0 = time.perf_counter()
+        if prof is not None:
+            prof.enable()
         convert_shard(src, out, settings)
+        if prof is not None:
+            prof.disable()
         return time.perf_counter() - t0
 
     wall = min(once() for _ in range(2))  # warm-up and unprofiled wall time
     prof = cProfile.Profile()
-    prof.enable()
-    once()
-    prof.disable()
+    once(prof)
     _rmtree(work / f"profile-{mode}")
     stats = pstats.Stats(prof)
     by_stage = {s: 0.0 for s in STAGES}
@@ -743,6 +766,21 @@ def machine_info(location: Path) -> dict:
     except (OSError, IndexError):
         pass
     return info
+
+
+def code_version() -> dict:
+    """The commit the converter ran from, and whether its package had uncommitted changes."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "dalle3_etl"],
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if head.returncode != 0:
+        return {}
+    return {"commit": head.stdout.strip(), "package_dirty": bool(dirty.stdout.strip())}
 
 
 def print_table(result: dict, log: Callable[[str], None]) -> None:
@@ -822,15 +860,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
     work.mkdir(parents=True)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    generated: Path | None = None
     try:
         if cfg.corpus is not None:
             corpus = existing_corpus(Path(cfg.corpus))
         else:
-            folder = corpus_root / f"{cfg.shards}x{cfg.per_shard}-{cfg.image_bytes}b-s{cfg.seed}"
+            folder = generated = corpus_root / f"{cfg.shards}x{cfg.per_shard}-{cfg.image_bytes}b-s{cfg.seed}"
             log(f"corpus: {cfg.shards} shards x {cfg.per_shard} samples, ~{cfg.image_bytes} B images in {folder}")
             corpus = generate_corpus(folder, cfg.shards, cfg.per_shard, cfg.image_bytes, cfg.seed, cfg.workers)
             log(f"  {'generated' if corpus.generated else 'reused'}: {corpus.samples:,} samples, "
                 f"{corpus.bytes / 1e9:.2f} GB" + (f" in {corpus.generate_seconds:.1f}s" if corpus.generated else ""))
+        version = code_version()  # at the start: the tree may change while the bench runs
         modes = Modes(cfg, corpus, work)
         bodies = {m: modes.body(m) for m in cfg.modes}  # fails early if a script is missing
         runs: dict[str, list[RunStat]] = {m: [] for m in cfg.modes}
@@ -858,6 +898,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         result = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "machine": machine_info(Path(cfg.location)),
+            "code": version,
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
             "corpus": {"path": str(corpus.path), "shards": len(corpus.shards), "samples": corpus.samples,
                        "bytes": corpus.bytes, "spec": corpus.spec, "generated": corpus.generated,
@@ -888,8 +929,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         return result
     finally:
         _rmtree(root)
-        if cfg.corpus is None and not cfg.keep_corpus:
-            _rmtree(corpus_root)
+        if not cfg.keep_corpus:  # what this run generated; never a --corpus the user passed
+            for folder in ([generated] if generated else []) + list(corpus_root.glob("mem-*")):
+                _rmtree(folder)
+            if corpus_root.is_dir() and not any(corpus_root.iterdir()):
+                corpus_root.rmdir()
 
 
 # ----------------------------------------------------------------------------------------------------
