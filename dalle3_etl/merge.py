@@ -40,8 +40,19 @@ def _shard_files(filename: str, settings: Settings) -> list[str]:
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def _taken(path: Path) -> bool:
+    """The name exists, or cannot be created because a folder on its way is a file (another shard's)."""
+    try:
+        os.lstat(path)
     except FileNotFoundError:
         return False
+    except NotADirectoryError:
+        return True
+    return True
 
 
 def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
@@ -66,7 +77,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
         for filename in filenames:
             for name in _shard_files(filename, settings):
                 src, dst = src_root / name, layout.data / name
-                if src.exists() and dst.exists() and not _same_file(src, dst):
+                if src.exists() and _taken(dst) and not _same_file(src, dst):
                     ordered.append(filename)
                     break
         if ordered:

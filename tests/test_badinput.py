@@ -336,6 +336,21 @@ def test_same_image_name_in_two_shards_with_flat(tmp_path):
     assert res.summary.exit_code == 0
 
 
+def test_flat_name_blocked_by_another_shards_file_is_a_clash_not_a_crash(tmp_path):
+    paths = write_shards(tmp_path / "in", {
+        "s-1.tar": good("x", "q") + [("d.jpg/e.jpg", img()), ("d.jpg/e.json", js())],
+        "s-2.tar": good("x.jpg/y", "x.txt/z", "w", "d"),  # folders where s-1 has files, a file where it has a folder
+    })
+    res = convert(paths, tmp_path / "out", flat=True)
+    assert res.filenames == ["x.jpg", "q.jpg", "d.jpg/e.jpg", "w.jpg"]
+    for member in ("x.jpg/y.jpg", "x.txt/z.jpg", "d.jpg"):
+        line = res.reject(member)
+        assert line["shard"] == "s-2" and line["reason"] == Reason.NAME_CLASH
+    assert res.summary.exit_code == 0
+    again = convert(paths, tmp_path / "out", flat=True)  # resumable: nothing to redo, same answer
+    assert again.filenames == res.filenames and again.rejects == res.rejects
+
+
 # -- JSON -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)
