@@ -563,3 +563,65 @@ def test_rejects_file_is_valid_json_lines(tmp_path):
     raw = (tmp_path / "out/rejects.jsonl").read_bytes()
     assert raw.decode("utf-8") and all(orjson.loads(line)["shard"] == "s" for line in raw.splitlines())
     assert len(res.rejects) == 2
+
+
+# -- exit codes ------------------------------------------------------------------------------------------
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from dalle3_etl.cli import app
+
+    return CliRunner().invoke(app, ["convert", *args])
+
+
+def test_exit_0_when_every_shard_is_read_even_with_rejected_samples(tmp_path):
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a") + [("b.jpg", img()), ("b.json", js(caption=""))]
+                                             + [(special("l.jpg", tarfile.SYMTYPE, "/etc/passwd"), None)]})
+    result = _cli(str(path), "-o", str(tmp_path / "out"), "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "rejected: no_caption" in result.output and "rejected: unsafe_member" in result.output
+
+
+def test_exit_1_when_a_shard_is_damaged_and_the_others_are_kept(tmp_path):
+    data = tar_bytes(good("a", "b"))
+    paths = write_shards(tmp_path / "in", {"s-1.tar": data[:1500], "s-2.tar": good("c")})
+    result = _cli(*map(str, paths), "-o", str(tmp_path / "out"), "--workers", "2")
+    assert result.exit_code == 1, result.output
+    assert "DAMAGED s-1" in result.output and "truncated" in result.output
+    rows = [r["filename"] for r in outcome_rows(tmp_path / "out")]
+    assert rows == ["s-2/c.jpg"]
+    # fixing the input and running again gives exit 0 (the damaged shard is redone: its input changed)
+    paths[0].write_bytes(data)
+    result = _cli(*map(str, paths), "-o", str(tmp_path / "out"), "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert [r["filename"] for r in outcome_rows(tmp_path / "out")] == ["s-1/a.jpg", "s-1/b.jpg", "s-2/c.jpg"]
+
+
+def outcome_rows(out: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    check_output(out)
+    return pq.read_table(out / "dalle3.parquet").to_pylist()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["{missing}"], "no such file"),
+    (["{shard}", "--max-json-bytes", "1"], "max_json_bytes"),
+    (["{shard}", "--workers", "many"], "Invalid value"),
+    (["{shard}", "--caption-field", ""], "caption_field"),
+])
+def test_exit_2_on_usage_errors(tmp_path, args, words):
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a")})
+    args = [a.format(missing=tmp_path / "nope.tar", shard=path) for a in args]
+    result = _cli(*args, "-o", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert words in result.output
+    assert not (tmp_path / "out" / "dalle3.parquet").exists()
+
+
+def test_exit_2_when_settings_conflict_with_the_existing_output(tmp_path):
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a")})
+    assert _cli(str(path), "-o", str(tmp_path / "out"), "--workers", "1").exit_code == 0
+    result = _cli(str(path), "-o", str(tmp_path / "out"), "--workers", "1", "--max-json-bytes", "500")
+    assert result.exit_code == 2 and "max_json_bytes" in result.output
