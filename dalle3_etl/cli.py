@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dalle3_etl.settings import SettingsError, load_settings
 from dalle3_etl.sources import SourceError, resolve_inputs
@@ -32,7 +33,8 @@ EXIT_INTERRUPTED = 130
 
 
 def fail_usage(message: str) -> None:
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {message}", highlight=False)
+    # escape: messages quote paths and commands that hold [brackets] (pip install 'dalle3-etl[ray]')
+    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -74,6 +76,7 @@ def convert(
     (also: settings differ from OUT's, OUT in use by another run), 130 interrupted.
     """
     from dalle3_etl.pipeline import run_convert
+    from dalle3_etl.rayexec import RayConnectError  # no Ray import: only the error class
     from dalle3_etl.report import RichReporter
 
     try:
@@ -95,7 +98,7 @@ def convert(
         )
     except StateError as exc:
         fail_usage(str(exc))
-    except ImportError as exc:
+    except (ImportError, RayConnectError) as exc:  # --executor ray without Ray, or a cluster not there
         fail_usage(str(exc))
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED)
