@@ -1,0 +1,326 @@
+"""`dalle3-etl head OUT` and `dalle3-etl stats OUT`: what is in a converted output; `add_cli` also adds `verify`.
+
+Both read the parquet the dataloader entry names (else where convert writes it) row group by row group,
+with only the columns they need; counts are made with pyarrow.compute, so memory stays flat for 1.2 M rows
+(the caption lengths, one int32 per row, are the largest thing kept).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, Optional
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import typer
+from rich.console import Console
+from rich.cells import cell_len
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from dalle3_etl.report import human_bytes
+from dalle3_etl.sources import natural_key
+from dalle3_etl.verify import Target, is_image_name, is_output_dir, print_report, read_target, verify
+
+PERCENTILES = (5, 25, 50, 75, 95, 99)
+MISSING_VALUE = "(none)"
+HEAD_MIN_CAPTION = 20  # cells; below this, head drops the shard and source columns
+PLOT_HINT = "stats --plot needs matplotlib: pip install 'dalle3-etl[plot]' (or: pip install matplotlib)"
+
+
+def _usage(message: str) -> NoReturn:
+    from dalle3_etl.cli import fail_usage  # late: cli imports this module while it is being set up
+
+    fail_usage(message)
+    raise AssertionError("fail_usage returns only by raising")
+
+
+def _open(out: Path) -> tuple[Target, pq.ParquetFile]:
+    if not is_output_dir(out):
+        _usage(f"{out} is not a dalle3-etl output directory")
+    target, _ = read_target(out)
+    try:
+        return target, pq.ParquetFile(target.parquet)
+    except (OSError, pa.ArrowException) as exc:
+        _usage(f"cannot read {target.parquet}: {exc} (has convert finished? `dalle3-etl verify {out}` tells more)")
+
+
+# --- head -------------------------------------------------------------------------------------------
+
+
+def head_table(out: Path, rows: int, width: int) -> Table:
+    """The first rows in a table `width` cells wide: every column at full width but the caption, which is
+    cut to what is left (shard and source, which the filename repeats or can spare, go first when narrow)."""
+    target, pf = _open(out)
+    batch = next(pf.iter_batches(batch_size=rows), None)
+    names = [n for n in pf.schema_arrow.names if n != "key"]
+    cells = {name: [" ".join(str(v).split()) if v is not None else "" for v in batch.column(name).to_pylist()]
+             if batch is not None else [] for name in names}
+    caption = cells.pop(target.caption, None)
+    widths = {name: max([cell_len(name), *map(cell_len, values)]) for name, values in cells.items()}
+    for optional in ("shard", "source"):
+        if _caption_room(widths, width) < HEAD_MIN_CAPTION and optional in widths:
+            del widths[optional]
+    table = Table(title=f"{target.parquet} ({pf.metadata.num_rows:,} rows)", title_justify="left")
+    for name in widths:
+        table.add_column(name, no_wrap=True, justify="right" if name in (target.width, target.height) else "left")
+    columns = [cells[name] for name in widths]
+    if caption is not None:
+        table.add_column(target.caption, no_wrap=True)
+        room = max(_caption_room(widths, width), HEAD_MIN_CAPTION)
+        columns.append([_shorten(c, room) for c in caption])
+    for values in zip(*columns):
+        table.add_row(*(Text(v) for v in values))
+    return table
+
+
+def _caption_room(widths: dict[str, int], total: int) -> int:
+    """Cells left for the caption once the other columns, their padding and the borders are drawn."""
+    return total - sum(widths.values()) - 3 * (len(widths) + 1) - 1
+
+
+def _shorten(text: str, width: int) -> str:
+    if cell_len(text) <= width:
+        return text
+    cut = Text(text)
+    cut.truncate(width, overflow="ellipsis")
+    return cut.plain
+
+
+# --- stats ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stats:
+    out: Path
+    parquet: Path
+    samples: int = 0
+    parquet_bytes: int = 0
+    images: int = 0
+    image_bytes: int = 0
+    captions: int = 0
+    caption_bytes: int = 0
+    shards: Counter = field(default_factory=Counter)
+    sources: Counter = field(default_factory=Counter)
+    resolutions: Counter = field(default_factory=Counter)
+    caption_chars: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.int32()))
+    rejects: Counter = field(default_factory=Counter)
+
+    def caption_distribution(self) -> dict[str, float]:
+        lengths = self.caption_chars
+        if len(lengths) == 0:
+            return {}
+        minmax = pc.min_max(lengths).as_py()
+        quantiles = pc.quantile(lengths, q=[p / 100 for p in PERCENTILES]).to_pylist()
+        dist: dict[str, float] = {"min": minmax["min"]}
+        dist.update({f"p{p}": round(q, 1) for p, q in zip(PERCENTILES, quantiles)})
+        dist.update({"max": minmax["max"], "mean": round(pc.mean(lengths).as_py(), 1)})
+        return dist
+
+    def to_json(self, top: int) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "parquet": str(self.parquet),
+            "samples": self.samples,
+            "bytes": {"images": self.image_bytes, "captions": self.caption_bytes, "parquet": self.parquet_bytes,
+                      "total": self.image_bytes + self.caption_bytes + self.parquet_bytes},
+            "files": {"images": self.images, "captions": self.captions},
+            "shards": dict(sorted(self.shards.items(), key=lambda kv: natural_key(kv[0]))),
+            "sources": dict(self.sources.most_common(top)),
+            "sources_distinct": len(self.sources),
+            "resolutions": dict(self.resolutions.most_common(top)),
+            "resolutions_distinct": len(self.resolutions),
+            "caption_chars": self.caption_distribution(),
+            "rejects": dict(self.rejects.most_common()),
+            "rejects_total": sum(self.rejects.values()),
+        }
+
+
+def _count_into(counter: Counter, array: pa.Array) -> None:
+    counts = pc.value_counts(array)
+    for value, n in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+        counter[MISSING_VALUE if value is None else value] += n
+
+
+def _disk_usage(stats: Stats, root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if is_image_name(name):
+                stats.images += 1
+                stats.image_bytes += os.stat(os.path.join(dirpath, name)).st_size
+            elif name.endswith(".txt"):
+                stats.captions += 1
+                stats.caption_bytes += os.stat(os.path.join(dirpath, name)).st_size
+
+
+def compute_stats(out: Path) -> Stats:
+    target, pf = _open(out)
+    stats = Stats(out=Path(out).absolute(), parquet=target.parquet, samples=pf.metadata.num_rows,
+                  parquet_bytes=target.parquet.stat().st_size)
+    names = pf.schema_arrow.names
+    wanted = [c for c in (target.caption, target.width, target.height, "shard", "source") if c in names]
+    lengths = []
+    for i in range(pf.num_row_groups):
+        group = pf.read_row_group(i, columns=wanted)
+        if "shard" in names:
+            _count_into(stats.shards, group.column("shard"))
+        if "source" in names:
+            _count_into(stats.sources, group.column("source"))
+        if target.width in names and target.height in names:
+            resolution = pc.binary_join_element_wise(
+                pc.cast(group.column(target.width), pa.string()), pc.cast(group.column(target.height), pa.string()), "x")
+            _count_into(stats.resolutions, resolution)
+        if target.caption in names:
+            lengths.extend(pc.drop_null(pc.utf8_length(group.column(target.caption))).chunks)
+    stats.caption_chars = pa.chunked_array(lengths, pa.int32())
+    _disk_usage(stats, target.data_dir)
+    rejects = Path(out) / "rejects.jsonl"
+    if rejects.exists():
+        with open(rejects, "rb") as fh:
+            for line in fh:
+                if line.strip():
+                    stats.rejects[orjson.loads(line).get("reason", "?")] += 1
+    return stats
+
+
+def _counts_table(title: str, counts: dict[str, int], total: int, label: str, distinct: int | None = None) -> Table:
+    if distinct is not None:
+        title += f" (all {distinct:,})" if distinct <= len(counts) else f" (top {len(counts):,} of {distinct:,})"
+    table = Table(title=title, title_justify="left", min_width=len(title))
+    table.add_column(label)
+    table.add_column("rows", justify="right")
+    table.add_column("%", justify="right")
+    for value, n in counts.items():
+        table.add_row(escape(str(value)), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
+    return table
+
+
+def print_stats(stats: Stats, top: int, console: Console) -> None:
+    data = stats.to_json(top)
+    summary = Table(title=f"dalle3-etl stats: {stats.out}", show_header=False, title_justify="left")
+    summary.add_column("what", style="bold")
+    summary.add_column("value", justify="right")
+    summary.add_row("samples", f"{stats.samples:,}")
+    summary.add_row("images", f"{stats.images:,} files, {human_bytes(stats.image_bytes)}")
+    summary.add_row("caption files", f"{stats.captions:,} files, {human_bytes(stats.caption_bytes)}")
+    summary.add_row("parquet", human_bytes(stats.parquet_bytes))
+    summary.add_row("total on disk", human_bytes(data["bytes"]["total"]))
+    summary.add_row("rejected samples", f"{data['rejects_total']:,}")
+    console.print(summary)
+    console.print(_counts_table("rows by shard", data["shards"], stats.samples, "shard"))
+    console.print(_counts_table("rows by source", data["sources"], stats.samples, "source", len(stats.sources)))
+    console.print(_counts_table("rows by resolution", data["resolutions"], stats.samples, "resolution",
+                                len(stats.resolutions)))
+    dist = data["caption_chars"]
+    if dist:
+        table = Table(title="caption length (characters)", title_justify="left")
+        for key in dist:
+            table.add_column(key, justify="right")
+        table.add_row(*(f"{v:,}" if isinstance(v, int) else f"{v:,.1f}" for v in dist.values()))
+        console.print(table)
+    if data["rejects"]:
+        console.print(_counts_table("rejects by reason", data["rejects"], data["rejects_total"], "reason"))
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _usage(PLOT_HINT)
+
+
+def plot_stats(stats: Stats, path: Path, top: int) -> None:
+    """Resolution and caption-length histograms in one PNG (matplotlib, Agg canvas: no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_res, ax_cap = fig.subplots(1, 2, width_ratios=(3, 2))
+    common = stats.resolutions.most_common(top)
+    labels = [str(r) for r, _ in common]
+    counts = [n for _, n in common]
+    other = stats.samples - sum(counts)
+    if other > 0:
+        labels.append("other")
+        counts.append(other)
+    ax_res.bar(range(len(counts)), counts, color="tab:blue")
+    ax_res.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax_res.set_title(f"rows by resolution ({len(stats.resolutions):,} distinct)")
+    ax_res.set_ylabel("rows")
+    lengths = stats.caption_chars.to_numpy()
+    ax_cap.hist(lengths, bins=50, color="tab:green")
+    ax_cap.set_title(f"caption length ({stats.samples:,} captions)")
+    ax_cap.set_xlabel("characters")
+    ax_cap.set_ylabel("captions")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def verify_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert."),
+    deep: bool = typer.Option(False, "--deep", help="Also re-read every image header and compare width/height."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Check that SimpleTuner can start on OUT and everything is there. Exit 0 only when every check holds."""
+    if not is_output_dir(out):
+        _usage(f"{out} is not a dalle3-etl output directory")
+    console = Console()
+    status_console = Console(stderr=True)
+    if as_json or not status_console.is_terminal:
+        report = verify(out, deep=deep)
+    else:
+        with status_console.status("verifying") as status:
+            report = verify(out, deep=deep, progress=lambda text: status.update(escape(text)))
+    if as_json:
+        typer.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_report(report, console)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def head_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert."),
+    rows: int = typer.Option(10, "-n", "--rows", min=1, help="Number of rows to show."),
+) -> None:
+    """The first rows of the parquet as a table (captions shortened to the terminal width)."""
+    console = Console()
+    console.print(head_table(out, rows, console.width))
+
+
+def stats_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw resolution and caption-length histograms to this PNG."),
+    top: int = typer.Option(10, "--top", min=1, help="How many sources and resolutions to list."),
+) -> None:
+    """Samples, bytes, rows by shard / source / resolution, caption lengths, rejects by reason."""
+    if plot is not None:
+        _require_matplotlib()
+    stats = compute_stats(out)
+    if as_json:
+        typer.echo(orjson.dumps(stats.to_json(top), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_stats(stats, top, Console())
+    if plot is not None:
+        plot_stats(stats, plot, top)
+        if not as_json:
+            Console().print(f"plot written to {plot}", highlight=False)
+
+
+def add_cli(app: typer.Typer) -> None:
+    app.command("verify")(verify_cmd)
+    app.command("head")(head_cmd)
+    app.command("stats")(stats_cmd)
+
+
+__all__ = ["add_cli", "compute_stats", "head_table", "plot_stats", "print_stats", "Stats"]

@@ -1,0 +1,465 @@
+"""`dalle3-etl verify OUT`: will SimpleTuner start on this output, and is everything there?
+
+Every check below is named; the report gives, per check, how many things fail it and the first few.
+
+- dataloader: `multidatabackend.json` is a JSON list with an image entry whose `instance_data_dir` and
+  `parquet.path` are absolute and exist, a known `caption_strategy`, filenames with extension, and a
+  text-embeds entry.
+- parquet: that path is ONE readable parquet file with the entry's columns, of types pandas reads.
+- missing_image / duplicate_row / image_without_row: rows and images on disk match one to one, keyed as
+  SimpleTuner keys them (path relative to `instance_data_dir`, extension kept).
+- missing_caption_file / empty_caption_file / multiline_caption_file: with textfile captions, every image
+  on disk has a non-empty `<stem>.txt` without a newline (SimpleTuner reads each line as a caption and
+  stops at start-up when an image has no caption file).
+- empty_caption, bad_size: no null or blank caption; width and height positive.
+- shard_rows: rows per shard equal the shard's completion record.
+- stray_file: no temporary files, staging or unpublished `--flat` files left by an interrupted run.
+- header_size (`--deep`): each image's header gives the row's width and height.
+
+Memory stays bounded whatever the size: the parquet is streamed in batches of the needed columns, and the
+one thing that grows with the dataset is the set of image paths found on disk. Each row removes its own
+path from that set; what remains at the end has no row.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import heapq
+import os
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dalle3_etl import imageheader
+from dalle3_etl.samples import IMAGE_EXTENSIONS
+from dalle3_etl.simpletuner import CONFIG_NAME
+from dalle3_etl.sources import natural_key
+from dalle3_etl.state import STATE_DIRNAME, Layout, all_records, read_manifest
+
+MAX_EXAMPLES = 10
+BATCH_ROWS = 65_536
+TEMP_PATTERNS = (".*.tmp*", "*.part")  # write_atomic / merge temporaries, partial downloads
+CAPTION_STRATEGIES = ("textfile", "parquet")
+# Folders of OUT/.dalle3-etl that are empty after a completed run, and what an entry in them means.
+LEFTOVER_FOLDERS = {"staging": "unfinished shard", "flat": "unpublished --flat files", "trash": "left by --restart"}
+
+CHECKS: dict[str, str] = {
+    "dataloader": "multidatabackend.json valid, paths absolute and existing",
+    "parquet": "one readable parquet file with the entry's columns",
+    "missing_image": "every row's image is on disk",
+    "duplicate_row": "at most one row per image",
+    "image_without_row": "every image on disk has a row",
+    "missing_caption_file": "every image has its <stem>.txt",
+    "empty_caption_file": "no empty caption file",
+    "multiline_caption_file": "no newline in a caption file",
+    "empty_caption": "no null or empty caption in the parquet",
+    "bad_size": "width and height positive",
+    "shard_rows": "rows per shard = its completion record",
+    "stray_file": "no temporary files or staging leftovers",
+    "header_size": "width/height = image header (--deep)",
+}
+ROW_CHECKS = ("missing_image", "duplicate_row", "image_without_row", "empty_caption", "bad_size", "shard_rows",
+              "header_size")
+CAPTION_FILE_CHECKS = ("missing_caption_file", "empty_caption_file", "multiline_caption_file")
+
+
+def is_output_dir(out: Path) -> bool:
+    return (Path(out) / STATE_DIRNAME).is_dir()
+
+
+def is_image_name(name: str) -> bool:
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot) and bool(stem) and not stem.endswith("/") and ext.lower() in IMAGE_EXTENSIONS
+
+
+def is_temp_name(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMP_PATTERNS)
+
+
+# --- where the dataset is ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What SimpleTuner will read: from the dataloader entry where usable, else where convert writes it."""
+
+    data_dir: Path
+    parquet: Path
+    caption_strategy: str
+    filename: str = "filename"
+    caption: str = "caption"
+    width: str = "width"
+    height: str = "height"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.filename, self.caption, self.width, self.height]
+
+
+def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> Path | None:
+    if not isinstance(value, str) or not value:
+        problems.append(f"{what} is missing")
+        return None
+    if not os.path.isabs(value):
+        problems.append(f"{what} {value!r} is not absolute (SimpleTuner strips it from image paths by string replacement)")
+        return None
+    path = Path(value)
+    if not (path.is_dir() if want_dir else path.exists()):
+        problems.append(f"{what} {value} does not exist" if not path.exists()
+                        else f"{what} {value} is not a {'directory' if want_dir else 'file'}")
+        return path if path.exists() else None
+    return path
+
+
+def read_target(out: Path) -> tuple[Target, list[str]]:
+    """The dataset as the dataloader entry describes it, and what is wrong with that entry.
+
+    Every value that cannot be used falls back to what convert writes, so the other checks still run.
+    """
+    layout = Layout(Path(out))
+    settings = (read_manifest(layout) or {}).get("settings", {})
+    target = Target(
+        data_dir=layout.data, parquet=layout.out / settings.get("parquet_name", "dalle3.parquet"),
+        caption_strategy="textfile" if settings.get("captions", True) else "parquet",
+    )
+    problems: list[str] = []
+    path = layout.out / CONFIG_NAME
+    try:
+        entries = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return target, [f"{path} is missing (convert writes it when a run completes)"]
+    except orjson.JSONDecodeError as exc:
+        return target, [f"{path} is not valid JSON: {exc}"]
+    if not isinstance(entries, list):
+        return target, [f"{path} must hold a JSON list of datasets, not a {type(entries).__name__}"]
+    images = [e for e in entries if isinstance(e, dict) and e.get("dataset_type", "image") == "image"]
+    if not images:
+        return target, [f"{path} has no image dataset entry"]
+    if not any(isinstance(e, dict) and e.get("dataset_type") == "text_embeds" for e in entries):
+        problems.append("no text_embeds entry (SimpleTuner needs one, with \"default\": true)")
+    entry = images[0]
+    data_dir = _abs_path(entry.get("instance_data_dir"), "instance_data_dir", want_dir=True, problems=problems)
+    if data_dir is not None and data_dir.is_dir():
+        target = replace(target, data_dir=data_dir)
+    strategy = entry.get("caption_strategy")
+    if strategy in CAPTION_STRATEGIES:
+        target = replace(target, caption_strategy=strategy)
+    else:
+        problems.append(f"caption_strategy {strategy!r} is not one of {', '.join(CAPTION_STRATEGIES)}")
+    if entry.get("metadata_backend") != "parquet":
+        problems.append(f"metadata_backend is {entry.get('metadata_backend')!r}, not 'parquet'")
+    spec = entry.get("parquet")
+    if not isinstance(spec, dict):
+        problems.append("the image entry has no \"parquet\" object")
+        return target, problems
+    parquet = _abs_path(spec.get("path"), "parquet.path", want_dir=False, problems=problems)
+    if parquet is not None:
+        target = replace(target, parquet=parquet)
+    for role in ("filename", "caption", "width", "height"):
+        name = spec.get(f"{role}_column")
+        if isinstance(name, str) and name:
+            target = replace(target, **{role: name})
+        else:
+            problems.append(f"parquet.{role}_column is missing")
+    if spec.get("identifier_includes_extension") is not True:
+        problems.append("parquet.identifier_includes_extension must be true: the filename column keeps the extension")
+    return target, problems
+
+
+# --- the report -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    code: str
+    title: str
+    status: str = "ok"  # ok | failed | skipped
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+    note: str = ""
+
+    def fail(self, *examples: str, count: int | None = None) -> None:
+        """Record problems: `count` of them (default: one per example), keeping the first examples."""
+        count = len(examples) if count is None else count
+        if count == 0:
+            return
+        self.status = "failed"
+        self.count += count
+        self.examples.extend(examples[: MAX_EXAMPLES - len(self.examples)])
+
+    def skip(self, note: str) -> None:
+        if self.status == "ok":
+            self.status = "skipped"
+            self.note = note
+
+    def to_json(self) -> dict[str, Any]:
+        return {"check": self.code, "title": self.title, "status": self.status, "count": self.count,
+                "examples": self.examples, "note": self.note}
+
+
+@dataclass
+class VerifyReport:
+    out: Path
+    deep: bool
+    checks: dict[str, Check] = field(default_factory=lambda: {c: Check(c, t) for c, t in CHECKS.items()})
+    counts: dict[str, int] = field(default_factory=Counter)
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks.values() if c.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "out": str(self.out), "deep": self.deep, "counts": dict(self.counts),
+                "problems": [c.code for c in self.failed], "checks": [c.to_json() for c in self.checks.values()]}
+
+
+# --- the checks -------------------------------------------------------------------------------------
+
+
+def _check_state(layout: Layout, check: Check) -> None:
+    """Temporaries beside OUT's files and in the state folder; anything in a folder a run leaves empty."""
+    for folder in (layout.out, layout.state, *(p for p in layout.state.iterdir() if p.is_dir())):
+        if folder.name in LEFTOVER_FOLDERS:
+            check.fail(*(f"{entry} ({LEFTOVER_FOLDERS[folder.name]})" for entry in sorted(folder.iterdir())))
+            continue
+        for entry in sorted(folder.iterdir()):
+            if is_temp_name(entry.name):
+                check.fail(str(entry))
+
+
+def _read_caption(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def _walk_images(target: Target, report: VerifyReport, progress: Callable[[int], None]) -> set[str]:
+    """Keys of the images SimpleTuner finds under instance_data_dir; checks caption files and temporaries."""
+    checks = report.checks
+    textfile = target.caption_strategy == "textfile"
+    keys: set[str] = set()
+    root = str(target.data_dir)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        progress(len(keys))
+        names = set(filenames)
+        for name in sorted(filenames):
+            if is_temp_name(name):
+                checks["stray_file"].fail(os.path.join(dirpath, name))
+                continue
+            if not is_image_name(name):
+                continue
+            keys.add(prefix + name)
+            if not textfile:
+                continue
+            caption = name.rpartition(".")[0] + ".txt"
+            data = _read_caption(os.path.join(dirpath, caption)) if caption in names else None
+            if data is None:
+                checks["missing_caption_file"].fail(prefix + caption)
+                continue
+            report.counts["caption_files"] += 1
+            if not data.strip():
+                checks["empty_caption_file"].fail(prefix + caption)
+            elif b"\n" in data or b"\r" in data:
+                checks["multiline_caption_file"].fail(prefix + caption)
+    report.counts["images_on_disk"] = len(keys)
+    return keys
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _open_parquet(target: Target, check: Check) -> pq.ParquetFile | None:
+    path = target.parquet
+    if path.is_dir():
+        check.fail(f"{path} is a directory; SimpleTuner reads ONE parquet file")
+        return None
+    try:
+        pf = pq.ParquetFile(path)
+    except FileNotFoundError:
+        check.fail(f"{path} does not exist")
+        return None
+    except (OSError, pa.ArrowException) as exc:
+        check.fail(f"{path} cannot be read as parquet: {exc}")
+        return None
+    schema = pf.schema_arrow
+    usable = True
+    for name, want in ((target.filename, _is_text), (target.caption, _is_text),
+                       (target.width, pa.types.is_integer), (target.height, pa.types.is_integer)):
+        if name not in schema.names:
+            check.fail(f"{path}: no column {name!r} (columns: {', '.join(schema.names)})")
+            usable = False
+        elif not want(schema.field(name).type):
+            check.fail(f"{path}: column {name!r} has type {schema.field(name).type}")
+            usable = False
+    try:
+        import pandas  # noqa: F401  (SimpleTuner reads the parquet with pandas)
+    except ImportError:
+        pass
+    else:
+        try:
+            schema.empty_table().to_pandas()
+        except Exception as exc:  # any failure here is pandas refusing the schema
+            check.fail(f"{path}: pandas cannot load this schema: {exc}")
+    return pf if usable else None
+
+
+def _fail_where(check: Check, mask: pa.Array, filenames: pa.Array, why: str) -> None:
+    """Fail `check` for each row where `mask` is true or null."""
+    hits = pc.indices_nonzero(pc.fill_null(mask, True))
+    names = filenames.take(hits[:MAX_EXAMPLES]).to_pylist()
+    check.fail(*(f"{name}: {why}" for name in names), count=len(hits))
+
+
+def _check_rows(pf: pq.ParquetFile, target: Target, disk: set[str], report: VerifyReport,
+                progress: Callable[[int], None]) -> Counter[str]:
+    """Stream the rows: caption and size checks per batch, then match each row with an image on disk.
+
+    Returns the rows per shard (empty when the parquet has no `shard` column).
+    """
+    checks = report.checks
+    has_shard = "shard" in pf.schema_arrow.names
+    per_shard: Counter[str] = Counter()
+    root = target.data_dir
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=target.columns + (["shard"] if has_shard else [])):
+        filenames, captions, widths, heights = (batch.column(i) for i in range(4))
+        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(captions)), 0)
+        _fail_where(checks["empty_caption"], blank, filenames, "null or empty caption")
+        bad = pc.or_(pc.less_equal(widths, 0), pc.less_equal(heights, 0))
+        _fail_where(checks["bad_size"], bad, filenames, "width or height missing or not positive")
+        if has_shard:
+            counts = pc.value_counts(batch.column(4))
+            per_shard.update(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+        names = filenames.to_pylist()
+        sizes = zip(widths.to_pylist(), heights.to_pylist()) if report.deep else [None] * len(names)
+        for row, (name, size) in enumerate(zip(names, sizes), start=report.counts["rows"]):
+            if name is None:
+                checks["missing_image"].fail(f"row {row}: null filename")
+            elif name in disk:
+                disk.remove(name)
+                if size is not None:
+                    _check_header(root / name, name, size, checks["header_size"])
+            elif is_image_name(name) and (root / name).is_file():
+                checks["duplicate_row"].fail(name)
+            else:
+                checks["missing_image"].fail(name)
+        report.counts["rows"] += batch.num_rows
+        progress(report.counts["rows"])
+    checks["image_without_row"].fail(*heapq.nsmallest(MAX_EXAMPLES, disk), count=len(disk))
+    return per_shard
+
+
+def _check_shard_rows(layout: Layout, per_shard: Counter[str], report: VerifyReport) -> None:
+    check = report.checks["shard_rows"]
+    records = {sid: rec.get("samples", 0) for sid, rec in all_records(layout).items()}
+    report.counts["shards"] = len(records)
+    for sid in sorted(set(records) | set(per_shard), key=lambda s: natural_key(str(s))):
+        if sid not in records:
+            check.fail(f"{sid}: {per_shard[sid]} row(s) but no completion record")
+        elif per_shard[sid] != records[sid]:
+            check.fail(f"{sid}: {per_shard[sid]} row(s), its completion record says {records[sid]}")
+
+
+def _check_header(path: Path, name: str, size: tuple[int, int], check: Check) -> None:
+    try:
+        with open(path, "rb") as fh:
+            header = imageheader.image_size(fh)
+    except OSError as exc:
+        check.fail(f"{name}: cannot be read ({exc.strerror or exc})")
+        return
+    if header is None:
+        check.fail(f"{name}: the image header cannot be read")
+    elif header != size:
+        check.fail(f"{name}: row says {size[0]}x{size[1]}, the image header {header[0]}x{header[1]}")
+
+
+def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | None = None) -> VerifyReport:
+    """Run every check on an output directory (the caller has made sure it is one)."""
+    out = Path(out).absolute()
+    layout = Layout(out)
+    report = VerifyReport(out=out, deep=deep)
+    checks = report.checks
+    say = progress or (lambda _text: None)
+
+    target, problems = read_target(out)
+    for problem in problems:
+        checks["dataloader"].fail(problem)
+    _check_state(layout, checks["stray_file"])
+
+    textfile = target.caption_strategy == "textfile"
+    if not textfile:
+        for code in CAPTION_FILE_CHECKS:
+            checks[code].skip("caption_strategy is parquet")
+    disk = _walk_images(target, report, lambda n: say(f"looking for images under {target.data_dir}: {n:,} so far"))
+    if not deep:
+        checks["header_size"].skip("add --deep to re-read every image header")
+
+    say(f"reading {target.parquet}")
+    pf = _open_parquet(target, checks["parquet"])
+    if pf is None:
+        for code in ROW_CHECKS:
+            checks[code].skip("the parquet cannot be used")
+        return report
+    total = pf.metadata.num_rows
+    per_shard = _check_rows(pf, target, disk, report, lambda n: say(f"checked {n:,} of {total:,} rows"))
+    if "shard" in pf.schema_arrow.names:
+        _check_shard_rows(layout, per_shard, report)
+    else:
+        checks["shard_rows"].skip("the parquet has no 'shard' column")
+    if checks["missing_image"].status == "failed":
+        settings = (read_manifest(layout) or {}).get("settings", {})
+        if settings.get("images") is False:
+            checks["missing_image"].note = ("converted with --no-images: point instance_data_dir at the folder "
+                                            "holding the images, laid out as the filename column says")
+    return report
+
+
+# --- showing it -------------------------------------------------------------------------------------
+
+
+def print_report(report: VerifyReport, console) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"dalle3-etl verify: {report.out}", title_justify="left")
+    table.add_column("check")
+    table.add_column("what")
+    table.add_column("result")
+    table.add_column("count", justify="right")
+    style = {"ok": "[green]ok[/green]", "failed": "[red]FAILED[/red]", "skipped": "[dim]skipped[/dim]"}
+    for check in report.checks.values():
+        table.add_row(check.code, escape(check.title), style[check.status], f"{check.count:,}" if check.count else "")
+    console.print(table)
+    for check in report.failed:
+        console.print(f"[red]{check.code}[/red]: {check.count:,} problem(s)", highlight=False)
+        for example in check.examples:
+            console.print(f"  {escape(example)}", highlight=False)
+        if check.count > len(check.examples):
+            console.print(f"  ... and {check.count - len(check.examples):,} more", highlight=False)
+        if check.note:
+            console.print(f"  note: {escape(check.note)}", highlight=False)
+    counts = report.counts
+    summary = (f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
+               f"{counts.get('caption_files', 0):,} caption files, {counts.get('shards', 0):,} shards")
+    if report.ok:
+        console.print(f"[green]OK[/green]: SimpleTuner can start on this output ({summary}).", highlight=False)
+    else:
+        console.print(f"[red]FAILED[/red]: {len(report.failed)} check(s) failed ({summary}).", highlight=False)
+
+
+__all__ = ["verify", "VerifyReport", "Check", "Target", "read_target", "print_report", "is_output_dir", "CHECKS"]
