@@ -89,19 +89,21 @@ def resolve_inputs(args: list[str]) -> list[ShardSource]:
     if not args:
         raise SourceError("no input given: pass shard files, directories or globs")
     by_id: dict[str, ShardSource] = {}
-    for arg in args:
-        if arg.startswith("hf://"):
-            from dalle3_etl import hub  # imported lazily: only Hub inputs need the network client
+    found: list[ShardSource] = []
+    hub_args = [arg for arg in args if arg.startswith("hf://")]
+    if hub_args:
+        from dalle3_etl import hub  # imported lazily: only Hub inputs need the network client
 
-            sources = hub.resolve_hub_input(arg)
-        else:
-            sources = [local_source(p) for p in _expand_local(arg)]
-        for src in sources:
-            seen = by_id.get(src.shard_id)
-            if seen is not None and seen.uri != src.uri:
-                raise SourceError(
-                    f"two inputs share shard id {src.shard_id!r}: {seen.uri} and {src.uri}; "
-                    "rename one (outputs are keyed by shard file name)"
-                )
-            by_id[src.shard_id] = src
+        found.extend(hub.resolve_hub_inputs(hub_args))  # one commit per repo@revision for all arguments
+    for arg in args:
+        if not arg.startswith("hf://"):
+            found.extend(local_source(p) for p in _expand_local(arg))
+    for src in found:
+        seen = by_id.get(src.shard_id)
+        if seen is not None and seen.uri != src.uri:
+            raise SourceError(
+                f"two inputs share shard id {src.shard_id!r}: {seen.uri} and {src.uri}; "
+                "rename one (outputs are keyed by shard file name)"
+            )
+        by_id[src.shard_id] = src
     return sorted(by_id.values(), key=lambda s: natural_key(s.shard_id))
