@@ -79,11 +79,13 @@ class FileTree:
 
     def __init__(self, root: Path):
         self.root = root
+        self._prefix = os.path.join(root, "")  # "root/": one concatenation per file, not os.path.join
         self._made: set[str] = set()
 
     def path(self, relpath: str) -> str:
-        full = os.path.join(self.root, relpath)
-        parent = os.path.dirname(full)
+        """`root/relpath`, its folder created once. `relpath` is relative (tarstream rejects absolute names)."""
+        full = self._prefix + relpath
+        parent = full[: full.rfind("/")]
         if parent not in self._made:
             os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
