@@ -69,6 +69,9 @@ _META_NAMES = {b"x": "pax header", b"X": "pax header", b"g": "pax global header"
 _POSIX_MAGIC = b"ustar\x0000"
 _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
+# A name `_resolve_name` would return unchanged with no problem: ASCII, no empty component, no backslash,
+# control character or ':' (drive). Components starting with '.' ('.', '..', '.x') take the full path.
+_PLAIN_NAME_RE = re.compile(r"[A-Za-z0-9_+\-.,=@~% ]+(?:/[A-Za-z0-9_+\-.,=@~% ]+)*")
 
 
 class TarFormatError(Exception):
@@ -157,6 +160,9 @@ def _decode(raw: bytes) -> tuple[str, bool]:
 
 def _resolve_name(name: str, utf8_ok: bool, kind: str) -> tuple[str, str | None]:
     """Normalise a member name ('./a//b' -> 'a/b') and say why it is unsafe, if it is."""
+    if (kind != "dir" and utf8_ok and len(name) <= 255 and name[:1] != "." and "/." not in name
+            and _PLAIN_NAME_RE.fullmatch(name) is not None):
+        return name, None  # the common case: a plain relative name (same result as below)
     absolute = name.startswith("/") or _DRIVE_RE.match(name) is not None
     parts = name.split("/")
     if not absolute and ("" in parts or "." in parts):
