@@ -37,18 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator, Optional
 
-import httpx2
 import typer
-from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    HfHubHTTPError,
-    HfUriError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.hf_api import RepoFile, RepoFolder
-from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff, parse_hf_uri
 
 from dalle3_etl.sources import SHARD_SUFFIXES, ShardSource, SourceError, natural_key, shard_id_for
 
@@ -75,6 +64,27 @@ MAX_RETRY_WAIT = 30.0
 #: stops at the end-of-archive blocks and leaves the record padding unread).
 DRAIN_LIMIT = 4 << 20
 HASH_BLOCK = 8 << 20
+
+
+def _hf() -> None:
+    """Import huggingface_hub and httpx2 on first use, not at module import: every `dalle3-etl` command
+    loads this module to register its commands, and these imports cost ~0.1 s and ~15 MB there."""
+    global httpx2, HfApi, constants, hf_hub_download, hf_hub_url, EntryNotFoundError, HfHubHTTPError
+    global HfUriError, RepositoryNotFoundError, RevisionNotFoundError, RepoFile, RepoFolder
+    global build_hf_headers, hf_raise_for_status, http_stream_backoff, parse_hf_uri
+    if "parse_hf_uri" in globals():  # bound last: a thread never sees half of them
+        return
+    import httpx2
+    from huggingface_hub import HfApi, constants, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        HfUriError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    from huggingface_hub.hf_api import RepoFile, RepoFolder
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff, parse_hf_uri
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -122,6 +132,7 @@ def with_keep_dir(sources: list[ShardSource], keep_dir: Path | str | None) -> li
 
 def hub_endpoint(endpoint: str | None = None) -> str:
     """The Hub endpoint to use: explicit, else ``HF_ENDPOINT`` now, else the client's constant."""
+    _hf()
     return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
 
 
@@ -150,8 +161,9 @@ def _uri(repo_type: str, repo_id: str, commit: str | None, path: str) -> str:
     return f"hf://{prefix}{repo_id}{at}/{path}"
 
 
-def _source(entry: RepoFile, *, repo_id: str, repo_type: str, commit: str, endpoint: str,
+def _source(entry: "RepoFile", *, repo_id: str, repo_type: str, commit: str, endpoint: str,
             keep_dir: Path | None) -> HubShardSource:
+    _hf()
     size = entry.lfs.size if entry.lfs is not None else entry.size
     sha = entry.lfs.sha256 if entry.lfs is not None else None
     uri = _uri(repo_type, repo_id, commit, entry.path)
@@ -167,6 +179,7 @@ def _source(entry: RepoFile, *, repo_id: str, repo_type: str, commit: str, endpo
 
 def _hub_call(what: str, fn, *args, **kwargs):
     """Run a client call, turning its errors into this module's (with the repo/revision in the message)."""
+    _hf()
     try:
         return fn(*args, **kwargs)
     except RevisionNotFoundError as exc:
@@ -186,7 +199,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _resolve_commit(api: HfApi, repo_id: str, repo_type: str, revision: str | None) -> str:
+def _resolve_commit(api: "HfApi", repo_id: str, repo_type: str, revision: str | None) -> str:
+    _hf()
     what = f"{repo_id}@{revision or constants.DEFAULT_REVISION}"
     info = _hub_call(what, api.repo_info, repo_id, repo_type=repo_type, revision=revision)
     if not info.sha:
@@ -232,8 +246,9 @@ def _has_magic(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _list_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: str, base: str,
-                recursive: bool) -> list[RepoFile]:
+def _list_files(api: "HfApi", what: str, repo_id: str, repo_type: str, commit: str, base: str,
+                recursive: bool) -> "list[RepoFile]":
+    _hf()
     entries = _hub_call(what, lambda: list(api.list_repo_tree(
         repo_id, base or None, recursive=recursive, revision=commit, repo_type=repo_type)))
     return [e for e in entries if isinstance(e, RepoFile)]
@@ -272,8 +287,9 @@ def _expand_braces(text: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def _match_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: str, path: str) -> list[RepoFile]:
+def _match_files(api: "HfApi", what: str, repo_id: str, repo_type: str, commit: str, path: str) -> "list[RepoFile]":
     """Repo files named by ``path``: a file, a folder (its shards, recursively), a glob, with ``{...}`` braces."""
+    _hf()
     alternatives = list(dict.fromkeys(_expand_braces(path)))
     exact = [a for a in alternatives if not _has_magic(a)]
     globs = [a for a in alternatives if _has_magic(a)]
@@ -332,6 +348,7 @@ def resolve_hub_input(arg: str, *, keep_dir: Path | str | None = _DEFAULT, endpo
     Raises a `SourceError` subclass naming the argument when nothing matches, the repo/revision does not exist,
     or the Hub cannot be reached. ``keep_dir`` defaults to the one set with `set_keep_dir`.
     """
+    _hf()
     return resolve_hub_inputs([arg], keep_dir=keep_dir, endpoint=endpoint, token=token)
 
 
@@ -339,6 +356,7 @@ def resolve_hub_inputs(args: list[str], *, keep_dir: Path | str | None = _DEFAUL
                        token: str | bool | None = None) -> list[HubShardSource]:
     """`resolve_hub_input` for several arguments, resolving each repo revision to its commit once (all arguments
     naming the same ``repo@rev`` are pinned to the same commit, even if the branch moves meanwhile)."""
+    _hf()
     kd = _KEEP_DIR if keep_dir is _DEFAULT else (Path(keep_dir).expanduser().resolve() if keep_dir is not None else None)
     ep = hub_endpoint(endpoint)
     api = HfApi(endpoint=ep, token=token)
@@ -382,6 +400,7 @@ _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
 def _transient(exc: BaseException) -> bool:
+    _hf()
     if isinstance(exc, httpx2.TransportError):
         return True
     if isinstance(exc, HfHubHTTPError) and exc.response is not None:
@@ -624,6 +643,7 @@ class HubStream(io.RawIOBase):
             time.sleep(wait)
 
     def _connect(self) -> None:
+        _hf()
         stack = ExitStack()
         if self._local is not None:
             fh = stack.enter_context(open(self._local, "rb"))
@@ -749,7 +769,7 @@ class DownloadResult:
 class _Tracker:
     """Rich progress for a download: one overall bar plus one bar per active file (download, then hashing)."""
 
-    def __init__(self, enabled: bool, files: list[RepoFile], console=None):
+    def __init__(self, enabled: bool, files: "list[RepoFile]", console=None):
         self.enabled = enabled
         self._lock = threading.Lock()
         self._sizes = {f.path: _file_size(f) for f in files}
@@ -878,7 +898,7 @@ class _ClientBar:
         self.close()
 
 
-def _file_size(f: RepoFile) -> int:
+def _file_size(f: "RepoFile") -> int:
     return int(f.lfs.size if f.lfs is not None else f.size)
 
 
@@ -886,7 +906,7 @@ def _marker(local_dir: Path, name: str) -> Path:
     return local_dir / ".cache" / "dalle3-etl" / "verified" / (name + ".json")
 
 
-def _verify_file(local_dir: Path, entry: RepoFile, path: Path, tracker: _Tracker, reverify: bool) -> DownloadResult:
+def _verify_file(local_dir: Path, entry: "RepoFile", path: Path, tracker: _Tracker, reverify: bool) -> DownloadResult:
     name = entry.path
     exp_size = _file_size(entry)
     exp_sha = entry.lfs.sha256.lower() if entry.lfs is not None else None
@@ -948,6 +968,7 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None, shards:
     Raises `ShardSelectionError` for a bad selection, `HubNotFoundError` when the repo, revision or a selected
     shard does not exist (nothing is downloaded then), `HubUnavailableError` when the Hub cannot be reached.
     """
+    _hf()
     if workers < 1:
         raise ValueError("workers must be at least 1")
     indices = parse_shard_selection(shards) if shards is not None else None
@@ -977,7 +998,7 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None, shards:
     results: dict[str, DownloadResult] = {}
     tracker = _Tracker(progress, entries, console)
 
-    def fetch(entry: RepoFile) -> Path:
+    def fetch(entry: "RepoFile") -> Path:
         path = hf_hub_download(
             repo, entry.path, repo_type=repo_type, revision=commit, local_dir=local_dir, endpoint=ep, token=token,
             tqdm_class=tracker.bar_class(entry.path),
@@ -985,7 +1006,7 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None, shards:
         tracker.fetched(entry.path)
         return Path(path)
 
-    def verify(entry: RepoFile, path: Path) -> DownloadResult:
+    def verify(entry: "RepoFile", path: Path) -> DownloadResult:
         try:
             result = _verify_file(local_dir, entry, path, tracker, reverify)
         except OSError as exc:
