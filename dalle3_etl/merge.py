@@ -147,6 +147,10 @@ def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> i
     rows = 0
     group = settings.row_group_rows
     writer = parquet_writer(tmp, schema, settings.compression)
+    # Hand freed Arrow memory back to the OS before and after each row group: the peak RSS of the
+    # driver is this merge (and, with -w 1, the conversion before it in the same process).
+    pool = pa.default_memory_pool()
+    pool.release_unused()
     try:
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
@@ -159,6 +163,7 @@ def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> i
                 while pending_rows >= group:
                     table = pa.Table.from_batches(pending, schema=schema)
                     writer.write_table(table.slice(0, group), row_group_size=group)
+                    pool.release_unused()
                     rest = table.slice(group)
                     pending = rest.to_batches()
                     pending_rows = rest.num_rows
