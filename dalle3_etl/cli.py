@@ -17,6 +17,7 @@ from rich.markup import escape
 from dalle3_etl.settings import SettingsError, load_settings
 from dalle3_etl.sources import SourceError, resolve_inputs
 from dalle3_etl.state import StateError
+from dalle3_etl.workers import default_workers, prestart_workers
 
 app = typer.Typer(
     name="dalle3-etl",
@@ -75,15 +76,20 @@ def convert(
     Exit codes: 0 every input shard complete, 1 some shard failed/damaged/not converted, 2 usage error
     (also: settings differ from OUT's, OUT in use by another run), 130 interrupted.
     """
-    from dalle3_etl.pipeline import run_convert
-    from dalle3_etl.rayexec import RayConnectError  # no Ray import: only the error class
-    from dalle3_etl.report import RichReporter
-
     try:
         settings = load_settings(
             config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
             fields=_csv(fields), images=images, captions=captions, flat=flat, max_json_bytes=max_json_bytes,
         )
+    except SettingsError as exc:
+        fail_usage(str(exc))
+    if executor == "local" and (settings.workers or default_workers()) > 1:
+        prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
+    from dalle3_etl.pipeline import run_convert
+    from dalle3_etl.rayexec import RayConnectError  # no Ray import: only the error class
+    from dalle3_etl.report import RichReporter
+
+    try:
         if keep_tars is not None:
             from dalle3_etl import hub
 
@@ -130,8 +136,72 @@ def status(out: Path = typer.Argument(..., help="An output directory of convert.
     print_status(out)
 
 
+@app.command("verify")
+def verify_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert."),
+    deep: bool = typer.Option(False, "--deep", help="Also re-read every image header and compare width/height."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Check that SimpleTuner can start on OUT and everything is there. Exit 0 only when every check holds."""
+    import orjson
+
+    from dalle3_etl.verify import is_output_dir, print_report, verify
+
+    if not is_output_dir(out):
+        fail_usage(f"{out} is not a dalle3-etl output directory")
+    console = Console()
+    status_console = Console(stderr=True)
+    if as_json or not status_console.is_terminal:
+        report = verify(out, deep=deep)
+    else:
+        with status_console.status("verifying") as status:
+            report = verify(out, deep=deep, progress=lambda text: status.update(escape(text)))
+    if as_json:
+        typer.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_report(report, console)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command("head")
+def head_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert."),
+    rows: int = typer.Option(10, "-n", "--rows", min=1, help="Number of rows to show."),
+) -> None:
+    """The first rows of the parquet as a table (captions shortened to the terminal width)."""
+    from dalle3_etl.inspect import head_table
+
+    console = Console()
+    console.print(head_table(out, rows, console.width))
+
+
+@app.command("stats")
+def stats_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw resolution and caption-length histograms to this PNG."),
+    top: int = typer.Option(10, "--top", min=1, help="How many sources and resolutions to list."),
+) -> None:
+    """Samples, bytes, rows by shard / source / resolution, caption lengths, rejects by reason."""
+    import orjson
+
+    from dalle3_etl.inspect import compute_stats, plot_stats, print_stats, require_matplotlib
+
+    if plot is not None:
+        require_matplotlib()
+    stats = compute_stats(out)
+    if as_json:
+        typer.echo(orjson.dumps(stats.to_json(top), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_stats(stats, top, Console())
+    if plot is not None:
+        plot_stats(stats, plot, top)
+        if not as_json:
+            Console().print(f"plot written to {plot}", highlight=False)
+
+
 # Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.
-COMMAND_MODULES = ("hub", "inspect", "bench")
+COMMAND_MODULES = ("hub", "bench")
 
 
 def _register_optional() -> None:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 from concurrent.futures.process import BrokenProcessPool
-import multiprocessing as mp
 import os
 import queue
 import select
 import signal
-import sys
 import threading
 import time
 import traceback
@@ -26,6 +24,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard import ShardResult, convert_shard, forget_shard
 from dalle3_etl.sources import ShardSource
 from dalle3_etl.state import Layout, hold_workers_lock
+from dalle3_etl.workers import mp_context
 
 ProgressCb = Callable[[str, int, int], None]
 ResultCb = Callable[[ShardResult], None]
@@ -119,10 +118,6 @@ def _pool_task(task: ShardTask) -> ShardResult:
     return run_task(task, _queue_progress)
 
 
-def mp_context():
-    return mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-
-
 MAX_POOL_RESTARTS = 8  # pools started again after a worker died, per run
 
 
@@ -203,10 +198,3 @@ def make_executor(name: str, workers: int, ray_address: str | None = None) -> Ex
 
         return RayExecutor(address=ray_address)
     raise ValueError(f"unknown executor {name!r} (use 'local' or 'ray')")
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1

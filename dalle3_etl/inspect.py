@@ -1,4 +1,4 @@
-"""`dalle3-etl head OUT` and `dalle3-etl stats OUT`: what is in a converted output; `add_cli` also adds `verify`.
+"""`dalle3-etl head OUT` and `dalle3-etl stats OUT`: what is in a converted output (commands in `cli`).
 
 Both read the parquet the dataloader entry names (else where convert writes it) row group by row group,
 with only the columns they need; counts are made with pyarrow.compute, so memory stays flat for 1.2 M rows
@@ -11,13 +11,12 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import typer
 from rich.console import Console
 from rich.cells import cell_len
 from rich.markup import escape
@@ -26,7 +25,7 @@ from rich.text import Text
 
 from dalle3_etl.report import human_bytes
 from dalle3_etl.sources import natural_key
-from dalle3_etl.verify import Target, is_image_name, is_output_dir, print_report, read_target, verify
+from dalle3_etl.verify import Target, is_image_name, is_output_dir, read_target
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
 MISSING_VALUE = "(none)"
@@ -228,7 +227,7 @@ def print_stats(stats: Stats, top: int, console: Console) -> None:
         console.print(_counts_table("rejects by reason", data["rejects"], data["rejects_total"], "reason"))
 
 
-def _require_matplotlib() -> None:
+def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -263,64 +262,4 @@ def plot_stats(stats: Stats, path: Path, top: int) -> None:
     fig.savefig(path, dpi=100)
 
 
-# --- commands ---------------------------------------------------------------------------------------
-
-
-def verify_cmd(
-    out: Path = typer.Argument(..., help="An output directory of convert."),
-    deep: bool = typer.Option(False, "--deep", help="Also re-read every image header and compare width/height."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-) -> None:
-    """Check that SimpleTuner can start on OUT and everything is there. Exit 0 only when every check holds."""
-    if not is_output_dir(out):
-        _usage(f"{out} is not a dalle3-etl output directory")
-    console = Console()
-    status_console = Console(stderr=True)
-    if as_json or not status_console.is_terminal:
-        report = verify(out, deep=deep)
-    else:
-        with status_console.status("verifying") as status:
-            report = verify(out, deep=deep, progress=lambda text: status.update(escape(text)))
-    if as_json:
-        typer.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print_report(report, console)
-    raise typer.Exit(0 if report.ok else 1)
-
-
-def head_cmd(
-    out: Path = typer.Argument(..., help="An output directory of convert."),
-    rows: int = typer.Option(10, "-n", "--rows", min=1, help="Number of rows to show."),
-) -> None:
-    """The first rows of the parquet as a table (captions shortened to the terminal width)."""
-    console = Console()
-    console.print(head_table(out, rows, console.width))
-
-
-def stats_cmd(
-    out: Path = typer.Argument(..., help="An output directory of convert."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw resolution and caption-length histograms to this PNG."),
-    top: int = typer.Option(10, "--top", min=1, help="How many sources and resolutions to list."),
-) -> None:
-    """Samples, bytes, rows by shard / source / resolution, caption lengths, rejects by reason."""
-    if plot is not None:
-        _require_matplotlib()
-    stats = compute_stats(out)
-    if as_json:
-        typer.echo(orjson.dumps(stats.to_json(top), option=orjson.OPT_INDENT_2).decode())
-    else:
-        print_stats(stats, top, Console())
-    if plot is not None:
-        plot_stats(stats, plot, top)
-        if not as_json:
-            Console().print(f"plot written to {plot}", highlight=False)
-
-
-def add_cli(app: typer.Typer) -> None:
-    app.command("verify")(verify_cmd)
-    app.command("head")(head_cmd)
-    app.command("stats")(stats_cmd)
-
-
-__all__ = ["add_cli", "compute_stats", "head_table", "plot_stats", "print_stats", "Stats"]
+__all__ = ["compute_stats", "head_table", "plot_stats", "print_stats", "Stats"]

@@ -24,11 +24,11 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import orjson
 
-from dalle3_etl.executors import ShardTask, make_executor, default_workers
+from dalle3_etl.executors import ShardTask, make_executor
+from dalle3_etl.workers import default_workers
 from dalle3_etl.merge import merge
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import ShardResult, forget_shard, source_fingerprint

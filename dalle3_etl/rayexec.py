@@ -28,7 +28,8 @@ import threading
 from typing import Any
 
 from dalle3_etl import __version__
-from dalle3_etl.executors import ProgressCb, ResultCb, ShardTask, default_workers, run_task
+from dalle3_etl.executors import ProgressCb, ResultCb, ShardTask, run_task
+from dalle3_etl.workers import default_workers
 from dalle3_etl.shard import ShardResult
 
 INSTALL_HINT = "the ray executor needs Ray: pip install 'dalle3-etl[ray]'"
