@@ -1,11 +1,22 @@
 """Where rows and files go: a shard's parquet part (batched Arrow record batches) and its files.
 
 One schema for every part and for the merged parquet, so parts concatenate without casts.
+
+The part's Arrow arrays are assembled from buffers (`column_array`) rather than with `pa.array`:
+`pa.array` on a Python list imports pandas when pandas is installed (as it is wherever SimpleTuner
+runs), which costs every pool worker ~0.2 s and ~47 MB of RSS. Building from buffers costs ~0.4 µs
+per row more than `pa.array` (measured: ~5 ms vs ~2 ms per 8,192-row batch of the base columns), i.e.
+~7 ms per real 17,000-sample shard against 0.2 s per worker. The arrays are the same as `pa.array`'s
+(tests/test_sinks.py holds them to it); past the 32-bit offset range, or for a type not handled here,
+`pa.array` itself is used.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+from array import array
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +48,72 @@ def parquet_writer(path: Path, schema: pa.Schema, compression: str) -> pq.Parque
     return pq.ParquetWriter(str(path), schema, compression=compression, write_statistics=True)
 
 
+#: Bytes a string array (or elements a list array) may hold before `pa.array` is used instead.
+MAX_OFFSET = 2**31 - 1
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_INT_IS_32 = array("i").itemsize == 4
+
+
+def _validity(values: list, nulls: int) -> pa.Buffer | None:
+    """Arrow validity bitmap (bit set = not null), or None when nothing is null."""
+    if not nulls:
+        return None
+    bits = bytearray((len(values) + 7) // 8)
+    for i, v in enumerate(values):
+        if v is not None:
+            bits[i >> 3] |= 1 << (i & 7)
+    return pa.py_buffer(bits)
+
+
+def _offsets(lengths, total: int) -> pa.Buffer | None:
+    if total > MAX_OFFSET:
+        return None
+    return pa.py_buffer(array("i", list(accumulate(lengths, initial=0))))
+
+
+def _string_array(values: list) -> pa.Array | None:
+    nulls = values.count(None)
+    texts = [("" if v is None else v) for v in values] if nulls else values
+    joined = "".join(texts)
+    data = joined.encode("utf-8")  # the same bytes as encoding each string and concatenating
+    if len(data) == len(joined):  # all ASCII: a string's length in characters is its length in bytes
+        lengths = map(len, texts)
+    else:
+        lengths = map(len, map(str.encode, texts))
+    offsets = _offsets(lengths, len(data))
+    if offsets is None:
+        return None
+    return pa.Array.from_buffers(pa.string(), len(values), [_validity(values, nulls), offsets, pa.py_buffer(data)])
+
+
+def _string_list_array(values: list) -> pa.Array | None:
+    nulls = values.count(None)
+    lists = [(() if v is None else v) for v in values] if nulls else values
+    child = _string_array([item for v in lists for item in v])
+    lengths = list(map(len, lists))
+    offsets = _offsets(lengths, sum(lengths))
+    if child is None or offsets is None:
+        return None
+    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [_validity(values, nulls), offsets],
+                                 children=[child])
+
+
+def column_array(values: list, type_: pa.DataType) -> pa.Array:
+    """`pa.array(values, type_)` for the part's column types, without pyarrow importing pandas."""
+    array_ = None
+    if _LITTLE_ENDIAN:
+        if type_ == pa.string():
+            array_ = _string_array(values)
+        elif type_ == pa.int32() and _INT_IS_32 and None not in values:
+            try:
+                array_ = pa.Array.from_buffers(pa.int32(), len(values), [None, pa.py_buffer(array("i", values))])
+            except (OverflowError, TypeError):
+                array_ = None  # pa.array raises its own, clearer error
+        elif type_ == pa.list_(pa.string()):
+            array_ = _string_list_array(values)
+    return array_ if array_ is not None else pa.array(values, type_)
+
+
 class PartWriter:
     """Collects rows column-wise and writes one record batch every `batch_rows` rows."""
 
@@ -44,6 +121,7 @@ class PartWriter:
         self.path = path
         self.schema = schema_for(settings)
         self.names = self.schema.names
+        self.types = self.schema.types
         self.batch_rows = settings.batch_rows
         self.columns: list[list[Any]] = [[] for _ in self.names]
         self.rows = 0
@@ -58,7 +136,8 @@ class PartWriter:
     def flush(self) -> None:
         if not self.columns[0]:
             return
-        batch = pa.record_batch(self.columns, schema=self.schema)
+        arrays = [column_array(values, type_) for values, type_ in zip(self.columns, self.types)]
+        batch = pa.record_batch(arrays, schema=self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
         self.columns = [[] for _ in self.names]
