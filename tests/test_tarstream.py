@@ -721,3 +721,40 @@ def test_real_pipe_stream_skips_large_unread_bodies():
     finally:
         t.join()
     assert got == [(e[0], e[1], e[2], e[4] if e[0].endswith(".json") else None) for e in expected]
+
+
+# -- the seekable fast path (`_next_plain`) gives what the general path gives ------------------------
+
+def _members(raw: bytes, tmp_path) -> list[tuple]:
+    path = tmp_path / f"fp{random.random()}.tar"
+    path.write_bytes(raw)
+    with open(path, "rb") as fh:
+        reader = TarReader(fh)
+        out = []
+        for m in reader:
+            data = reader.read(64) if m.kind == "file" else b""
+            out.append((m.name, m.size, m.offset, m.kind, m.linkname, m.problem, data))
+        return out
+
+
+@pytest.mark.parametrize("fmt_name", list(FORMATS))
+def test_fast_path_matches_general_path(fmt_name, tmp_path, monkeypatch):
+    tricky = [("./dot/0001.json", b"{}"), ("a/.hidden.jpg", rnd(10)), ("sp ace/x,y=z@1.jpg", rnd(600, 11)),
+              ("c:drive.jpg", rnd(3)), ("back\\slash.jpg", rnd(3)), ("../up.jpg", rnd(3)), ("/abs.jpg", rnd(3)),
+              info("v7/", tarfile.DIRTYPE), ("tab\tname.json", b"{}"), ("big/0003.png", rnd(20000, 12))]
+    raw = make_tar(members_for(fmt_name) + tricky, FORMATS[fmt_name])
+    hits = []
+    fast = TarReader._next_plain
+
+    def counting(self):
+        member = fast(self)
+        if member is not None:
+            hits.append(member.name)
+        return member
+
+    monkeypatch.setattr(TarReader, "_next_plain", counting)
+    with_fast = _members(raw, tmp_path)
+    assert "a/0001.json" in hits and "big/0003.png" in hits  # plain names do take the fast path ...
+    assert not {"a/.hidden.jpg", "../up.jpg", "/abs.jpg", "back\\slash.jpg", "dot/0001.json"} & set(hits)
+    monkeypatch.setattr(TarReader, "_next_plain", lambda self: None)
+    assert with_fast == _members(raw, tmp_path)  # ... and give exactly what the general path gives
