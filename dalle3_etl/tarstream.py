@@ -682,12 +682,16 @@ class TarReader:
         offset = hoff + BLOCK
         if size < 0 or offset + size > self._size:
             return None  # the general path raises the error
-        member = Member(name, size, offset, "file", "", None)
+        return self._enter(Member(name, size, offset, "file", "", None))
+
+    def _enter(self, member: Member) -> Member:
+        """Make `member` the current one: its data starts at the read position."""
+        offset = member.offset
         self._cur = offset
-        self._data_end = offset + size
-        self._next_hdr = offset + ((size + BLOCK - 1) & ~(BLOCK - 1))
+        self._data_end = offset + member.size
+        self._next_hdr = offset + ((member.size + BLOCK - 1) & ~(BLOCK - 1))
         self._member = member
-        self._last_name = name
+        self._last_name = member.name
         return member
 
     def _make_member(self, hoff, block, tf, size, pax, longname, longlink) -> Member:
@@ -740,12 +744,7 @@ class TarReader:
         if self.seekable and offset + size > self._size:
             raise TarFormatError(f"truncated inside member {name!r} data (needs {size} bytes at offset {offset}, "
                                  f"file ends at {self._size})", offset=self._size, member=name)
-        self._cur = offset
-        self._data_end = offset + size
-        self._next_hdr = offset + ((size + BLOCK - 1) & ~(BLOCK - 1))
-        self._member = member
-        self._last_name = name
-        return member
+        return self._enter(member)
 
     def _eof_at_header(self, hoff: int, got: int, meta_type: bytes | None, meta_off: int) -> None:
         if got == 0:
