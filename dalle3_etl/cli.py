@@ -31,6 +31,7 @@ app = typer.Typer(
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXECUTORS = ("local", "ray")  # what `executors.make_executor` knows
 
 
 def fail_usage(message: str) -> None:
@@ -76,6 +77,8 @@ def convert(
     Exit codes: 0 every input shard complete, 1 some shard failed/damaged/not converted, 2 usage error
     (also: settings differ from OUT's, OUT in use by another run), 130 interrupted.
     """
+    if executor not in EXECUTORS:
+        fail_usage(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
     try:
         settings = load_settings(
             config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),

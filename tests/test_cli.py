@@ -61,3 +61,11 @@ def test_output_dir_that_is_not_ours_is_refused(tmp_path, corpus):
     result = runner.invoke(app, ["convert", str(root), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not empty" in result.output
     assert (tmp_path / "o" / "precious.txt").read_text() == "keep"
+
+
+def test_unknown_executor_is_a_usage_error_and_writes_nothing(tmp_path, corpus):
+    result = runner.invoke(app, ["convert", str(corpus[0]), "-o", str(tmp_path / "o"), "--executor", "cloud"])
+    assert result.exit_code == 2, result.output
+    assert "'cloud'" in result.output and "local" in result.output and "ray" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
