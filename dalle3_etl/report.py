@@ -122,10 +122,16 @@ class RichReporter(Reporter):
         if self.quiet:
             return
         self.console.print(summary_table(summary))
-        if summary.failed:
-            self._print(f"[red]{len(summary.failed)} shard(s) could not be read completely[/red]: "
-                        f"{', '.join(r.shard_id for r in summary.failed)}. See above; "
-                        "fix the input and run again (add --retry-failed to redo only those).")
+        damaged = [r.shard_id for r in summary.failed if r.ok]  # read error in the input: kept up to it
+        failed = [r.shard_id for r in summary.failed if not r.ok]  # nothing committed (output error, crash)
+        if damaged:
+            self._print(f"[red]{len(damaged)} shard(s) could not be read completely[/red] (samples before the "
+                        f"damage are kept): {', '.join(damaged)}. See above; fix or download the input again "
+                        "and run with --retry-failed to read them again.")
+        if failed:
+            self._print(f"[red]{len(failed)} shard(s) failed, nothing of them was committed[/red]: "
+                        f"{', '.join(failed)}. See above (e.g. disk full, a worker killed); fix the cause and "
+                        "run the same command again: they are redone.")
         for line in summary.notices():
             self._print(f"[yellow]{line}[/yellow]")
         self._print(f"SimpleTuner-ready output in {summary.out}:")

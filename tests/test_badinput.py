@@ -589,6 +589,9 @@ def test_exit_1_when_a_shard_is_damaged_and_the_others_are_kept(tmp_path):
     result = _cli(*map(str, paths), "-o", str(tmp_path / "out"), "--workers", "2")
     assert result.exit_code == 1, result.output
     assert "DAMAGED s-1" in result.output and "truncated" in result.output
+    said = " ".join(result.output.split())
+    assert "1 shard(s) could not be read completely (samples before the damage are kept): s-1" in said
+    assert "nothing of them was committed" not in said
     rows = [r["filename"] for r in outcome_rows(tmp_path / "out")]
     assert rows == ["s-2/c.jpg"]
     # fixing the input and running again gives exit 0 (the damaged shard is redone: its input changed)

@@ -91,6 +91,9 @@ def test_file_size_limit_fails_the_shard_and_a_rerun_completes_it(shards, tmp_pa
     first = subprocess.run([sys.executable, "-c", limited], capture_output=True, text=True, cwd=REPO)
     assert first.returncode == 1, first.stdout + first.stderr
     assert "FAILED s-1" in first.stdout and "File too large" in first.stdout
+    said = " ".join(first.stdout.split())
+    assert "1 shard(s) failed, nothing of them was committed: s-1" in said  # not blamed on the input
+    assert "could not be read completely" not in said
     assert_failed_cleanly(out, "s-1", ("File too large", "EFBIG"))
     assert (out / ".dalle3-etl" / "shards" / "s-2.json").exists()  # the other shard is complete and kept
     second = subprocess.run(cli(*map(str, paths), "-o", str(out), "--workers", "2"), capture_output=True, text=True,
