@@ -114,6 +114,8 @@ _DIGITS = re.compile(r"[0-9]{1,12}")
 
 def _dimension(value: Any, limit: int) -> tuple[int | None, str]:
     """(value, "") for a usable size, else (None, why not)."""
+    if type(value) is int and 0 < value <= limit:
+        return value, ""  # the common case (bool is not `int` by `type`)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None, f"{_short(value)} is not a number"
     if isinstance(value, str):

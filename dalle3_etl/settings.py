@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ class Settings:
             if name in ("filename", "caption", "width", "height", "key", "shard", "source"):
                 raise SettingsError(f"--fields {name}: that column is always written")
 
-    @property
+    @cached_property  # read once per JSON member: computed once (a frozen dataclass still has a __dict__)
     def caption_chain(self) -> tuple[str, ...]:
         return (self.caption_field, *[f for f in self.caption_fallbacks if f != self.caption_field])
 

@@ -178,13 +178,12 @@ class ShardConverter:
         info = entry.json.payload
         ref: ImageRef = entry.image.payload
         image_member = entry.image.member
-        bad = [(p.member, p.payload) for p in (entry.image, entry.json) if isinstance(p.payload, Reject)]
-        if bad:  # one line per member at fault; its partner goes with it
+        if type(info) is not JsonInfo or type(ref) is not ImageRef:  # a member at fault: one line for each
             self._discard(ref)
-            for member, reject in bad:
-                self._reject(member, reject.reason, reject.detail)
+            for part in (entry.image, entry.json):
+                if isinstance(part.payload, Reject):
+                    self._reject(part.member, part.payload.reason, part.payload.detail)
             return
-        assert isinstance(info, JsonInfo)
         if info.caption is None:
             self._discard(ref)
             self._reject(image_member, Reason.NO_CAPTION, f"no usable caption ({info.caption_detail})")
@@ -208,11 +207,13 @@ class ShardConverter:
             if info.size_invalid:
                 self.notes["json_size_invalid"] += 1  # converted with the header's size
         ext = image_member[image_member.rfind(".") :]
-        if info.image_ext is not None and _norm_ext(info.image_ext) != _norm_ext(ext[1:]):
+        image_ext = info.image_ext
+        if image_ext is not None and image_ext != ext[1:] and _norm_ext(image_ext) != _norm_ext(ext[1:]):
             self.notes["image_name_ext_differs"] += 1  # the member's name wins (dataset-facts)
         filename = f"{self.prefix}{entry.key}{ext}"
         try:
-            self.bytes_out += self._write_sample(filename, ref, info.caption)
+            if self.write_files:
+                self.bytes_out += self._write_sample(filename, ref, info.caption)
         except OSError as exc:
             if exc.errno not in _NAME_ERRNOS:
                 raise  # the disk, not the name: the shard fails and is redone next run

@@ -18,7 +18,6 @@ import sys
 from array import array
 from itertools import accumulate
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -115,7 +114,7 @@ def column_array(values: list, type_: pa.DataType) -> pa.Array:
 
 
 class PartWriter:
-    """Collects rows column-wise and writes one record batch every `batch_rows` rows."""
+    """Collects rows (tuples in schema order) and writes one record batch every `batch_rows` rows."""
 
     def __init__(self, path: Path, settings: Settings):
         self.path = path
@@ -123,24 +122,25 @@ class PartWriter:
         self.names = self.schema.names
         self.types = self.schema.types
         self.batch_rows = settings.batch_rows
-        self.columns: list[list[Any]] = [[] for _ in self.names]
+        self.pending: list[tuple] = []
         self.rows = 0
         self._writer = parquet_writer(path, self.schema, "zstd")
 
     def add(self, values: tuple) -> None:
-        for column, value in zip(self.columns, values):
-            column.append(value)
-        if len(self.columns[0]) >= self.batch_rows:
+        pending = self.pending
+        pending.append(values)
+        if len(pending) >= self.batch_rows:
             self.flush()
 
     def flush(self) -> None:
-        if not self.columns[0]:
+        if not self.pending:
             return
-        arrays = [column_array(values, type_) for values, type_ in zip(self.columns, self.types)]
+        columns = zip(*self.pending)  # rows -> columns, in C
+        arrays = [column_array(list(values), type_) for values, type_ in zip(columns, self.types)]
         batch = pa.record_batch(arrays, schema=self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
-        self.columns = [[] for _ in self.names]
+        self.pending = []
 
     def close(self) -> None:
         self.flush()
