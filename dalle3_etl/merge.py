@@ -2,7 +2,8 @@
 
 Parts are streamed batch by batch in shard order and re-cut into row groups of a fixed size, so the
 bytes depend only on the rows: not on worker count, executor, or which run converted which shard.
-Both outputs are written to a temporary name and renamed into place.
+Both outputs are written to a temporary name and renamed into place. During a run, `StreamingMerge`
+merges each part as soon as every shard before it is settled, so little is left to merge at the end.
 
 With `--flat` every image lives directly in OUT/data, so two shards may carry the same name. Files of
 a flat shard wait under the state folder until `publish_flat` moves them in, here, in shard order:
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 from dalle3_etl.records import Reason
 from dalle3_etl.settings import Settings
 from dalle3_etl.sinks import caption_relpath, parquet_writer, schema_for
+from dalle3_etl.sources import natural_key
 from dalle3_etl.state import (
     Layout, crash_point, fsync_file, read_record, remove_path, write_atomic, write_record,
 )
@@ -140,46 +142,144 @@ def unpublish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
                 dst.unlink(missing_ok=True)
 
 
+class PartMerger:
+    """Writes the merged parquet from parts handed over in shard order.
+
+    Batches are re-cut into row groups of exactly `row_group_rows` rows (the last one shorter), so the
+    bytes depend only on the rows, whichever way the parts were handed over: all at the end
+    (`merge_parquet`) or one by one while later shards still convert (`StreamingMerge`).
+    """
+
+    def __init__(self, layout: Layout, settings: Settings):
+        self.schema = schema_for(settings)
+        self.final = layout.out / settings.parquet_name
+        self.tmp = self.final.with_name(f".{self.final.name}.tmp")
+        self.layout = layout
+        self.group = settings.row_group_rows
+        self.rows = 0
+        self.merged: list[str] = []
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._writer = parquet_writer(self.tmp, self.schema, settings.compression)
+        # Hand freed Arrow memory back to the OS before and after each row group: the peak RSS of the
+        # driver is this merge (and, with -w 1, the conversion before it in the same process).
+        self._pool = pa.default_memory_pool()
+        self._pool.release_unused()
+
+    def add(self, shard_id: str) -> None:
+        group = self.group
+        # No pre-buffering, no reader threads: same batches, ~40 MB less driver peak RSS for 200k rows
+        part = pq.ParquetFile(self.layout.part(shard_id), pre_buffer=False)
+        for batch in part.iter_batches(batch_size=group, use_threads=False):
+            self._pending.append(batch)
+            self._pending_rows += batch.num_rows
+            while self._pending_rows >= group:
+                table = pa.Table.from_batches(self._pending, schema=self.schema)
+                self._writer.write_table(table.slice(0, group), row_group_size=group)
+                self._pool.release_unused()
+                rest = table.slice(group)
+                self._pending = rest.to_batches()
+                self._pending_rows = rest.num_rows
+                self.rows += group
+        self.merged.append(shard_id)
+
+    def finish(self) -> int:
+        """Write the last row group and move the parquet into place. Returns the row count."""
+        if self._pending_rows:
+            self._writer.write_table(pa.Table.from_batches(self._pending, schema=self.schema),
+                                     row_group_size=self.group)
+            self.rows += self._pending_rows
+            self._pending = []
+            self._pending_rows = 0
+        self._writer.close()
+        fsync_file(self.tmp)
+        crash_point("merge", "parquet")
+        os.replace(self.tmp, self.final)
+        return self.rows
+
+    def abort(self) -> None:
+        self._pending = []
+        try:
+            self._writer.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
 def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> int:
-    schema = schema_for(settings)
-    final = layout.out / settings.parquet_name
-    tmp = final.with_name(f".{final.name}.tmp")
-    rows = 0
-    group = settings.row_group_rows
-    writer = parquet_writer(tmp, schema, settings.compression)
-    # Hand freed Arrow memory back to the OS before and after each row group: the peak RSS of the
-    # driver is this merge (and, with -w 1, the conversion before it in the same process).
-    pool = pa.default_memory_pool()
-    pool.release_unused()
+    merger = PartMerger(layout, settings)
     try:
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
         for sid in shard_ids:
-            # No pre-buffering, no reader threads: same batches, ~40 MB less driver peak RSS for 200k rows
-            part = pq.ParquetFile(layout.part(sid), pre_buffer=False)
-            for batch in part.iter_batches(batch_size=group, use_threads=False):
-                pending.append(batch)
-                pending_rows += batch.num_rows
-                while pending_rows >= group:
-                    table = pa.Table.from_batches(pending, schema=schema)
-                    writer.write_table(table.slice(0, group), row_group_size=group)
-                    pool.release_unused()
-                    rest = table.slice(group)
-                    pending = rest.to_batches()
-                    pending_rows = rest.num_rows
-                    rows += group
-        if pending_rows:
-            writer.write_table(pa.Table.from_batches(pending, schema=schema), row_group_size=group)
-            rows += pending_rows
-        writer.close()
-        fsync_file(tmp)
+            merger.add(sid)
+        return merger.finish()
     except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
+        merger.abort()
         raise
-    crash_point("merge", "parquet")
-    os.replace(tmp, final)
-    return rows
+
+
+class StreamingMerge:
+    """Merges parts while the run is still converting, so the merge is not a serial step at the end.
+
+    `expected` is every shard that may end up in the parquet, in shard order: shards complete before
+    the run (their parts are final) and the shards this run converts (`todo`: settled when their
+    result comes, whether it succeeded or not). Whenever the next shard in order is settled, its part
+    is merged. `finish` checks the shards merged against the completed shards after the run and
+    merges from scratch if they differ, so the output is always `merge_parquet`'s. Never raises while
+    the run goes on: an error (e.g. a full disk) stops the streaming, and the merge at the end, done
+    the ordinary way, reports it.
+    """
+
+    def __init__(self, layout: Layout, settings: Settings, complete: list[str], todo: list[str]):
+        self.layout = layout
+        self.settings = settings
+        self._todo = set(todo)
+        self._order = sorted(set(complete) | self._todo, key=natural_key)
+        self._settled = set(complete) - self._todo
+        self._next = 0
+        self._merger: PartMerger | None = None
+        self.active = not settings.flat  # flat shards are published in order first: merged at the end
+
+    @property
+    def merged(self) -> list[str]:
+        """Shards merged so far (in order)."""
+        return list(self._merger.merged) if self._merger is not None else []
+
+    def settle(self, shard_id: str) -> None:
+        """The shard's result is in (committed or not): merge every part now ready, in order."""
+        self._settled.add(shard_id)
+        if not self.active:
+            return
+        try:
+            if self._merger is None:
+                self._merger = PartMerger(self.layout, self.settings)
+            while self._next < len(self._order) and self._order[self._next] in self._settled:
+                sid = self._order[self._next]
+                if read_record(self.layout, sid) is not None:
+                    self._merger.add(sid)
+                self._next += 1
+        except Exception:
+            self.abort()
+
+    def finish(self, done: list[str]) -> int:
+        """The parquet of the completed shards `done` (in shard order). Returns the row count."""
+        if self.active and self._merger is not None and self._next == len(self._order) \
+                and self._merger.merged == done:
+            merger, self._merger = self._merger, None
+            try:
+                return merger.finish()
+            except BaseException:
+                merger.abort()
+                raise
+        self.abort()
+        return merge_parquet(self.layout, done, self.settings)
+
+    def abort(self) -> None:
+        self.active = False
+        if self._merger is not None:
+            merger, self._merger = self._merger, None
+            try:
+                merger.abort()
+            except Exception:
+                pass
 
 
 def merge_rejects(layout: Layout, shard_ids: list[str]) -> int:
@@ -200,14 +300,18 @@ def merge_rejects(layout: Layout, shard_ids: list[str]) -> int:
     return count
 
 
-def merge(layout: Layout, shard_ids: list[str], settings: Settings) -> int:
-    """Publish flat shards in order, then write dalle3.parquet and rejects.jsonl. Returns the row count."""
+def merge(layout: Layout, shard_ids: list[str], settings: Settings, streaming: StreamingMerge | None = None) -> int:
+    """Publish flat shards in order, then write dalle3.parquet and rejects.jsonl. Returns the row count.
+
+    With `streaming`, the parts it already merged during the run are not read again."""
     if settings.flat:
         for sid in shard_ids:
             publish_flat(layout, sid, settings)
     merge_rejects(layout, shard_ids)
     crash_point("merge", "rejects")
+    if streaming is not None:
+        return streaming.finish(shard_ids)
     return merge_parquet(layout, shard_ids, settings)
 
 
-__all__ = ["merge", "merge_parquet", "merge_rejects", "publish_flat", "unpublish_flat"]
+__all__ = ["merge", "merge_parquet", "merge_rejects", "publish_flat", "unpublish_flat", "PartMerger", "StreamingMerge"]

@@ -29,7 +29,7 @@ import orjson
 
 from dalle3_etl.executors import ShardTask, make_executor
 from dalle3_etl.workers import default_workers
-from dalle3_etl.merge import merge
+from dalle3_etl.merge import StreamingMerge, merge
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import ShardResult, forget_shard, source_fingerprint
 from dalle3_etl.simpletuner import write_dataloader_config
@@ -249,6 +249,8 @@ def run_convert(
         runner = make_executor(executor, workers, ray_address)
         tasks = [ShardTask(src, str(out), settings) for src in plan.todo]
         reporter.start(plan, sum(src.size for src in plan.todo))
+        # parts are merged while later shards still convert; the end merges only what is left
+        streaming = StreamingMerge(layout, settings, list(all_records(layout)), [src.shard_id for src in plan.todo])
 
         def on_result(result: ShardResult) -> None:
             failed = _failed_path(layout, result.shard_id)
@@ -258,18 +260,23 @@ def run_convert(
                 write_atomic(failed, orjson.dumps(result.to_json()))
             summary.results.append(result)
             reporter.shard_done(result)
+            streaming.settle(result.shard_id)
 
         try:
             runner.run(tasks, reporter.progress, on_result)
             reporter.merging()
             done = sorted(all_records(layout), key=natural_key)
-            summary.rows = merge(layout, done, settings)
+            summary.rows = merge(layout, done, settings, streaming)
             summary.parquet = out / settings.parquet_name
             summary.dataloader = write_dataloader_config(layout, settings)
         except KeyboardInterrupt:
+            streaming.abort()
             summary.interrupted = True
             summary.seconds = time.monotonic() - start
             reporter.finish(summary)
+            raise
+        except BaseException:
+            streaming.abort()
             raise
         summary.incomplete = incomplete_shards(layout, sources)
     summary.results.sort(key=lambda r: natural_key(r.shard_id))
