@@ -34,6 +34,14 @@ def layout(converted_copy):
     return Layout(converted_copy[0])
 
 
+def _stream_every_shard(layout: Layout, settings: Settings) -> tuple[StreamingMerge, list[str]]:
+    shards = sorted(all_records(layout), key=natural_key)
+    streaming = StreamingMerge(layout, settings, complete=[], todo=shards)
+    for sid in shards:
+        streaming.settle(sid)
+    return streaming, shards
+
+
 @pytest.mark.parametrize("settings", [Settings(), SMALL_GROUPS], ids=["default", "groups-of-7"])
 @pytest.mark.parametrize("arrival", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])
 def test_streaming_in_any_arrival_order_gives_the_same_bytes(layout, settings, arrival):
@@ -52,10 +60,7 @@ def test_streaming_in_any_arrival_order_gives_the_same_bytes(layout, settings, a
 
 
 def test_row_groups_have_the_fixed_size_across_parts(layout):
-    shards = sorted(all_records(layout), key=natural_key)
-    streaming = StreamingMerge(layout, SMALL_GROUPS, complete=[], todo=shards)
-    for sid in shards:
-        streaming.settle(sid)
+    streaming, shards = _stream_every_shard(layout, SMALL_GROUPS)
     rows = streaming.finish(shards)
     meta = pq.ParquetFile(layout.out / SMALL_GROUPS.parquet_name).metadata
     sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
@@ -79,10 +84,7 @@ def test_shards_complete_before_the_run_and_a_failed_shard(layout):
 
 
 def test_a_different_final_set_is_merged_again_from_scratch(layout):
-    shards = sorted(all_records(layout), key=natural_key)
-    streaming = StreamingMerge(layout, SMALL_GROUPS, complete=[], todo=shards)
-    for sid in shards:
-        streaming.settle(sid)
+    streaming, shards = _stream_every_shard(layout, SMALL_GROUPS)
     layout.record(shards[0]).unlink()  # the set of complete shards changed after it was merged
     want, want_rows = _reference(layout, SMALL_GROUPS)
     (layout.out / SMALL_GROUPS.parquet_name).unlink()
