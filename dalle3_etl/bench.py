@@ -23,7 +23,9 @@ Peak RSS: every command runs under ``/usr/bin/time -f %M`` (when present), whose
 command and the children it reaped; a command started straight from this large Python process would
 inherit this process's RSS in ``ru_maxrss``, hence the small wrapper. Every process further down (the
 forkserver and pool workers of `convert`, the pool of the webdataset script) and the driver itself are
-also sampled from ``/proc/<pid>/status`` (VmHWM, the kernel's own high-water mark) every 50 ms.
+also sampled from ``/proc/<pid>/status`` (VmHWM, the kernel's own high-water mark) every 50 ms; pool
+workers of `convert`, which may live only milliseconds on a small corpus, also log their own
+``ru_maxrss`` after each shard (``DALLE3_ETL_RSS_LOG``), so none is missed.
 
 Timings live here and in ``benchmarks/``, never in tests. Linux only (GNU tar, /proc).
 """
@@ -327,16 +329,45 @@ class Runner:
                 proc.wait()
 
 
+def _logged_workers(path: str) -> dict[int, int]:
+    """Peak RSS (kB) that pool workers logged themselves after each shard (`executors.RSS_LOG_ENV`)."""
+    out: dict[int, int] = {}
+    try:
+        lines = Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return out
+    for line in lines:
+        pid, kind, kb = line.split()
+        if kind == "pool":
+            out[int(pid)] = max(out.get(int(pid), 0), int(kb))
+    return out
+
+
 def measure(body: Callable[[Runner], dict[str, float] | None]) -> RunStat:
+    from dalle3_etl.executors import RSS_LOG_ENV
+
     runner = Runner()
     load = os.getloadavg()[0]
-    with TreeSampler() as sampler:
-        runner.sampler = sampler
-        start = time.perf_counter()
-        steps = body(runner) or {}
-        seconds = time.perf_counter() - start
+    log = tempfile.NamedTemporaryFile(prefix="dalle3-etl-bench-workers-", delete=False)
+    log.close()
+    os.environ[RSS_LOG_ENV] = log.name
+    try:
+        with TreeSampler() as sampler:
+            runner.sampler = sampler
+            start = time.perf_counter()
+            steps = body(runner) or {}
+            seconds = time.perf_counter() - start
+        logged = _logged_workers(log.name)
+    finally:
+        os.environ.pop(RSS_LOG_ENV, None)
+        os.unlink(log.name)
     exact = {p.pid for p in runner.procs}
     sampled = sampler.descendants(skip_children_of=runner.wrappers)
+    for proc in sampled:  # a worker's own figure is exact; the sample may have missed its peak
+        if proc.pid in logged:
+            proc.peak_rss_kb = max(proc.peak_rss_kb, logged.pop(proc.pid))
+            proc.name = "pool worker"
+    sampled += [ProcStat(pid, "pool worker", kb, True) for pid, kb in sorted(logged.items())]  # never sampled
     procs = runner.procs + [p for p in sampled if p.pid not in exact]
     # CPU: wait4 covers a command and the children it reaped; pool workers reaped by a forkserver that
     # is never reaped itself escape it, the /proc samples (own CPU of every process) do not. Both are

@@ -13,6 +13,7 @@ import os
 import queue
 import select
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -37,10 +38,35 @@ class ShardTask:
     settings: Settings
 
 
+#: Environment variable naming a file to which every process that converts a shard appends its peak
+#: RSS after each shard ("pid pool|inline kB"). `dalle3-etl bench` sets it: a pool worker that lives a
+#: few milliseconds can slip between two samples of /proc, but not this.
+RSS_LOG_ENV = "DALLE3_ETL_RSS_LOG"
+
+
+def _log_peak_rss() -> None:
+    path = os.environ.get(RSS_LOG_ENV)
+    if not path:
+        return
+    import resource
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if sys.platform == "darwin":
+        kb //= 1024  # bytes there
+    kind = "pool" if _progress_queue is not None else "inline"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{os.getpid()} {kind} {kb}\n".encode())
+    finally:
+        os.close(fd)
+
+
 def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult:
     """Convert one shard. Never raises for a shard's own problems: a failed result says what went wrong."""
     try:
-        return convert_shard(task.source, Path(task.out), task.settings, progress)
+        result = convert_shard(task.source, Path(task.out), task.settings, progress)
+        _log_peak_rss()
+        return result
     except Exception as exc:  # a bug or an unexpected input error: report it, keep the run going
         try:
             forget_shard(Layout(Path(task.out)), task.source.shard_id, task.settings)
