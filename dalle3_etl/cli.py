@@ -2,11 +2,13 @@
 
 Exit codes: 0 every shard read (rejected samples are not failures), 1 some shard failed or was
 damaged, 2 usage error (bad arguments, settings that conflict with an existing output, output
-locked), 130 interrupted.
+locked), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import List, Optional
 
@@ -31,6 +33,7 @@ app = typer.Typer(
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 EXECUTORS = ("local", "ray")  # what `executors.make_executor` knows
 
 
@@ -75,7 +78,8 @@ def convert(
 
     Resumable: run the same command again after a crash or Ctrl-C and completed shards are skipped.
     Exit codes: 0 every input shard complete, 1 some shard failed/damaged/not converted, 2 usage error
-    (also: settings differ from OUT's, OUT in use by another run), 130 interrupted.
+    (also: settings differ from OUT's, OUT in use by another run), 130 interrupted, 143 stopped by SIGTERM
+    (both keep completed shards).
     """
     if executor not in EXECUTORS:
         fail_usage(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
@@ -100,6 +104,7 @@ def convert(
         sources = resolve_inputs(inputs)
     except (SettingsError, SourceError) as exc:
         fail_usage(str(exc))
+    previous = _stop_on_sigterm()
     try:
         summary = run_convert(
             sources, out, settings, executor=executor, ray_address=ray_address, restart_run=restart,
@@ -109,9 +114,30 @@ def convert(
         fail_usage(str(exc))
     except (ImportError, RayConnectError) as exc:  # --executor ray without Ray, or a cluster not there
         fail_usage(str(exc))
+    except Terminated:
+        raise typer.Exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(summary.exit_code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd, kill): stops the run the way Ctrl-C does."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM stop like Ctrl-C: workers stopped, completed shards kept, a summary line, exit 143.
+    Returns the previous handler (None when not in the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 @app.command()

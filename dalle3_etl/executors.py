@@ -98,6 +98,7 @@ def _init_worker(progress_queue, driver_pid: int, workers_lock: str) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; no tracebacks from each
+    # SIGTERM keeps its default (die): a broken pool stops its other workers with SIGTERM.
     _die_with_driver(driver_pid)
     hold_workers_lock(workers_lock)
 

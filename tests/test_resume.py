@@ -273,7 +273,12 @@ def test_second_run_is_refused_while_one_runs_and_a_dead_runs_lock_is_taken_over
 # --- Ctrl-C ----------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_stops_promptly_keeps_completed_shards_and_the_rerun_finishes(tmp_path):
+@pytest.mark.parametrize("how, code", [
+    ("SIGINT to the process group (Ctrl-C)", 130),
+    ("SIGTERM to the driver (kill, docker stop)", 143),
+    ("SIGTERM to the process group (systemd)", 143),
+])
+def test_ctrl_c_or_sigterm_stops_promptly_keeps_completed_shards_and_the_rerun_finishes(tmp_path, how, code):
     corpus = tmp_path / "in"
     write_corpus(corpus, SynthSpec(shards=4, per_shard=150, seed=3, image_bytes=4000))
     ref = tmp_path / "ref"
@@ -286,15 +291,20 @@ def test_ctrl_c_stops_promptly_keeps_completed_shards_and_the_rerun_finishes(tmp
         before = set(records(out))
         kept = {name: data for name, data in data_files(out).items() if name.split("/")[0] in before}
         sent = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
+        if how.startswith("SIGINT"):
+            os.killpg(proc.pid, signal.SIGINT)
+        elif "group" in how:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
         stopped_after = time.monotonic() - sent
         wait_until(lambda: not session_processes(proc.pid), "the workers to exit", timeout=30)
     finally:
         if session_processes(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
-    print(f"Ctrl-C: exit {proc.returncode} {stopped_after:.2f}s after SIGINT")
-    assert proc.returncode == 130, output
+    print(f"{how}: exit {proc.returncode} {stopped_after:.2f}s after the signal")
+    assert proc.returncode == code, output
     assert "Interrupted." in output and "Run the same command again to resume" in output
     assert before <= set(records(out))
     now = data_files(out)
