@@ -171,6 +171,7 @@ class ShardConverter:
                         os.unlink(path)
                     except FileNotFoundError:
                         pass
+                self.files.prune(filename)
             raise
         return written
 

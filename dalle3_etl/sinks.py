@@ -13,6 +13,7 @@ per row more than `pa.array` (measured: ~5 ms vs ~2 ms per 8,192-row batch of th
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from array import array
@@ -169,6 +170,20 @@ class FileTree:
             os.makedirs(parent, exist_ok=True)
             self._made.add(parent)
         return full
+
+    def prune(self, relpath: str) -> None:
+        """Remove the folders on the way to `relpath` that are empty now, deepest first (after a sample
+        whose name could not be created: nothing of it is left, not even a folder)."""
+        parent = self._prefix + relpath
+        parent = parent[: parent.rfind("/")]
+        while len(parent) >= len(self._prefix):
+            self._made.discard(parent)
+            try:
+                os.rmdir(parent)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # not made, or not even nameable
+                    break  # not empty (another sample's folder), or cannot be removed: keep it
+            parent = parent[: parent.rfind("/")]
 
     def write_text(self, relpath: str, text: str) -> int:
         data = text.encode("utf-8")

@@ -309,6 +309,9 @@ def test_name_too_long_for_the_output_path_is_rejected_not_fatal(tmp_path):
     line = res.reject(f"{long_name}.jpg")
     assert line["reason"] == Reason.NAME_UNUSABLE and "File name too long" in line["detail"]
     assert res.result("s").ok and res.summary.exit_code == 0
+    data = tmp_path / ("o" * 60) / "out" / "data"
+    empty = [str(d.relative_to(data))[:40] for d in data.rglob("*") if d.is_dir() and not any(d.iterdir())]
+    assert empty == []  # the folders made on the way to the name that failed are gone too
 
 
 def test_name_over_4096_bytes_is_unsafe(tmp_path):
