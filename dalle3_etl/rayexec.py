@@ -25,12 +25,14 @@ import os
 import signal
 import socket
 import threading
+from pathlib import Path
 from typing import Any
 
 from dalle3_etl import __version__
 from dalle3_etl.executors import ProgressCb, ResultCb, ShardTask, run_task
 from dalle3_etl.workers import default_workers
 from dalle3_etl.shard import ShardResult
+from dalle3_etl.state import Layout, workers_lock_held
 
 INSTALL_HINT = "the ray executor needs Ray: pip install 'dalle3-etl[ray]'"
 
@@ -110,7 +112,10 @@ def _shard_task(task: ShardTask, board: Any, driver_version: str) -> ShardResult
             failure=f"this Ray node has dalle3-etl {__version__}, the driver {driver_version}: "
             "install the same version on every node",
         )
-    return run_task(task, _reporter(board) if board is not None else None)
+    # Held during the task: a new run on OUT (after this run's driver was killed) waits until this
+    # task is gone, so it cannot commit a shard under the new run's feet.
+    with workers_lock_held(Layout(Path(task.out)).workers_lock):
+        return run_task(task, _reporter(board) if board is not None else None)
 
 
 def _reporter(board: Any) -> ProgressCb:

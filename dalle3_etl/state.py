@@ -14,9 +14,10 @@ import shutil
 import signal
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import orjson
 
@@ -321,6 +322,28 @@ def hold_workers_lock(path: str | os.PathLike) -> None:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
     _workers_lock_fd = fd
+
+
+@contextmanager
+def workers_lock_held(path: str | os.PathLike) -> Iterator[None]:
+    """Hold `workers.lock` shared while the body runs (a Ray task: its worker process outlives the task,
+    so the lock cannot be held until the process exits as a pool worker does). A new run waits for it,
+    as for a pool worker of a killed run. Where the filesystem has no locks, the body runs anyway."""
+    fd = None
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except (ImportError, OSError):  # Windows, or a shared filesystem without flock
+        if fd is not None:
+            os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def lock_holder(layout: Layout) -> str | None:

@@ -333,3 +333,48 @@ def test_cli_without_address_starts_and_stops_a_local_instance(ray_instance, cor
     summary = local_convert([root], out)
     assert summary.plan.skipped == ["data-000000", "data-000001"]
     assert_same_output(out, reference)
+
+
+def _workers_lock_free(out: Path) -> bool:
+    import fcntl
+
+    fd = os.open(out / ".dalle3-etl" / "workers.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_running_task_holds_the_workers_lock_so_a_new_run_waits_for_it(ray_instance, corpus, tmp_path):
+    """As pool workers do: a new run on OUT after this driver died waits until its tasks are gone."""
+    root, _ = corpus
+    out = tmp_path / "out"
+    stall = ray_instance.crash_dir / "data-000001.stall"
+    stalled = ray_instance.crash_dir / "data-000001.stalled"
+    stall.touch()
+    seen = {}
+
+    def look_then_interrupt() -> None:
+        deadline = time.monotonic() + 60
+        while not stalled.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["free while the task runs"] = _workers_lock_free(out)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    watcher = threading.Thread(target=look_then_interrupt, daemon=True)
+    watcher.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ray_convert([root], out)
+    finally:
+        stall.unlink()
+        stalled.unlink(missing_ok=True)
+        watcher.join()
+    assert seen == {"free while the task runs": False}
+    deadline = time.monotonic() + 30
+    while not _workers_lock_free(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _workers_lock_free(out)  # the cancelled task let go of it
