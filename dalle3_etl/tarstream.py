@@ -135,16 +135,22 @@ def _nti(field: bytes) -> int:
     return int(field, 8)
 
 
+def _header_sum(block: bytes) -> int:
+    """Unsigned byte sum of a header with its checksum field taken as 8 spaces (what the field holds).
+
+    adler32's low half is 1 + (byte sum mod 65521); each slice is short enough (<= 257 bytes) for
+    the sum to be exact."""
+    return (adler32(block[:148]) & 0xFFFF) + (adler32(block[156:400]) & 0xFFFF) \
+        + (adler32(block[400:]) & 0xFFFF) - 3 + 256
+
+
 def _checksum_ok(block: bytes) -> bool:
     """Header checksum check (unsigned, or the signed variant some old tars wrote)."""
     try:
         stored = _nti(block[148:156])
     except ValueError:
         return False
-    # Exact byte sum of the header with the checksum field taken as 8 spaces. adler32's low half is
-    # 1 + (byte sum mod 65521); each slice is short enough (<= 257 bytes) for the sum to be exact.
-    unsigned = (adler32(block[:148]) & 0xFFFF) + (adler32(block[156:400]) & 0xFFFF) \
-        + (adler32(block[400:]) & 0xFFFF) - 3 + 256
+    unsigned = _header_sum(block)
     if stored == unsigned:
         return True
     high = sum(1 for b in block[:148] if b > 127) + sum(1 for b in block[156:] if b > 127)
@@ -158,10 +164,15 @@ def _decode(raw: bytes) -> tuple[str, bool]:
         return raw.decode("utf-8", "surrogateescape"), False
 
 
+def _is_plain_name(name: str) -> bool:
+    """A name `_resolve_name` returns unchanged with no problem (for a file): see `_PLAIN_NAME_RE`."""
+    return (len(name) <= 255 and name[:1] != "." and "/." not in name
+            and _PLAIN_NAME_RE.fullmatch(name) is not None)
+
+
 def _resolve_name(name: str, utf8_ok: bool, kind: str) -> tuple[str, str | None]:
     """Normalise a member name ('./a//b' -> 'a/b') and say why it is unsafe, if it is."""
-    if (kind != "dir" and utf8_ok and len(name) <= 255 and name[:1] != "." and "/." not in name
-            and _PLAIN_NAME_RE.fullmatch(name) is not None):
+    if kind != "dir" and utf8_ok and _is_plain_name(name):
         return name, None  # the common case: a plain relative name (same result as below)
     absolute = name.startswith("/") or _DRIVE_RE.match(name) is not None
     parts = name.split("/")
@@ -567,10 +578,7 @@ class TarReader:
         if self._done:
             return None
         if self._cur != self._next_hdr:
-            if self.seekable and self._next_hdr <= self._size:
-                self._cur = self._next_hdr  # `_advance`, inlined for the common case
-            else:
-                self._advance()
+            self._advance()
         self._member = None
         if self.seekable and not self._global_pax:
             member = self._next_plain()
@@ -646,15 +654,9 @@ class TarReader:
         Gives exactly what `_next` + `_make_member` would (tests/test_tarstream.py checks both paths
         against tarfile); returns None, having consumed nothing, for anything else."""
         hoff = self._cur
-        i = hoff - self._win_off
-        w = self._win
-        if i < 0 or i + BLOCK > len(w):  # refill the window here, as `_take` would
-            w = self._win = self._raw_pread(hoff, SEEK_WINDOW)
-            self._win_off = hoff
-            i = 0
-            if len(w) < BLOCK:
-                return None
-        block = w[i:i + BLOCK]
+        block = self._window_read(hoff, BLOCK)  # consumes nothing: `_cur` moves only on success
+        if len(block) < BLOCK:
+            return None
         tf = block[156]
         if tf != 48 and tf != 0:  # '0' or NUL: a regular file
             return None
@@ -667,17 +669,16 @@ class TarReader:
             size = int(size_field[:11], 8)
         except ValueError:
             return None
-        if stored != (adler32(block[:148]) & 0xFFFF) + (adler32(block[156:400]) & 0xFFFF) \
-                + (adler32(block[400:]) & 0xFFFF) + 253:  # byte sum, checksum field as 8 spaces (see _checksum_ok)
+        if stored != _header_sum(block):  # the signed variant and other odd fields: the general path
             return None
         if block[345] and block[257:265] == _POSIX_MAGIC:
             return None  # a ustar prefix: the general path joins it
         nul = block.find(0, 0, 100)
         raw = block[:nul] if nul >= 0 else block[:100]
-        if not raw.isascii() or raw[:1] == b"." or b"/." in raw:
+        if not raw.isascii():
             return None
         name = raw.decode("ascii")
-        if _PLAIN_NAME_RE.fullmatch(name) is None:  # also refuses a v7 directory ('name/')
+        if not _is_plain_name(name):  # also refuses a v7 directory ('name/')
             return None
         offset = hoff + BLOCK
         if size < 0 or offset + size > self._size:
