@@ -310,18 +310,28 @@ def _wait_for_old_workers(path: Path, timeout: float = WORKERS_WAIT) -> None:
 _workers_lock_fd: int | None = None
 
 
-def hold_workers_lock(path: str | os.PathLike) -> None:
-    """In a worker process: hold `workers.lock` shared until the process exits."""
-    global _workers_lock_fd
+def _lock_shared(path: str | os.PathLike) -> int | None:
+    """An fd holding `workers.lock` shared, or None where there is no flock (Windows)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
-        return
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def hold_workers_lock(path: str | os.PathLike) -> None:
+    """In a worker process: hold `workers.lock` shared until the process exits."""
+    global _workers_lock_fd
     if _workers_lock_fd is not None:
         os.close(_workers_lock_fd)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    _workers_lock_fd = fd
+        _workers_lock_fd = None
+    _workers_lock_fd = _lock_shared(path)
 
 
 @contextmanager
@@ -329,16 +339,10 @@ def workers_lock_held(path: str | os.PathLike) -> Iterator[None]:
     """Hold `workers.lock` shared while the body runs (a Ray task: its worker process outlives the task,
     so the lock cannot be held until the process exits as a pool worker does). A new run waits for it,
     as for a pool worker of a killed run. Where the filesystem has no locks, the body runs anyway."""
-    fd = None
     try:
-        import fcntl
-
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except (ImportError, OSError):  # Windows, or a shared filesystem without flock
-        if fd is not None:
-            os.close(fd)
-            fd = None
+        fd = _lock_shared(path)
+    except OSError:  # a shared filesystem without flock
+        fd = None
     try:
         yield
     finally:
