@@ -184,15 +184,20 @@ class PartMerger:
         self.merged.append(shard_id)
 
     def finish(self) -> int:
-        """Write the last row group and move the parquet into place. Returns the row count."""
-        if self._pending_rows:
-            self._writer.write_table(pa.Table.from_batches(self._pending, schema=self.schema),
-                                     row_group_size=self.group)
-            self.rows += self._pending_rows
-            self._pending = []
-            self._pending_rows = 0
-        self._writer.close()
-        fsync_file(self.tmp)
+        """Write the last row group and move the parquet into place. Returns the row count.
+        On an error the temporary file is removed (`abort`) before the error goes on."""
+        try:
+            if self._pending_rows:
+                self._writer.write_table(pa.Table.from_batches(self._pending, schema=self.schema),
+                                         row_group_size=self.group)
+                self.rows += self._pending_rows
+                self._pending = []
+                self._pending_rows = 0
+            self._writer.close()
+            fsync_file(self.tmp)
+        except BaseException:
+            self.abort()
+            raise
         crash_point("merge", "parquet")
         os.replace(self.tmp, self.final)
         return self.rows
@@ -210,18 +215,18 @@ def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> i
     try:
         for sid in shard_ids:
             merger.add(sid)
-        return merger.finish()
     except BaseException:
         merger.abort()
         raise
+    return merger.finish()
 
 
 class StreamingMerge:
     """Merges parts while the run is still converting, so the merge is not a serial step at the end.
 
-    `expected` is every shard that may end up in the parquet, in shard order: shards complete before
-    the run (their parts are final) and the shards this run converts (`todo`: settled when their
-    result comes, whether it succeeded or not). Whenever the next shard in order is settled, its part
+    The shards that may end up in the parquet, in shard order, are those `complete` before the run
+    (their parts are final) and those this run converts (`todo`: settled when their result comes,
+    whether it succeeded or not). Whenever the next shard in order is settled, its part
     is merged. `finish` checks the shards merged against the completed shards after the run and
     merges from scratch if they differ, so the output is always `merge_parquet`'s. Never raises while
     the run goes on: an error (e.g. a full disk) stops the streaming, and the merge at the end, done
@@ -231,9 +236,8 @@ class StreamingMerge:
     def __init__(self, layout: Layout, settings: Settings, complete: list[str], todo: list[str]):
         self.layout = layout
         self.settings = settings
-        self._todo = set(todo)
-        self._order = sorted(set(complete) | self._todo, key=natural_key)
-        self._settled = set(complete) - self._todo
+        self._order = sorted(set(complete) | set(todo), key=natural_key)
+        self._settled = set(complete) - set(todo)
         self._next = 0
         self._merger: PartMerger | None = None
         self.active = not settings.flat  # flat shards are published in order first: merged at the end
@@ -264,11 +268,7 @@ class StreamingMerge:
         if self.active and self._merger is not None and self._next == len(self._order) \
                 and self._merger.merged == done:
             merger, self._merger = self._merger, None
-            try:
-                return merger.finish()
-            except BaseException:
-                merger.abort()
-                raise
+            return merger.finish()
         self.abort()
         return merge_parquet(self.layout, done, self.settings)
 

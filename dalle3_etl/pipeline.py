@@ -270,14 +270,12 @@ def run_convert(
             summary.parquet = out / settings.parquet_name
             summary.dataloader = write_dataloader_config(layout, settings)
         except KeyboardInterrupt:
-            streaming.abort()
             summary.interrupted = True
             summary.seconds = time.monotonic() - start
             reporter.finish(summary)
             raise
-        except BaseException:
-            streaming.abort()
-            raise
+        finally:
+            streaming.abort()  # after an error: drop the half-merged parquet (a no-op once merged)
         summary.incomplete = incomplete_shards(layout, sources)
     summary.results.sort(key=lambda r: natural_key(r.shard_id))
     summary.seconds = time.monotonic() - start
