@@ -19,7 +19,7 @@ from rich.markup import escape
 from dalle3_etl.settings import SettingsError, load_settings
 from dalle3_etl.sources import SourceError, resolve_inputs
 from dalle3_etl.state import StateError
-from dalle3_etl.workers import default_workers, prestart_workers
+from dalle3_etl.workers import EXECUTORS, default_workers, prestart_workers
 
 app = typer.Typer(
     name="dalle3-etl",
@@ -34,7 +34,6 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-EXECUTORS = ("local", "ray")  # what `executors.make_executor` knows
 
 
 def fail_usage(message: str) -> None:

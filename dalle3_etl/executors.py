@@ -25,7 +25,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard import ShardResult, convert_shard, forget_shard
 from dalle3_etl.sources import ShardSource
 from dalle3_etl.state import Layout, hold_workers_lock
-from dalle3_etl.workers import mp_context
+from dalle3_etl.workers import EXECUTORS, mp_context
 
 ProgressCb = Callable[[str, int, int], None]
 ResultCb = Callable[[ShardResult], None]
@@ -224,4 +224,4 @@ def make_executor(name: str, workers: int, ray_address: str | None = None) -> Ex
         from dalle3_etl.rayexec import RayExecutor  # optional dependency
 
         return RayExecutor(address=ray_address)
-    raise ValueError(f"unknown executor {name!r} (use 'local' or 'ray')")
+    raise ValueError(f"unknown executor {name!r} (use one of: {', '.join(EXECUTORS)})")

@@ -10,6 +10,10 @@ import multiprocessing as mp
 import os
 import sys
 
+#: The executors `executors.make_executor` builds (`convert --executor`); here so the CLI can check a
+#: name before it imports the conversion code.
+EXECUTORS = ("local", "ray")
+
 #: Imported once by the fork server, so every pool worker starts with them loaded: `executors` brings
 #: the whole conversion (shard, pyarrow, Pillow); `cli` is what a worker's re-import of the main script
 #: (`dalle3-etl`) needs. Missing modules are skipped by multiprocessing.
