@@ -208,8 +208,7 @@ class ShardConverter:
             if info.size_invalid:
                 self.notes["json_size_invalid"] += 1  # converted with the header's size
         ext = image_member[image_member.rfind(".") :]
-        image_ext = info.image_ext
-        if image_ext is not None and image_ext != ext[1:] and _norm_ext(image_ext) != _norm_ext(ext[1:]):
+        if info.image_ext is not None and not _same_ext(info.image_ext, ext[1:]):
             self.notes["image_name_ext_differs"] += 1  # the member's name wins (dataset-facts)
         filename = f"{self.prefix}{entry.key}{ext}"
         try:
@@ -375,9 +374,12 @@ def _only_escapes(text: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
-def _norm_ext(ext: str) -> str:
-    ext = ext.lower()
-    return _EQUIVALENT_EXT.get(ext, ext)
+def _same_ext(a: str, b: str) -> bool:
+    """Extensions naming the same format ('jpg', 'JPG', 'jpeg'); equal strings need no more work."""
+    if a == b:
+        return True
+    a, b = a.lower(), b.lower()
+    return _EQUIVALENT_EXT.get(a, a) == _EQUIVALENT_EXT.get(b, b)
 
 
 def convert_shard(src: ShardSource, out: Path, settings: Settings, progress: ProgressFn | None = None) -> ShardResult:
