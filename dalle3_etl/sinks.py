@@ -120,8 +120,6 @@ class PartWriter:
     def __init__(self, path: Path, settings: Settings):
         self.path = path
         self.schema = schema_for(settings)
-        self.names = self.schema.names
-        self.types = self.schema.types
         self.batch_rows = settings.batch_rows
         self.pending: list[tuple] = []
         self.rows = 0
@@ -137,7 +135,7 @@ class PartWriter:
         if not self.pending:
             return
         columns = zip(*self.pending)  # rows -> columns, in C
-        arrays = [column_array(list(values), type_) for values, type_ in zip(columns, self.types)]
+        arrays = [column_array(list(values), type_) for values, type_ in zip(columns, self.schema.types)]
         batch = pa.record_batch(arrays, schema=self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
