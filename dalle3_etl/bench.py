@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dalle3_etl.fsio import Root
+
 CONVERT_MODES = {
     "convert-parquet": ["--no-images", "--no-captions"],
     "convert-captions": ["--no-images"],
@@ -298,7 +300,7 @@ class Runner:
                 lines = Path(proc.rss_file).read_text().split()
                 maxrss = int(lines[-1]) if lines else maxrss
             finally:
-                os.unlink(proc.rss_file)
+                _remove(Path(proc.rss_file))
         if proc.returncode != 0:
             raise BenchError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err[-2000:]}")
         self.cpu_by_root[proc.pid] = ru.ru_utime + ru.ru_stime
@@ -360,7 +362,7 @@ def measure(body: Callable[[Runner], dict[str, float] | None]) -> RunStat:
         logged = _logged_workers(log.name)
     finally:
         os.environ.pop(RSS_LOG_ENV, None)
-        os.unlink(log.name)
+        _remove(Path(log.name))
     exact = {p.pid for p in runner.procs}
     sampled = sampler.descendants(skip_children_of=runner.wrappers)
     for proc in sampled:  # a worker's own figure is exact; the sample may have missed its peak
@@ -413,8 +415,7 @@ def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int,
     if marker.exists() and json.loads(marker.read_text()) == spec and all(p.exists() for p in paths):
         reused = True
     else:
-        if folder.exists():
-            shutil.rmtree(folder)
+        _rmtree(folder)  # a corpus this command generated earlier with another spec
         folder.mkdir(parents=True)
         jobs = [(str(folder), spec, i) for i in range(shards)]
         if workers > 1 and shards > 1:
@@ -454,8 +455,11 @@ def existing_corpus(folder: Path) -> Corpus:
 
 
 def _rmtree(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path)
+    """Remove a folder or file this command created (its work folders, corpora, temporary logs)."""
+    Root(path.parent).remove_tree(path)
+
+
+_remove = _rmtree
 
 
 def _count(folder: Path, suffixes: tuple[str, ...]) -> int:
@@ -966,7 +970,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
             for folder in ([generated] if generated else []) + list(corpus_root.glob("mem-*")):
                 _rmtree(folder)
             if corpus_root.is_dir() and not any(corpus_root.iterdir()):
-                corpus_root.rmdir()
+                _rmtree(corpus_root)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from dalle3_etl.fsio import Root
 from dalle3_etl.sources import SHARD_SUFFIXES, ShardSource, SourceError, natural_key, shard_id_for
 
 __all__ = [
@@ -549,7 +550,7 @@ class HubStream(io.RawIOBase):
             self._keep_fh.close()
             self._keep_fh = None
             if not self._done and self._keep_part is not None:
-                self._keep_part.unlink(missing_ok=True)
+                Root(self._keep_part.parent).unlink(self._keep_part)
 
     def _disconnect(self) -> None:
         self._iter = None
@@ -586,7 +587,7 @@ class HubStream(io.RawIOBase):
             moved = ""
             if self._local is not None:
                 bad = self._local.with_name(self._local.name + ".corrupt")
-                os.replace(self._local, bad)
+                Root(self._local.parent).replace(self._local, bad)
                 moved = f"; moved it to {bad}, it will be downloaded again next time"
             self._fail(HubIntegrityError(
                 f"{self._path}: {self._algo} mismatch reading {where}: expected {self._expected}, got {actual} "
@@ -598,7 +599,7 @@ class HubStream(io.RawIOBase):
             os.fsync(self._keep_fh.fileno())
             self._keep_fh.close()
             self._keep_fh = None
-            os.replace(self._keep_part, self._keep_final)
+            Root(self._keep_part.parent).replace(self._keep_part, self._keep_final)
 
     def _next_chunk(self) -> bytes:
         """The next non-empty piece of the body, reconnecting with a Range request when the connection drops."""
@@ -916,8 +917,9 @@ def _verify_file(local_dir: Path, entry: "RepoFile", path: Path, tracker: _Track
 
     def bad(message: str, size: int, sha: str | None) -> DownloadResult:
         moved = path.with_name(path.name + ".corrupt")
-        os.replace(path, moved)
-        marker.unlink(missing_ok=True)
+        root = Root(local_dir)
+        root.replace(path, moved)
+        root.unlink(marker)
         return DownloadResult(**base, path=None, ok=False, size=size, sha256=sha, moved_to=moved,
                               error=f"{name}: {message}; moved it to {moved}")
 

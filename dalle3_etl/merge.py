@@ -21,22 +21,15 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.records import Reason
 from dalle3_etl.settings import Settings
-from dalle3_etl.sinks import caption_relpath, parquet_writer, schema_for
+from dalle3_etl.sinks import parquet_writer, schema_for, written_names
 from dalle3_etl.sources import natural_key
-from dalle3_etl.state import (
-    Layout, crash_point, fsync_file, read_record, remove_path, write_atomic, write_record,
-)
+from dalle3_etl.state import Layout, crash_point, fsync_file, read_record, write_record
 
 CLASHES_NAME = ".dalle3-etl-clashes.json"  # inside flat/<shard>/: the clash decision of an unfinished publish
 
 
 def _shard_files(filename: str, settings: Settings) -> list[str]:
-    names = []
-    if settings.images:
-        names.append(filename)
-    if settings.captions:
-        names.append(caption_relpath(filename))
-    return names
+    return written_names(filename, settings.images, settings.captions)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -84,7 +77,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
                     break
         if ordered:
             src_root.mkdir(parents=True, exist_ok=True)
-            write_atomic(journal, orjson.dumps(ordered))
+            layout.fs.write_atomic(journal, orjson.dumps(ordered))
     clashes = set(ordered)
     moved = 0
     for filename in filenames:
@@ -96,17 +89,17 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
                 continue  # moved before a crash
             if not _same_file(src, dst):
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                os.link(src, dst)  # fails rather than overwrite
+                layout.fs.link_new(src, dst)  # fails rather than overwrite
             moved += 1
             crash_point("publish", shard_id, moved)
-            os.unlink(src)
+            layout.fs.unlink(src)
     if clashes:
         keep = [f not in clashes for f in filenames]
         if not all(keep):  # not yet filtered by a run that crashed later
             tmp = layout.part(shard_id).with_name(f".{shard_id}.parquet.tmp")
             pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
             fsync_file(tmp)
-            os.replace(tmp, layout.part(shard_id))
+            layout.fs.replace(tmp, layout.part(shard_id))
             crash_point("publish_part", shard_id)
         rejects = layout.rejects(shard_id)
         lines = [line for line in rejects.read_bytes().splitlines(keepends=True)
@@ -116,12 +109,12 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
                           "detail": f"data/{name} (or its caption file) is taken by an earlier shard (--flat)"}) + b"\n"
             for name in ordered
         ]
-        write_atomic(rejects, b"".join(lines))
+        layout.fs.write_atomic(rejects, b"".join(lines))
         record["samples"] -= len(clashes)  # the record still holds the counts of the conversion
         record["rejects"][Reason.NAME_CLASH] = record["rejects"].get(Reason.NAME_CLASH, 0) + len(clashes)
     record["published"] = True
     write_record(layout, shard_id, record)
-    remove_path(src_root)
+    layout.fs.remove_tree(src_root)
 
 
 def unpublish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
@@ -135,11 +128,14 @@ def unpublish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     if not part.exists():
         return
     src_root = layout.flat_files(shard_id)
+    published = []
     for filename in pq.read_table(part, columns=["filename"]).column("filename").to_pylist():
         for name in _shard_files(filename, settings):
             src, dst = src_root / name, layout.data / name
             if not src.exists() or _same_file(src, dst):
-                dst.unlink(missing_ok=True)
+                published.append(name)
+    # OUT/data's folders may be the user's: files only, no folder removed
+    layout.fs.remove_files(layout.data, published, prune=False)
 
 
 class PartMerger:
@@ -199,7 +195,7 @@ class PartMerger:
             self.abort()
             raise
         crash_point("merge", "parquet")
-        os.replace(self.tmp, self.final)
+        self.layout.fs.replace(self.tmp, self.final)
         return self.rows
 
     def abort(self) -> None:
@@ -207,7 +203,7 @@ class PartMerger:
         try:
             self._writer.close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            self.layout.fs.unlink(self.tmp)
 
 
 def merge_parquet(layout: Layout, shard_ids: list[str], settings: Settings) -> int:
@@ -296,7 +292,7 @@ def merge_rejects(layout: Layout, shard_ids: list[str]) -> int:
                         count += 1
         out.flush()
         os.fsync(out.fileno())
-    os.replace(tmp, final)
+    layout.fs.replace(tmp, final)
     return count
 
 

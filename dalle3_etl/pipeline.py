@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import orjson
@@ -32,12 +32,14 @@ from dalle3_etl.workers import default_workers
 from dalle3_etl.merge import StreamingMerge, merge
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import ShardResult, forget_shard, source_fingerprint
-from dalle3_etl.simpletuner import write_dataloader_config
+from dalle3_etl.simpletuner import CONFIG_NAME, write_dataloader_config
 from dalle3_etl.sources import ShardSource, natural_key
 from dalle3_etl.state import (
-    TMP_GLOB, Layout, RunLock, StateError, all_records, crash_point, read_manifest, read_record, remove_path,
-    settings_differences, write_atomic, write_manifest,
+    TMP_GLOB, Layout, RunLock, StateError, all_records, crash_point, read_manifest, read_record,
+    settings_differences, write_manifest,
 )
+#: Files the tool writes at the top of OUT (besides the parquet, whose name is a setting).
+REJECTS_NAME = "rejects.jsonl"
 
 #: How the user sets each output-changing setting (for the refusal message).
 SETTING_FLAGS = {
@@ -152,30 +154,45 @@ def incomplete_shards(layout: Layout, sources: list[ShardSource]) -> dict[str, s
     return out
 
 
+def _root_files(layout: Layout, parquet_names: set[str]) -> list[Path]:
+    """The tool's own files at the top of OUT."""
+    return [layout.out / name for name in sorted({*parquet_names, REJECTS_NAME, CONFIG_NAME})]
+
+
+def _state_ids(layout: Layout) -> set[str]:
+    """Every shard id the state folder knows: records, parts, rejects, staged or flat files, claims."""
+    ids = set()
+    for sub, suffix in (("shards", ".json"), ("parts", ".parquet"), ("rejects", ".jsonl")):
+        for path in (layout.state / sub).glob(f"*{suffix}"):
+            if not path.name.startswith("."):
+                ids.add(path.name[: -len(suffix)])
+    for sub in ("flat", "owned", "staging"):
+        folder = layout.state / sub
+        if folder.is_dir():
+            ids.update(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    return ids
+
+
 def clean_leftovers(layout: Layout, settings: Settings) -> None:
-    """Remove what an interrupted run left: staging, temporaries, output of shards without a record."""
-    remove_path(layout.state / "staging")
-    remove_path(layout.trash)
-    for folder in (layout.state, layout.out, *(layout.state / sub for sub in ("shards", "parts", "rejects", "failed"))):
+    """Remove what an interrupted run left: staging, temporaries, output of shards without a record.
+
+    Only the tool's own names: temporaries of its own files at the top of OUT and in its state folder,
+    and the files of shards it started (a part, staged files, or a claimed OUT/data/<shard>)."""
+    fs = layout.fs
+    for folder in (layout.state, *(layout.state / sub for sub in ("shards", "parts", "rejects", "failed"))):
         for tmp in folder.glob(TMP_GLOB):
-            tmp.unlink(missing_ok=True)
+            fs.unlink(tmp)
+    for final in _root_files(layout, {settings.parquet_name}):
+        for tmp in layout.out.glob(f".{final.name}.tmp*"):
+            fs.unlink(tmp)
     records = all_records(layout)
-    done = set(records)
     for sid, rec in records.items():  # a --flat shard published just before a crash: its staged folder
         if rec.get("published"):
-            remove_path(layout.flat_files(sid))
-    leftovers = set()
-    for sub, suffix in (("parts", ".parquet"), ("rejects", ".jsonl")):
-        for path in (layout.state / sub).glob(f"*{suffix}"):
-            leftovers.add(path.name[: -len(suffix)])
-    for path in (layout.state / "flat").iterdir():
-        leftovers.add(path.name)
-    if not settings.flat:
-        for path in layout.data.iterdir():
-            if path.is_dir() and (layout.state / "seen" / path.name).exists():
-                leftovers.add(path.name)
-    for sid in sorted(leftovers - done):
-        forget_shard(layout, sid, settings)
+            fs.remove_tree(layout.flat_files(sid))
+    for sid in sorted(_state_ids(layout) - set(records), key=natural_key):
+        forget_shard(layout, sid, settings)  # reads a part still staged by a commit cut short
+    fs.remove_tree(layout.state / "staging")
+    fs.remove_tree(layout.trash)  # left by a --restart of an earlier version
 
 
 def check_settings(layout: Layout, settings: Settings) -> None:
@@ -195,23 +212,34 @@ def check_settings(layout: Layout, settings: Settings) -> None:
 
 
 def restart(layout: Layout, settings: Settings) -> None:
-    """Delete the previous output. Crash-safe: the records go first (every shard becomes incomplete),
-    then the rest is moved into the trash folder that every run empties; the manifest goes last, so
-    a run killed here is still refused until `--restart` has finished."""
-    old = read_manifest(layout)
-    old_parquet = (old or {}).get("settings", {}).get("parquet_name")
-    trash = layout.trash
-    remove_path(trash)  # left by a --restart that was killed
-    trash.mkdir(parents=True)
-    for i, path in enumerate([layout.state / "shards", layout.data,
-                              *(layout.state / name for name in ("parts", "rejects", "staging", "flat", "failed", "seen"))]):
-        if path.exists():
-            os.replace(path, trash / f"{i}-{path.name}")
-            crash_point("restart", i)
-    for name in {settings.parquet_name, old_parquet or settings.parquet_name, "rejects.jsonl", "multidatabackend.json"}:
-        (layout.out / name).unlink(missing_ok=True)
-    layout.manifest.unlink(missing_ok=True)
-    remove_path(trash)
+    """Delete the previous output, and only the tool's: crash-safe and idempotent.
+
+    Every record goes first (each shard becomes incomplete), then each shard's files as its part lists
+    them (under the settings the output was made with), then the tool's files at the top of OUT and its
+    state, the manifest last, so a run killed here is still refused until `--restart` has finished.
+    What a user put in OUT or OUT/data (their images, notes, SimpleTuner's caches) stays."""
+    fs = layout.fs
+    old = (read_manifest(layout) or {}).get("settings", {})
+    made_with = settings
+    if old:  # which files a row stands for, as that output wrote them
+        made_with = replace(settings, flat=bool(old.get("flat", settings.flat)),
+                            images=bool(old.get("images", settings.images)),
+                            captions=bool(old.get("captions", settings.captions)))
+    ids = sorted(_state_ids(layout), key=natural_key)
+    owned = {sid for sid in ids if layout.owns_shard_data(sid)}
+    for sid in ids:
+        if sid in owned and not layout.claim(sid).exists():  # an output written before claims existed
+            fs.write_atomic(layout.claim(sid), b"")
+        fs.unlink(layout.record(sid))
+    for sid in ids:
+        forget_shard(layout, sid, made_with)
+        crash_point("restart", sid)
+    for path in _root_files(layout, {settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
+        fs.unlink(path)
+    # `owned` stays: a shard folder still holding a user's file is still the tool's folder
+    for name in ("parts", "rejects", "staging", "flat", "failed", "seen", "shards", "trash"):
+        fs.remove_tree(layout.state / name)
+    fs.unlink(layout.manifest)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -219,6 +247,21 @@ def _check_out_dir(out: Path) -> None:
         raise StateError(f"output {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / ".dalle3-etl").is_dir():
         raise StateError(f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory")
+
+
+def _refuse_foreign_folders(layout: Layout, settings: Settings, plan: Plan) -> None:
+    """A shard's output folder `OUT/data/<shard>` that the user made (not the tool) is never written into
+    nor removed: refuse before any work, naming it."""
+    if settings.flat or not (settings.images or settings.captions):
+        return
+    taken = [src for src in plan.todo
+             if os.path.lexists(layout.shard_data(src.shard_id)) and not layout.owns_shard_data(src.shard_id)]
+    if taken:
+        names = ", ".join(str(layout.shard_data(src.shard_id)) for src in taken[:5])
+        more = f" and {len(taken) - 5} more" if len(taken) > 5 else ""
+        raise StateError(f"{names}{more} already exist(s) and were not written by dalle3-etl (same name as the "
+                         f"shard{'s' if len(taken) > 1 else ''} to convert); move or rename "
+                         f"{'them' if len(taken) > 1 else 'it'}: nothing was converted or removed")
 
 
 def run_convert(
@@ -237,11 +280,10 @@ def run_convert(
             restart(layout, settings)
         check_settings(layout, settings)
         layout.ensure()
-        (layout.state / "failed").mkdir(exist_ok=True)
-        (layout.state / "seen").mkdir(exist_ok=True)
         write_manifest(layout, settings.output_fingerprint())
         clean_leftovers(layout, settings)
         plan = plan_run(layout, sources, retry_failed=retry_failed)
+        _refuse_foreign_folders(layout, settings, plan)
         summary = RunSummary(out=out, plan=plan)
         for src in plan.todo:  # marks shard ids this output owns, so leftovers can be told from user files
             (layout.state / "seen" / src.shard_id).touch()
@@ -255,9 +297,9 @@ def run_convert(
         def on_result(result: ShardResult) -> None:
             failed = _failed_path(layout, result.shard_id)
             if result.ok:
-                failed.unlink(missing_ok=True)
+                layout.fs.unlink(failed)
             else:
-                write_atomic(failed, orjson.dumps(result.to_json()))
+                layout.fs.write_atomic(failed, orjson.dumps(result.to_json()))
             summary.results.append(result)
             reporter.shard_done(result)
             streaming.settle(result.shard_id)

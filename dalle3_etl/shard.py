@@ -26,9 +26,9 @@ from dalle3_etl import imageheader, tarstream
 from dalle3_etl.records import JsonInfo, Reason, Reject, parse_json
 from dalle3_etl.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.settings import Settings
-from dalle3_etl.sinks import FileTree, PartWriter, caption_relpath
+from dalle3_etl.sinks import FileTree, PartWriter, caption_relpath, written_names
 from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout, clear_shard, crash_point, remove_path, sync_filesystem, write_record
+from dalle3_etl.state import Layout, crash_point, sync_filesystem, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 STREAM_HEAD_BYTES = 256 * 1024  # image head read for the size probe when streaming without copying images
@@ -73,13 +73,64 @@ def source_fingerprint(src: ShardSource) -> dict[str, Any]:
 
 
 def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
-    """Remove every trace of a shard (record first), including files a --flat shard already published."""
-    layout.record(shard_id).unlink(missing_ok=True)
+    """Remove every trace of a shard (record first), including files a --flat shard already published.
+
+    `settings` are those the shard was converted with (the output's pinned settings): they say which
+    files each row stands for. Only those files are removed; a user's file in the shard's folder stays,
+    and so does the folder then. A folder `OUT/data/<shard>` the tool did not create is never touched."""
+    fs = layout.fs
+    owned = layout.owns_shard_data(shard_id)  # before the record goes: an output older than claims
+    fs.unlink(layout.record(shard_id))
     if settings.flat:
         from dalle3_etl.merge import unpublish_flat
 
         unpublish_flat(layout, shard_id, settings)
-    clear_shard(layout, shard_id, flat=settings.flat)
+    elif owned and os.path.lexists(layout.shard_data(shard_id)):
+        filenames = part_filenames(layout, shard_id)
+        if filenames is not None:
+            prefix = f"{shard_id}/"
+            fs.remove_files(layout.shard_data(shard_id), [
+                name[len(prefix):] for f in filenames for name in written_names(f, settings.images, settings.captions)
+                if name.startswith(prefix)])
+        # else: the files cannot be listed; the folder stays and the next commit says so
+    if not os.path.lexists(layout.shard_data(shard_id)):
+        fs.unlink(layout.claim(shard_id))
+    fs.remove_tree(layout.staging(shard_id))
+    fs.unlink(layout.part(shard_id))
+    fs.unlink(layout.rejects(shard_id))
+    fs.remove_tree(layout.flat_files(shard_id))
+
+
+def part_filenames(layout: Layout, shard_id: str) -> list[str] | None:
+    """The `filename` column of a shard's part, committed or still staged (a commit cut short), or None."""
+    import pyarrow.parquet as pq
+
+    for path in (layout.part(shard_id), layout.staging(shard_id) / "part.parquet"):
+        try:
+            return pq.read_table(path, columns=["filename"]).column("filename").to_pylist()
+        except (OSError, ValueError):  # missing, or not a readable parquet (ArrowInvalid is a ValueError)
+            continue
+    return None
+
+
+def move_in_shard_files(layout: Layout, shard_id: str, staged: Path) -> None:
+    """Move a shard's staged folder to `OUT/data/<shard>`, never over anything that is not the tool's.
+
+    The claim (`owned/<shard>`) is written before the folder appears, so the folder is known to be the
+    tool's from then on. A folder of that name the tool did not create fails the shard with a message."""
+    fs = layout.fs
+    target = layout.shard_data(shard_id)
+    if not os.path.lexists(target):
+        fs.write_atomic(layout.claim(shard_id), b"")
+        if staged.exists():
+            fs.rename_new(staged, target)
+        else:
+            target.mkdir()
+    elif not layout.owns_shard_data(shard_id) or not target.is_dir() or target.is_symlink():
+        raise FileExistsError(errno.EEXIST, f"{target} exists and was not written by dalle3-etl (it has the name of "
+                              f"shard {shard_id}); move or rename it, then run again", str(target))
+    elif staged.exists():
+        fs.merge_new(staged, target)  # the tool's folder, still holding a user's files
 
 
 class ShardConverter:
@@ -110,7 +161,7 @@ class ShardConverter:
 
     def _discard(self, ref: Any) -> None:
         if isinstance(ref, ImageRef) and ref.staged:
-            os.unlink(ref.staged)
+            self.layout.fs.unlink(ref.staged)
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -167,10 +218,7 @@ class ShardConverter:
         except OSError as exc:
             if exc.errno in _NAME_ERRNOS:
                 for path in created:
-                    try:
-                        os.unlink(path)
-                    except FileNotFoundError:
-                        pass
+                    self.layout.fs.unlink(path)
                 self.files.prune(filename)
             raise
         return written
@@ -340,24 +388,18 @@ class ShardConverter:
 
     def commit(self) -> None:
         """Move the staged part, rejects and files into place. The record is written after this."""
-        layout, sid = self.layout, self.shard_id
-        remove_path(self.staging / "pending")
+        layout, sid, fs = self.layout, self.shard_id, self.layout.fs
+        fs.remove_tree(self.staging / "pending")
         files = self.staging / "files"
         if self.settings.flat:
             if files.exists():
-                os.replace(files, layout.flat_files(sid))
+                fs.rename_new(files, layout.flat_files(sid))
         elif self.write_files:
-            target = layout.shard_data(sid)
-            remove_path(target)
-            staged = files / sid
-            if staged.exists():
-                os.replace(staged, target)
-            else:
-                target.mkdir()
+            move_in_shard_files(layout, sid, files / sid)
         crash_point("commit", sid)
-        os.replace(self.staging / "part.parquet", layout.part(sid))
-        os.replace(self.staging / "rejects.jsonl", layout.rejects(sid))
-        remove_path(self.staging)
+        fs.replace(self.staging / "part.parquet", layout.part(sid))
+        fs.replace(self.staging / "rejects.jsonl", layout.rejects(sid))
+        fs.remove_tree(self.staging)
 
 
 def _printable(text: str) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from dalle3_etl.settings import Settings
-from dalle3_etl.state import Layout, write_atomic
+from dalle3_etl.state import Layout
 
 CONFIG_NAME = "multidatabackend.json"
 
@@ -53,5 +53,5 @@ def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any
 
 def write_dataloader_config(layout: Layout, settings: Settings) -> Path:
     path = layout.out / CONFIG_NAME
-    write_atomic(path, orjson.dumps(dataloader_entries(layout, settings), option=orjson.OPT_INDENT_2) + b"\n")
+    layout.fs.write_atomic(path, orjson.dumps(dataloader_entries(layout, settings), option=orjson.OPT_INDENT_2) + b"\n")
     return path

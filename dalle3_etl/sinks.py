@@ -146,10 +146,8 @@ class PartWriter:
         self._writer.close()
 
     def abort(self) -> None:
-        try:
-            self._writer.close()
-        finally:
-            self.path.unlink(missing_ok=True)
+        """Close without finishing; the half-written file goes with its shard's staging folder."""
+        self._writer.close()
 
 
 class FileTree:
@@ -196,3 +194,13 @@ class FileTree:
 def caption_relpath(image_relpath: str) -> str:
     """SimpleTuner's textfile strategy reads `<image path without extension>.txt`."""
     return os.path.splitext(image_relpath)[0] + ".txt"
+
+
+def written_names(filename: str, images: bool, captions: bool) -> list[str]:
+    """The files a row stands for under OUT/data: its image and/or caption file, as the run wrote them."""
+    names = []
+    if images:
+        names.append(filename)
+    if captions:
+        names.append(caption_relpath(filename))
+    return names

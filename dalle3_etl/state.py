@@ -2,7 +2,9 @@
 
 A shard is complete exactly when its record `shards/<id>.json` exists; the record is written last,
 atomically, after the shard's part, rejects and files are in their final place. Anything a shard
-without a record left behind is removed before it is redone.
+without a record left behind is removed before it is redone, through `fsio` and only what the tool
+wrote: a shard's folder `OUT/data/<id>` is the tool's only once `owned/<id>` (or its record) says so,
+and even then only the files its part lists are removed.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
 import signal
 import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
+
+from dalle3_etl.fsio import Root
 
 STATE_DIRNAME = ".dalle3-etl"
 MANIFEST_VERSION = 1
@@ -27,16 +31,6 @@ MANIFEST_VERSION = 1
 
 class StateError(RuntimeError):
     """The output directory cannot be used as asked (locked, other settings, not ours)."""
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write under a temporary name (`.<name>.tmp-<pid>`, removed by the next run if we die), then rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def fsync_file(path: Path) -> None:
@@ -80,13 +74,7 @@ def _libc():
 
 
 TMP_GLOB = ".*.tmp*"  # every temporary name a run writes next to a final file
-
-
-def remove_path(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
+DATA_DIRNAME = "data"
 
 
 @dataclass(frozen=True)
@@ -95,9 +83,14 @@ class Layout:
 
     out: Path
 
+    @cached_property
+    def fs(self) -> Root:
+        """Every delete, move and overwrite under OUT (OUT/data may be a symlink the user made)."""
+        return Root(self.out, link_ok=(DATA_DIRNAME,))
+
     @property
     def data(self) -> Path:
-        return self.out / "data"
+        return self.out / DATA_DIRNAME
 
     @property
     def state(self) -> Path:
@@ -140,8 +133,16 @@ class Layout:
     def shard_data(self, shard_id: str) -> Path:
         return self.data / shard_id
 
+    def claim(self, shard_id: str) -> Path:
+        """Exists once the tool has created `OUT/data/<shard>` (written just before the folder is moved in)."""
+        return self.state / "owned" / shard_id
+
+    def owns_shard_data(self, shard_id: str) -> bool:
+        """Whether `OUT/data/<shard>` is the tool's (a user folder that merely has a shard's name is not)."""
+        return self.claim(shard_id).exists() or self.record(shard_id).exists()
+
     def ensure(self) -> None:
-        for sub in ("shards", "parts", "rejects", "staging", "flat"):
+        for sub in ("shards", "parts", "rejects", "staging", "flat", "owned", "failed", "seen"):
             (self.state / sub).mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
 
@@ -156,7 +157,7 @@ def read_record(layout: Layout, shard_id: str) -> dict[str, Any] | None:
 
 
 def write_record(layout: Layout, shard_id: str, record: dict[str, Any]) -> None:
-    write_atomic(layout.record(shard_id), orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    layout.fs.write_atomic(layout.record(shard_id), orjson.dumps(record, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
 def all_records(layout: Layout) -> dict[str, dict[str, Any]]:
@@ -170,17 +171,6 @@ def all_records(layout: Layout) -> dict[str, dict[str, Any]]:
     return out
 
 
-def clear_shard(layout: Layout, shard_id: str, *, flat: bool) -> None:
-    """Forget a shard: record first (so a crash here leaves it incomplete), then everything it wrote."""
-    layout.record(shard_id).unlink(missing_ok=True)
-    remove_path(layout.staging(shard_id))
-    layout.part(shard_id).unlink(missing_ok=True)
-    layout.rejects(shard_id).unlink(missing_ok=True)
-    remove_path(layout.flat_files(shard_id))
-    if not flat:
-        remove_path(layout.shard_data(shard_id))
-
-
 # --- manifest -----------------------------------------------------------------------------------
 
 
@@ -192,7 +182,7 @@ def read_manifest(layout: Layout) -> dict[str, Any] | None:
 
 
 def write_manifest(layout: Layout, settings_fingerprint: dict[str, Any]) -> None:
-    write_atomic(
+    layout.fs.write_atomic(
         layout.manifest,
         orjson.dumps({"version": MANIFEST_VERSION, "settings": settings_fingerprint}, option=orjson.OPT_INDENT_2),
     )
@@ -391,7 +381,7 @@ def lock_holder(layout: Layout) -> str | None:
 #   merge:parquet        dalle3.parquet is fully written under its temporary name, not renamed (merge.py)
 #   publish:<shard>:<n>  --flat: n-th file of a shard linked into OUT/data, its staged copy not yet removed
 #   publish_part:<shard> --flat: the part without clashing rows is written, the record is not updated
-#   restart:<n>          --restart has moved its n-th folder (0: the records, 1: OUT/data) to the trash
+#   restart:<shard>      --restart has removed every record, then this shard's files
 # Unset (always, outside these tests) the hook costs one comparison.
 
 _CRASH = os.environ.get("DALLE3_ETL_TEST_CRASH") or None

@@ -46,6 +46,8 @@ from typing import Iterable, Iterator, Sequence
 
 import orjson
 
+from dalle3_etl.fsio import Root
+
 __all__ = [
     "SynthSpec",
     "TruthRow",
@@ -580,12 +582,11 @@ def write_shard(path: Path | str, spec: SynthSpec, shard_index: int) -> list[Tru
     try:
         write_tar(tmp, _shard_samples(spec, shard_index, rows))
         if path.exists() and _files_equal(tmp, path):
-            tmp.unlink()
+            Root(path.parent).unlink(tmp)
         else:
-            os.replace(tmp, path)
+            Root(path.parent).replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        Root(path.parent).unlink(tmp)
     return rows
 
 
@@ -596,7 +597,7 @@ def write_truth(path: Path | str, rows: Sequence[TruthRow]) -> None:
         for r in rows:
             fh.write(orjson.dumps(r))
             fh.write(b"\n")
-    os.replace(tmp, path)
+    Root(path.parent).replace(tmp, path)
 
 
 def read_truth(path: Path | str) -> list[TruthRow]:

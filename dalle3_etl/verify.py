@@ -13,7 +13,11 @@ Every check below is named; the report gives, per check, how many things fail it
   stops at start-up when an image has no caption file).
 - empty_caption, bad_size: no null or blank caption; width and height positive.
 - shard_rows: rows per shard equal the shard's completion record.
-- stray_file: no temporary files, staging or unpublished `--flat` files left by an interrupted run.
+- stray_file: no temporary files, staging or unpublished `--flat` files left by an interrupted run. The tool
+  writes temporaries only beside its own files at the top of OUT and in its state folder, never where a
+  member can land (OUT/data), so an image named like a temporary is never flagged.
+- the entry must describe THIS output: an entry whose paths point at another folder (a copied or moved
+  output) fails `dataloader`, and the other checks then look at this output, not at the original.
 - header_size (`--deep`): each image's header gives the row's width and height.
 
 Memory stays bounded whatever the size: the parquet is streamed in batches of the needed columns, and the
@@ -40,18 +44,18 @@ from dalle3_etl import imageheader
 from dalle3_etl.samples import IMAGE_EXTENSIONS
 from dalle3_etl.simpletuner import CONFIG_NAME
 from dalle3_etl.sources import natural_key
-from dalle3_etl.state import STATE_DIRNAME, Layout, all_records, read_manifest
+from dalle3_etl.state import STATE_DIRNAME, Layout, all_records, lock_holder, read_manifest
 
 MAX_EXAMPLES = 10
 BATCH_ROWS = 65_536
-TEMP_PATTERNS = (".*.tmp*", "*.part")  # write_atomic / merge temporaries, partial downloads
+TEMP_PATTERNS = (".*.tmp*",)  # write_atomic / merge temporaries (beside the tool's own files only)
 CAPTION_STRATEGIES = ("textfile", "parquet")
 # Folders of OUT/.dalle3-etl that are empty after a completed run, and what an entry in them means.
 LEFTOVER_FOLDERS = {"staging": "unfinished shard", "flat": "unpublished --flat files", "trash": "left by --restart"}
 
 CHECKS: dict[str, str] = {
     "dataloader": "multidatabackend.json valid, paths absolute and existing",
-    "parquet": "one readable parquet file with the entry's columns",
+    "parquet": "one readable parquet file with the entry's columns and at least one row",
     "missing_image": "every row's image is on disk",
     "duplicate_row": "at most one row per image",
     "image_without_row": "every image on disk has a row",
@@ -117,6 +121,14 @@ def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> 
     return path
 
 
+def _elsewhere(path: Path, expected: Path) -> bool:
+    """Whether `path` is another folder than `expected` (the same folder reached through a link is not)."""
+    try:
+        return not os.path.samefile(path, expected)
+    except OSError:
+        return True
+
+
 def read_target(out: Path) -> tuple[Target, list[str]]:
     """The dataset as the dataloader entry describes it, and what is wrong with that entry.
 
@@ -146,7 +158,12 @@ def read_target(out: Path) -> tuple[Target, list[str]]:
     entry = images[0]
     data_dir = _abs_path(entry.get("instance_data_dir"), "instance_data_dir", want_dir=True, problems=problems)
     if data_dir is not None and data_dir.is_dir():
-        target = replace(target, data_dir=data_dir)
+        if _elsewhere(data_dir, layout.data):
+            problems.append(f"instance_data_dir {data_dir} is not this output's {layout.data} (a copied or moved "
+                            f"output?); SimpleTuner would read the other one. Write the entry again for this "
+                            f"place: run the same `dalle3-etl convert ... -o {layout.out}`")
+        else:
+            target = replace(target, data_dir=data_dir)
     strategy = entry.get("caption_strategy")
     if strategy in CAPTION_STRATEGIES:
         target = replace(target, caption_strategy=strategy)
@@ -159,8 +176,11 @@ def read_target(out: Path) -> tuple[Target, list[str]]:
         problems.append("the image entry has no \"parquet\" object")
         return target, problems
     parquet = _abs_path(spec.get("path"), "parquet.path", want_dir=False, problems=problems)
-    if parquet is not None:
-        target = replace(target, parquet=parquet)
+    if parquet is not None and parquet.exists():
+        if _elsewhere(parquet.parent, layout.out):
+            problems.append(f"parquet.path {parquet} is not in this output {layout.out} (a copied or moved output?)")
+        else:
+            target = replace(target, parquet=parquet)
     for role in ("filename", "caption", "width", "height"):
         name = spec.get(f"{role}_column")
         if isinstance(name, str) and name:
@@ -209,6 +229,7 @@ class VerifyReport:
     deep: bool
     checks: dict[str, Check] = field(default_factory=lambda: {c: Check(c, t) for c, t in CHECKS.items()})
     counts: dict[str, int] = field(default_factory=Counter)
+    running: str | None = None  # `host pid` of a convert run working on this output now
 
     @property
     def failed(self) -> list[Check]:
@@ -219,7 +240,8 @@ class VerifyReport:
         return not self.failed
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "out": str(self.out), "deep": self.deep, "counts": dict(self.counts),
+        return {"ok": self.ok, "out": str(self.out), "deep": self.deep, "running": self.running,
+                "counts": dict(self.counts),
                 "problems": [c.code for c in self.failed], "checks": [c.to_json() for c in self.checks.values()]}
 
 
@@ -227,8 +249,15 @@ class VerifyReport:
 
 
 def _check_state(layout: Layout, check: Check) -> None:
-    """Temporaries beside OUT's files and in the state folder; anything in a folder a run leaves empty."""
-    for folder in (layout.out, layout.state, *(p for p in layout.state.iterdir() if p.is_dir())):
+    """Temporaries beside OUT's files and in the state folder; anything in a folder a run leaves empty.
+
+    At the top of OUT only temporaries of the tool's own files count (a user's file there is theirs)."""
+    own = {p.name for p in (layout.out / CONFIG_NAME, layout.out / "rejects.jsonl")}
+    own.add((read_manifest(layout) or {}).get("settings", {}).get("parquet_name", "dalle3.parquet"))
+    for entry in sorted(layout.out.iterdir()):
+        if is_temp_name(entry.name) and any(entry.name.startswith(f".{name}.tmp") for name in own):
+            check.fail(str(entry))
+    for folder in (layout.state, *(p for p in layout.state.iterdir() if p.is_dir())):
         if folder.name in LEFTOVER_FOLDERS:
             check.fail(*(f"{entry} ({LEFTOVER_FOLDERS[folder.name]})" for entry in sorted(folder.iterdir())))
             continue
@@ -258,9 +287,6 @@ def _walk_images(target: Target, report: VerifyReport, progress: Callable[[int],
         progress(len(keys))
         names = set(filenames)
         for name in sorted(filenames):
-            if is_temp_name(name):
-                checks["stray_file"].fail(os.path.join(dirpath, name))
-                continue
             if not is_image_name(name):
                 continue
             keys.add(prefix + name)
@@ -316,6 +342,8 @@ def _open_parquet(target: Target, check: Check) -> pq.ParquetFile | None:
             schema.empty_table().to_pandas()
         except Exception as exc:  # any failure here is pandas refusing the schema
             check.fail(f"{path}: pandas cannot load this schema: {exc}")
+    if pf.metadata.num_rows == 0:
+        check.fail(f"{path} has 0 rows: SimpleTuner would have nothing to train on (see rejects.jsonl for why)")
     return pf if usable else None
 
 
@@ -392,7 +420,7 @@ def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | N
     """Run every check on an output directory (the caller has made sure it is one)."""
     out = Path(out).absolute()
     layout = Layout(out)
-    report = VerifyReport(out=out, deep=deep)
+    report = VerifyReport(out=out, deep=deep, running=lock_holder(layout))
     checks = report.checks
     say = progress or (lambda _text: None)
 
@@ -456,6 +484,9 @@ def print_report(report: VerifyReport, console) -> None:
     counts = report.counts
     summary = (f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
                f"{counts.get('caption_files', 0):,} caption files, {counts.get('shards', 0):,} shards")
+    if report.running:
+        console.print(f"[yellow]note[/yellow]: a convert run is in progress on this output (lock held by "
+                      f"{escape(report.running)}); checks may change when it finishes.", highlight=False)
     if report.ok:
         console.print(f"[green]OK[/green]: SimpleTuner can start on this output ({summary}).", highlight=False)
     else:

@@ -348,9 +348,10 @@ def test_output_changing_settings_are_refused_until_restart_worker_count_is_not(
 def test_a_killed_restart_leaves_no_mix_of_old_and_new_output(corpus, reference, tmp_path):
     out = tmp_path / "out"
     shutil.copytree(reference, out)
-    code, log = run_convert_cli([corpus], out, "-w", "1", "--no-captions", "--restart", crash="restart:1")
+    code, log = run_convert_cli([corpus], out, "-w", "1", "--no-captions", "--restart", crash="restart:data-000001")
     assert code == -signal.SIGKILL, log
-    assert records(out) == [] and not (out / "data").exists()  # records went first, then the files
+    assert records(out) == []  # every record went first, then the files shard by shard
+    assert sorted(p.name for p in (out / "data").iterdir()) == SHARDS[2:]  # OUT/data itself is never removed
     code, output = invoke("convert", corpus, "-o", out, "-w", "1", "--no-captions")
     assert code == 2 and "--restart" in output  # the restart did not finish: still pinned to the old settings
     resume([corpus], out)  # the old settings: every shard is redone

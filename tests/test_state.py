@@ -10,7 +10,7 @@ import pytest
 from dalle3_etl.pipeline import clean_leftovers, plan_run
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout, RunLock, StateError, lock_holder, write_atomic, write_record
+from dalle3_etl.state import Layout, RunLock, StateError, lock_holder, write_record
 
 
 def _source(sid: str, size: int = 100) -> ShardSource:
@@ -21,8 +21,6 @@ def _source(sid: str, size: int = 100) -> ShardSource:
 def layout(tmp_path) -> Layout:
     layout = Layout(tmp_path / "out")
     layout.ensure()
-    (layout.state / "failed").mkdir()
-    (layout.state / "seen").mkdir()
     return layout
 
 
@@ -32,7 +30,7 @@ def _complete(layout: Layout, src: ShardSource, error: str | None = None) -> Non
 
 
 def _failed(layout: Layout, sid: str) -> None:
-    write_atomic(layout.state / "failed" / f"{sid}.json", orjson.dumps({"shard_id": sid, "failure": "OSError"}))
+    layout.fs.write_atomic(layout.state / "failed" / f"{sid}.json", orjson.dumps({"shard_id": sid, "failure": "OSError"}))
 
 
 def test_what_a_rerun_does_with_each_kind_of_shard(layout):
@@ -70,17 +68,27 @@ def test_a_second_lock_on_the_same_output_is_refused_and_free_after_release(layo
         pass
 
 
+def _part(layout: Layout, sid: str, filenames: list[str]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"filename": filenames}), layout.part(sid))
+
+
 def test_cleanup_removes_temporaries_everywhere_and_output_of_shards_without_a_record(layout):
     settings = Settings()
     kept = _source("s0")
     _complete(layout, kept)
     (layout.shard_data("s0")).mkdir()
     (layout.shard_data("s0") / "a.jpg").write_bytes(b"x")
-    layout.part("s0").write_bytes(b"part")
+    _part(layout, "s0", ["s0/a.jpg"])
     for sid in ("s0", "s1"):
         (layout.state / "seen" / sid).touch()
+    layout.claim("s1").touch()
     layout.shard_data("s1").mkdir()  # committed files of a shard killed before its record
-    layout.part("s1").write_bytes(b"part")
+    (layout.shard_data("s1") / "b.jpg").write_bytes(b"y")
+    (layout.shard_data("s1") / "b.txt").write_bytes(b"caption")
+    _part(layout, "s1", ["s1/b.jpg"])
     temporaries = [layout.out / ".dalle3.parquet.tmp", layout.state / ".manifest.json.tmp-12",
                    layout.state / "shards" / ".s1.json.tmp-7", layout.state / "parts" / ".s0.parquet.tmp",
                    layout.state / "rejects" / ".s0.jsonl.tmp-3", layout.state / "failed" / ".s1.json.tmp-9",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -184,9 +185,23 @@ def leave_staging(out: Path) -> str:
     return "data-000001 (unfinished shard)"
 
 
-def leave_part_file(out: Path) -> str:
-    (out / "data" / "data-000000" / "000001.jpg.part").write_bytes(b"x")
-    return "000001.jpg.part"
+def leave_state_temp_file(out: Path) -> str:
+    (out / ".dalle3-etl" / "shards" / ".data-000001.json.tmp-77").write_bytes(b"{")
+    return ".data-000001.json.tmp-77"
+
+
+def entry_of_another_output(out: Path) -> str:
+    """A copied output: its entry still names the original (here: a sibling copy of the data)."""
+    other = out.parent / "original"
+    shutil.copytree(out / "data", other / "data")
+    shutil.copy(out / "dalle3.parquet", other / "dalle3.parquet")
+    edit_entry(out, instance_data_dir=str(other / "data"), parquet_path=str(other / "dalle3.parquet"))
+    return "not this output's"
+
+
+def empty_parquet(out: Path) -> str:
+    rewrite_parquet(out, lambda t: t.slice(0, 0))
+    return "0 rows"
 
 
 BREAKAGES = {
@@ -204,7 +219,9 @@ BREAKAGES = {
     "record count differs": (change_record_count, {"shard_rows"}),
     "temporary file": (leave_temp_file, {"stray_file"}),
     "staging left": (leave_staging, {"stray_file"}),
-    "partial file among images": (leave_part_file, {"stray_file"}),
+    "temporary file in the state folder": (leave_state_temp_file, {"stray_file"}),
+    "entry of another (copied) output": (entry_of_another_output, {"dataloader"}),
+    "parquet with no rows": (empty_parquet, {"parquet", "image_without_row", "shard_rows"}),
 }
 
 
@@ -216,9 +233,9 @@ def test_breakage_fails_naming_the_problem(out, what):
     assert code == 1
     assert not report["ok"]
     assert set(report["problems"]) == expected
-    first = check(report, sorted(expected)[0])
-    assert first["count"] >= 1
-    assert any(detail in example for example in first["examples"]), first["examples"]
+    named = [example for code in sorted(expected) for example in check(report, code)["examples"]]
+    assert all(check(report, code)["count"] >= 1 for code in expected)
+    assert any(detail in example for example in named), named
     # the human report names the check and the offending path too
     text = runner.invoke(app, ["verify", str(out)], env={"COLUMNS": "250"})
     assert text.exit_code == 1
@@ -319,3 +336,42 @@ def test_null_caption_counts_as_empty(out):
     code, report = run_verify(out)
     assert code == 1 and report["problems"] == ["empty_caption"]
     assert check(report, "empty_caption")["count"] == 1
+
+
+# --- verify tells the truth (safety issue, point 11) ---------------------------------------------------
+
+
+def test_a_copied_output_is_checked_itself_not_the_original(converted, tmp_path):
+    """`cp -a OUT COPY`, break COPY: verify COPY fails, for the entry and for the broken image."""
+    copy = tmp_path / "copy"
+    shutil.copytree(converted[0], copy)  # the entry still names the original
+    name = filenames(copy)[3]
+    (copy / "data" / name).unlink()
+    code, report = run_verify(copy)
+    assert code == 1
+    assert set(report["problems"]) == {"dataloader", "missing_image"}
+    assert any(name in example for example in check(report, "missing_image")["examples"])
+    assert "dalle3-etl convert" in " ".join(check(report, "dataloader")["examples"])
+
+
+def test_an_image_named_like_a_temporary_file_is_not_flagged(out):
+    source = out / "data" / filenames(out)[0]
+    odd = out / "data" / "data-000000" / ".x.tmp-1.jpg"  # a legitimate member name
+    shutil.copy(source, odd)
+    odd.with_suffix(".txt").write_text("a caption")
+    code, report = run_verify(out)
+    assert set(report["problems"]) == {"image_without_row"}  # it has no row, but it is no stray temporary
+    assert check(report, "stray_file")["status"] == "ok"
+
+
+def test_verify_says_when_a_run_is_in_progress(out):
+    from dalle3_etl.state import RunLock
+
+    layout = Layout(out)
+    code, report = run_verify(out)
+    assert code == 0 and report["running"] is None
+    with RunLock(layout.lock):
+        code, report = run_verify(out)
+        text = runner.invoke(app, ["verify", str(out)], env={"COLUMNS": "250"}).output
+    assert report["running"] and str(os.getpid()) in report["running"]
+    assert "in progress" in text

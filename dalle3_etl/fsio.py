@@ -1,0 +1,348 @@
+"""The one module that deletes, moves or overwrites anything: what the tool did not create is never touched.
+
+Every such operation goes through a `Root` (OUT, or a folder the tool downloads into) and is refused
+(`OwnershipError`) unless:
+
+- the path is strictly inside the root, compared on absolute paths without resolving symlinks;
+- no symlink is followed on the way: each folder between the root and the path is a real folder. The one
+  exception is a top-level folder the root allows to be a link (OUT's `data`: a user may keep the images on
+  another disk and link them in). Writes and removals go *through* that link, never *to* it;
+- what is removed is a regular file or a real folder; a symlink is neither removed nor followed.
+
+Which names the tool created is the caller's knowledge (a shard's files are the rows of its part, the
+state folder is the tool's, the root's own file names are fixed); `remove_files` removes exactly the names
+it is given and only the folders that are empty afterwards, so a user's file beside them survives.
+
+Moves that must not replace anything (`rename_new`, `link_new`) fail with FileExistsError when the target
+exists and fall back to copying when the target is on another file system (OUT/data linked to another disk).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Iterable
+
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+class OwnershipError(RuntimeError):
+    """A delete, move or overwrite was refused: outside the root, through a symlink, or not the tool's."""
+
+
+class Root:
+    """A folder the tool writes into; every delete, move and overwrite below it goes through here."""
+
+    def __init__(self, path: str | os.PathLike, *, link_ok: Iterable[str] = ()):
+        self.path = Path(os.path.abspath(path))
+        self.link_ok = frozenset(link_ok)
+
+    def __repr__(self) -> str:
+        return f"Root({str(self.path)!r})"
+
+    # -- checks ------------------------------------------------------------------------------------
+
+    def parts(self, path: str | os.PathLike) -> list[str]:
+        """The components of `path` below the root; refuses the root itself and anything outside it."""
+        full = os.path.abspath(path)
+        root = str(self.path)
+        if not full.startswith(root.rstrip(os.sep) + os.sep):
+            raise OwnershipError(f"refused: {full} is not inside {root}")
+        parts = full[len(root.rstrip(os.sep)) + 1:].split(os.sep)
+        if not parts or "" in parts or "." in parts or ".." in parts:
+            raise OwnershipError(f"refused: {full} is not a plain path inside {root}")
+        return parts
+
+    def check(self, path: str | os.PathLike) -> str:
+        """`path` as an absolute string, once every folder on the way is known not to be a symlink.
+
+        A missing folder on the way is fine (there is nothing to touch below it)."""
+        parts = self.parts(path)
+        cur = str(self.path)
+        for i, part in enumerate(parts[:-1]):
+            cur = os.path.join(cur, part)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                break
+            if stat.S_ISLNK(st.st_mode):
+                if i == 0 and part in self.link_ok:
+                    continue
+                raise OwnershipError(f"refused: {cur} is a symlink (never followed)")
+            if not stat.S_ISDIR(st.st_mode):
+                break  # the operation fails on its own (ENOTDIR)
+        return os.path.abspath(path)
+
+    def _no_link(self, full: str) -> os.stat_result | None:
+        """lstat of the path itself (None when missing); refuses a symlink there."""
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise OwnershipError(f"refused: {full} is a symlink the tool did not create (left as it is)")
+        return st
+
+    # -- removing ----------------------------------------------------------------------------------
+
+    def unlink(self, path: str | os.PathLike) -> bool:
+        """Remove a regular file the tool created. True if it was there."""
+        full = self.check(path)
+        st = self._no_link(full)
+        if st is None:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            raise OwnershipError(f"refused: {full} is a folder, expected a file")
+        try:
+            os.unlink(full)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_tree(self, path: str | os.PathLike) -> bool:
+        """Remove a folder the tool created whole (staging, state folders) or a file. True if it was there.
+
+        Iterative (a tree thousands of folders deep is removed like any other); a symlink inside the tree is
+        removed as a link, never followed; a symlink at the top is refused."""
+        full = self.check(path)
+        st = self._no_link(full)
+        if st is None:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(full)
+            return True
+        stack = [full]
+        while stack:
+            folder = stack[-1]
+            subfolders = []
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        subfolders.append(entry.path)
+                    else:
+                        os.unlink(entry.path)
+            if subfolders:
+                stack.extend(subfolders)  # emptied first; then this folder is scanned once more, empty
+            else:
+                os.rmdir(folder)
+                stack.pop()
+        return True
+
+    def remove_files(self, base: str | os.PathLike, relpaths: Iterable[str], *, prune: bool = True) -> int:
+        """Remove the regular files `base/<relpath>` the tool wrote, then (with `prune`, for a folder the tool
+        created whole) every folder on their way, up to and including `base`, that is empty afterwards. Each folder is opened component by component without
+        following symlinks, so nothing outside `base` is reached whatever was put there; anything that is not
+        a regular file under a listed name is left alone. Returns the number of files removed."""
+        full = self.check(base)
+        base_st = self._no_link(full)
+        if base_st is None or not stat.S_ISDIR(base_st.st_mode):
+            return 0
+        by_folder: dict[str, list[str]] = {}
+        for rel in relpaths:
+            folder, _, name = rel.rpartition("/")
+            if name and name not in (".", "..") and not {"", ".", ".."} & set(folder.split("/") if folder else ()):
+                by_folder.setdefault(folder, []).append(name)
+        removed = 0
+        base_fd = os.open(full, _DIR_FLAGS | _NOFOLLOW)
+        try:
+            for folder, names in by_folder.items():
+                fd = _open_below(base_fd, folder)
+                if fd is None:
+                    continue
+                try:
+                    for name in names:
+                        try:
+                            st = os.lstat(name, dir_fd=fd)
+                        except (FileNotFoundError, NotADirectoryError):
+                            continue
+                        if stat.S_ISREG(st.st_mode):  # a symlink or folder under that name is not the tool's
+                            os.unlink(name, dir_fd=fd)
+                            removed += 1
+                finally:
+                    if fd != base_fd:
+                        os.close(fd)
+            # folders left empty, deepest first (each prefix of a listed folder)
+            folders = {"/".join(f.split("/")[:i]) for f in by_folder if f for i in range(1, f.count("/") + 2)}
+            if not prune:
+                folders = set()
+            for folder in sorted(folders, key=lambda f: f.count("/"), reverse=True):
+                parent, _, name = folder.rpartition("/")
+                pfd = _open_below(base_fd, parent)
+                if pfd is None:
+                    continue
+                try:
+                    _rmdir_if_empty(name, pfd)
+                finally:
+                    if pfd != base_fd:
+                        os.close(pfd)
+        finally:
+            os.close(base_fd)
+        if prune:
+            _rmdir_if_empty(full, None)  # `base` itself, when nothing else is left in it
+        return removed
+
+    # -- moving and overwriting ----------------------------------------------------------------------
+
+    def replace(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        """Atomically rename the tool's `src` over `dst`, which must be absent or a file the tool owns
+        (a regular file: a symlink or folder there is refused, never replaced)."""
+        s, d = self.check(src), self.check(dst)
+        st = self._no_link(d)
+        if st is not None and stat.S_ISDIR(st.st_mode) and not stat.S_ISDIR(os.lstat(s).st_mode):
+            raise OwnershipError(f"refused: {d} is a folder, expected a file")
+        os.replace(s, d)
+
+    def rename_new(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        """Move `src` (a file or a folder the tool made) to `dst`, which must not exist: FileExistsError
+        otherwise, nothing replaced. Across file systems (a linked OUT/data on another disk) it copies, then
+        removes `src`."""
+        s, d = self.check(src), self.check(dst)
+        if os.path.lexists(d):
+            raise FileExistsError(errno.EEXIST, "exists already, not replaced", d)
+        try:
+            os.rename(s, d)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            if os.path.isdir(s) and not os.path.islink(s):
+                _copy_tree_new(s, d)
+            else:
+                _copy_file_new(s, d)
+            self.remove_tree(s)
+
+    def merge_new(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        """Move every file of the tool's folder `src` into the existing folder `dst` under the same relative
+        name, then remove `src`. Refused (FileExistsError, nothing moved) when any of those names exists in
+        `dst` already: nothing there is ever replaced."""
+        s, d = self.check(src), self.check(dst)
+        files: list[str] = []
+        todo = [""]
+        while todo:
+            rel = todo.pop()
+            with os.scandir(os.path.join(s, rel)) as entries:
+                for entry in entries:
+                    name = os.path.join(rel, entry.name)
+                    if entry.is_dir(follow_symlinks=False):
+                        todo.append(name)
+                    elif os.path.lexists(os.path.join(d, name)):
+                        raise FileExistsError(errno.EEXIST, "exists already, not replaced", os.path.join(d, name))
+                    else:
+                        files.append(name)
+        for name in sorted(files):
+            target = os.path.join(d, name)
+            folder = os.path.dirname(target)
+            if not os.path.isdir(folder):
+                _makedirs(self.check(folder))
+            self.rename_new(os.path.join(s, name), target)
+        self.remove_tree(s)
+
+    def link_new(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        """Hard-link the tool's file `src` at `dst` (never replaces: FileExistsError); copies across file
+        systems. The caller removes `src` afterwards."""
+        s, d = self.check(src), self.check(dst)
+        try:
+            os.link(s, d, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            _copy_file_new(s, d)
+
+    def write_atomic(self, path: str | os.PathLike, data: bytes) -> None:
+        """Write a file the tool owns under a temporary name (`.<name>.tmp-<pid>`), sync it, rename it over."""
+        full = Path(self.check(path))
+        st = self._no_link(str(full))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise OwnershipError(f"refused: {full} is not a file the tool wrote (left as it is)")
+        tmp = full.with_name(f".{full.name}.tmp-{os.getpid()}")
+        self.unlink(tmp)  # left by an earlier process with this pid
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.replace(tmp, full)
+        except BaseException:
+            self.unlink(tmp)
+            raise
+
+
+def _open_below(base_fd: int, folder: str) -> int | None:
+    """An fd of `folder` below the folder `base_fd` ('' is the base itself, returned as is), opened one
+    component at a time with O_NOFOLLOW; None when a component is missing, a symlink or not a folder."""
+    if not folder:
+        return base_fd
+    fd = base_fd
+    for part in folder.split("/"):
+        try:
+            nxt = os.open(part, _DIR_FLAGS | _NOFOLLOW, dir_fd=fd)
+        except OSError:
+            nxt = None
+        if fd != base_fd:
+            os.close(fd)
+        if nxt is None:
+            return None
+        fd = nxt
+    return fd
+
+
+def _makedirs(path: str) -> None:
+    """os.makedirs without recursion (a folder thousands of levels deep is made like any other)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+
+
+def _rmdir_if_empty(name: str, dir_fd: int | None) -> None:
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY, errno.ENOTDIR):
+            raise
+
+
+def _copy_file_new(src: str, dst: str) -> None:
+    """Copy a regular file to a new name (O_EXCL: never over an existing one), data synced by the caller."""
+    with open(src, "rb") as fin:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        except BaseException:
+            os.close(fd)
+            os.unlink(dst)
+            raise
+        os.close(fd)
+
+
+def _copy_tree_new(src: str, dst: str) -> None:
+    """Copy a folder of regular files and folders (what the tool stages) to a new folder; iterative, so a
+    tree thousands of folders deep is copied like any other."""
+    todo = [(src, dst)]
+    while todo:
+        s, d = todo.pop()
+        os.mkdir(d)
+        with os.scandir(s) as it:
+            for entry in it:
+                target = os.path.join(d, entry.name)
+                if entry.is_dir(follow_symlinks=False):
+                    todo.append((entry.path, target))
+                elif entry.is_file(follow_symlinks=False):
+                    _copy_file_new(entry.path, target)
+
+
+__all__ = ["Root", "OwnershipError"]
