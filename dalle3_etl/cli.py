@@ -10,12 +10,13 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
+from dalle3_etl.safetext import plain, safe
 from dalle3_etl.settings import SettingsError, load_settings
 from dalle3_etl.sources import SourceError, resolve_inputs
 from dalle3_etl.state import StateError
@@ -36,9 +37,13 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
-def fail_usage(message: str) -> None:
-    # escape: messages quote paths and commands that hold [brackets] (pip install 'dalle3-etl[ray]')
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
+def print_error(message: str) -> None:
+    # plain, not markup: messages quote paths, names and commands that hold [brackets] (pip install 'dalle3-etl[ray]')
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", plain(message)))
+
+
+def fail_usage(message: str) -> NoReturn:
+    print_error(message)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -151,7 +156,7 @@ def synth(
     from dalle3_etl.synth import SynthSpec, write_corpus
 
     rows = write_corpus(out, SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes))
-    Console().print(f"wrote {shards} shard(s), {len(rows)} samples, to {out}", highlight=False)
+    Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 
 
 @app.command()
@@ -183,7 +188,7 @@ def verify_cmd(
         report = verify(out, deep=deep)
     else:
         with status_console.status("verifying") as status:
-            report = verify(out, deep=deep, progress=lambda text: status.update(escape(text)))
+            report = verify(out, deep=deep, progress=lambda text: status.update(safe(text)))
     if as_json:
         typer.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -225,7 +230,7 @@ def stats_cmd(
     if plot is not None:
         plot_stats(stats, plot, top)
         if not as_json:
-            Console().print(f"plot written to {plot}", highlight=False)
+            Console().print(safe(f"plot written to {plot}"))
 
 
 # Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.
