@@ -87,6 +87,8 @@ def convert(
     """
     if executor not in EXECUTORS:
         fail_usage(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:  # in a config file, workers = 0 means all cores
+        fail_usage(f"--workers {workers}: must be at least 1 (leave --workers out to use all cores)")
     try:
         settings = load_settings(
             config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
