@@ -98,17 +98,18 @@ def convert(
         fail_usage(str(exc))
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
-    from dalle3_etl.pipeline import run_convert
+    from dalle3_etl.pipeline import check_out_dir, run_convert
     from dalle3_etl.rayexec import RayConnectError  # no Ray import: only the error class
     from dalle3_etl.report import RichReporter
 
     try:
+        check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
         if keep_tars is not None:
             from dalle3_etl import hub
 
             hub.set_keep_dir(keep_tars)
         sources = resolve_inputs(inputs)
-    except (SettingsError, SourceError) as exc:
+    except (SettingsError, SourceError, StateError) as exc:
         fail_usage(str(exc))
     previous = _stop_on_sigterm()
     try:

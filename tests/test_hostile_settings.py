@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from badinput_helpers import sample, write_shards
+from dalle3_etl import pipeline
 from dalle3_etl.cli import app
 from dalle3_etl.settings import PARQUET_CODECS, Settings, SettingsError, SimpleTunerSettings, load_settings
 
@@ -181,6 +182,60 @@ def test_parquet_codecs_are_exactly_what_pyarrow_writes(tmp_path):
             pq.write_table(table, tmp_path / "x.parquet", compression=codec)
         with pytest.raises(SettingsError, match="must be one of"):
             load_settings(None, compression=codec)
+
+
+# --- OUT ----------------------------------------------------------------------------------------------
+
+def test_out_under_a_regular_file_is_refused(tmp_path, shards):
+    (tmp_path / "somefile").write_text("mine")
+    _refused(_convert(tmp_path / "missing.tar", "-o", tmp_path / "somefile" / "out"),
+             f"{tmp_path / 'somefile'} is a file, not a directory")
+    assert (tmp_path / "somefile").read_text() == "mine"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs a mounted /proc")
+def test_out_in_proc_is_refused(shards):
+    _refused(_convert(*shards, "-o", "/proc/dalle3-etl-out"), "output /proc/dalle3-etl-out cannot be")
+    assert not os.path.exists("/proc/dalle3-etl-out")
+
+
+def test_out_in_a_folder_without_write_permission_is_refused_through_access(tmp_path, monkeypatch):
+    """The permission check asks os.access (which also says no on a read-only filesystem, even to root).
+    Here os.access is made to say no for one folder; the real permission case is the next test."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(pipeline.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    _refused(_convert(tmp_path / "missing.tar", "-o", locked / "new" / "out"),
+             f"no write permission in {locked}")
+    assert list(locked.iterdir()) == []
+
+
+def test_out_in_a_read_only_folder_is_refused(tmp_path, shards):
+    if os.geteuid() == 0:
+        pytest.skip("running as root: root can create folders in a mode-555 folder, so there is nothing to refuse "
+                    "(a read-only mount would be, but tests cannot mount one)")
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        _refused(_convert(*shards, "-o", parent / "out"), f"no write permission in {parent}")
+        assert not (parent / "out").exists()
+    finally:
+        parent.chmod(0o755)
+
+
+def test_run_convert_refuses_an_out_it_cannot_create(tmp_path, shards, monkeypatch):
+    """What only mkdir can tell (a pseudo filesystem, a race) is a StateError, not a traceback."""
+    from dalle3_etl.sources import resolve_inputs
+    from dalle3_etl.state import StateError
+
+    def no_mkdir(self, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(Path, "mkdir", no_mkdir)
+    with pytest.raises(StateError, match="cannot be created: Operation not permitted"):
+        pipeline.run_convert(resolve_inputs([str(p) for p in shards]), tmp_path / "out", Settings(workers=1))
 
 
 # --- good settings still work, with the same bytes -------------------------------------------------------
