@@ -136,9 +136,11 @@ def _check(kind: Any, rules: dict[str, Any], value: Any) -> Any:
         if not isinstance(value, kind):
             raise _Bad(f"expected {kind.__name__}")
         return value
-    wrong = isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind)
-    if wrong or (kind is float and not math.isfinite(value)):
+    wanted = (int, float) if kind is float else kind  # a number setting takes a whole number (1 -> 1.0)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, wanted):  # a bool is an int in Python
         raise _Bad(f"expected {_KINDS[kind]}")
+    if kind is float and not math.isfinite(value):
+        raise _Bad(f"expected {_KINDS[kind]}, not {value}")
     if kind is float:
         value = float(value)
     if kind is str:
