@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dalle3_etl.fsio import Root
+from dalle3_etl.safetext import plain
 
 CONVERT_MODES = {
     "convert-parquet": ["--no-images", "--no-captions"],
@@ -885,7 +886,7 @@ def write_chart(result: dict, path: Path) -> None:
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict:
     if log is None:
-        log = (lambda s: None) if cfg.quiet else (lambda s: print(s, flush=True))
+        log = (lambda s: None) if cfg.quiet else (lambda s: print(plain(s), flush=True))  # lines quote paths
     for mode in cfg.modes:
         if mode not in ALL_MODES:
             raise BenchError(f"unknown mode {mode!r} (choose from {', '.join(ALL_MODES)})")
@@ -1000,13 +1001,12 @@ def add_cli(app) -> None:
         scripts_dir: Path = typer.Option(SCRIPTS_DIR, help="Folder holding old_recipe/ and wds_baseline.py."),
     ) -> None:
         """Benchmark convert against the old recipe, a webdataset script and GNU tar (timings, RSS, ratios)."""
-        from rich.console import Console
+        from dalle3_etl.cli import fail_usage, print_error
 
         try:
             base_shards, base_per = (int(x) for x in memory_base.lower().split("x"))
         except ValueError:
-            Console(stderr=True).print("[red]error:[/red] --memory-base must look like 2x2000")
-            raise typer.Exit(2)
+            fail_usage("--memory-base must look like 2x2000")
         cfg = BenchConfig(
             samples=samples, shards=shards, image_bytes=image_bytes, location=location, reps=reps, workers=workers,
             modes=tuple(m.strip() for m in modes.split(",") if m.strip()), out_dir=out, corpus=corpus,
@@ -1016,7 +1016,7 @@ def add_cli(app) -> None:
         try:
             run_bench(cfg)
         except BenchError as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False)
+            print_error(str(exc))
             raise typer.Exit(1)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NoReturn, Optional
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
+from dalle3_etl.safetext import plain, safe
 from dalle3_etl.settings import SettingsError, load_settings
 from dalle3_etl.sources import SourceError, resolve_inputs
 from dalle3_etl.state import StateError
@@ -36,9 +37,13 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
-def fail_usage(message: str) -> None:
-    # escape: messages quote paths and commands that hold [brackets] (pip install 'dalle3-etl[ray]')
-    Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(message)}", highlight=False)
+def print_error(message: str) -> None:
+    # plain, not markup: messages quote paths, names and commands that hold [brackets] (pip install 'dalle3-etl[ray]')
+    Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", plain(message)))
+
+
+def fail_usage(message: str) -> NoReturn:
+    print_error(message)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -82,6 +87,8 @@ def convert(
     """
     if executor not in EXECUTORS:
         fail_usage(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:  # in a config file, workers = 0 means all cores
+        fail_usage(f"--workers {workers}: must be at least 1 (leave --workers out to use all cores)")
     try:
         settings = load_settings(
             config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
@@ -91,17 +98,18 @@ def convert(
         fail_usage(str(exc))
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
-    from dalle3_etl.pipeline import run_convert
+    from dalle3_etl.pipeline import check_out_dir, run_convert
     from dalle3_etl.rayexec import RayConnectError  # no Ray import: only the error class
     from dalle3_etl.report import RichReporter
 
     try:
+        check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
         if keep_tars is not None:
             from dalle3_etl import hub
 
             hub.set_keep_dir(keep_tars)
         sources = resolve_inputs(inputs)
-    except (SettingsError, SourceError) as exc:
+    except (SettingsError, SourceError, StateError) as exc:
         fail_usage(str(exc))
     previous = _stop_on_sigterm()
     try:
@@ -151,7 +159,7 @@ def synth(
     from dalle3_etl.synth import SynthSpec, write_corpus
 
     rows = write_corpus(out, SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes))
-    Console().print(f"wrote {shards} shard(s), {len(rows)} samples, to {out}", highlight=False)
+    Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 
 
 @app.command()
@@ -183,7 +191,7 @@ def verify_cmd(
         report = verify(out, deep=deep)
     else:
         with status_console.status("verifying") as status:
-            report = verify(out, deep=deep, progress=lambda text: status.update(escape(text)))
+            report = verify(out, deep=deep, progress=lambda text: status.update(safe(text)))
     if as_json:
         typer.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
@@ -225,7 +233,7 @@ def stats_cmd(
     if plot is not None:
         plot_stats(stats, plot, top)
         if not as_json:
-            Console().print(f"plot written to {plot}", highlight=False)
+            Console().print(safe(f"plot written to {plot}"))
 
 
 # Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.

@@ -40,6 +40,7 @@ from typing import Any, Iterator, Optional
 import typer
 
 from dalle3_etl.fsio import Root
+from dalle3_etl.safetext import plain
 from dalle3_etl.sources import SHARD_SUFFIXES, ShardSource, SourceError, natural_key, shard_id_for
 
 __all__ = [
@@ -784,14 +785,14 @@ class _Tracker:
             from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                        TransferSpeedColumn)
 
-            self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            self.progress = Progress(  # markup=False: descriptions hold file names from the Hub, printed as they are
+                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                 TimeRemainingColumn(), console=console or Console(stderr=True),
             )
             self._overall = self.progress.add_task(self._overall_text(), total=sum(self._sizes.values()) or None)
 
     def _overall_text(self) -> str:
-        return f"[bold]all files[/] ({self._verified}/{self._n} verified)"
+        return f"all files ({self._verified}/{self._n} verified)"
 
     def __enter__(self) -> "_Tracker":
         if self.progress is not None:
@@ -805,7 +806,7 @@ class _Tracker:
     def _task(self, name: str, what: str):
         if self.progress is None:
             return None
-        label = f"{what} {PurePosixPath(name).name}"
+        label = f"{what} {plain(PurePosixPath(name).name)}"
         task = self._tasks.get(name)
         if task is None:
             task = self._tasks[name] = self.progress.add_task(label, total=self._sizes.get(name) or None)
@@ -1086,23 +1087,23 @@ def add_cli(app: typer.Typer) -> None:
             results = download(repo, local_dir, revision=revision, shards=shards, workers=workers,
                                progress=not quiet, reverify=reverify)
         except (ShardSelectionError, HubNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {plain(exc)}", err=True)
             raise typer.Exit(2)
         except HubUnavailableError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {plain(exc)}", err=True)
             raise typer.Exit(1)
         failed = [r for r in results if not r.ok]
         for r in results:
             if r.ok and not quiet:
                 note = " (verified earlier)" if r.cached else ""
                 digest = f"sha256 {r.sha256}" if r.sha256 else "git blob ok"
-                typer.echo(f"ok      {r.filename}  {_human(r.size or 0)}  {digest}{note}")
+                typer.echo(f"ok      {plain(r.filename)}  {_human(r.size or 0)}  {digest}{note}")
             elif not r.ok:
-                typer.echo(f"FAILED  {r.error}", err=True)
+                typer.echo(f"FAILED  {plain(r.error)}", err=True)
         where = Path(local_dir).expanduser().resolve() / SHARD_DIR
-        summary = f"{len(results) - len(failed)} of {len(results)} file(s) verified in {where}"
+        summary = plain(f"{len(results) - len(failed)} of {len(results)} file(s) verified in {where}")
         if failed:
-            typer.echo(f"{summary}; {len(failed)} failed: {', '.join(r.filename for r in failed)} "
+            typer.echo(f"{summary}; {len(failed)} failed: {plain(', '.join(r.filename for r in failed))} "
                        "(run the same command again to retry them)", err=True)
             raise typer.Exit(1)
         if not quiet:

@@ -19,11 +19,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 from rich.cells import cell_len
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from dalle3_etl.report import human_bytes
+from dalle3_etl.safetext import plain, safe
 from dalle3_etl.sources import natural_key
 from dalle3_etl.verify import Target, is_image_name, is_output_dir, read_target
 
@@ -59,19 +59,19 @@ def head_table(out: Path, rows: int, width: int) -> Table:
     target, pf = _open(out)
     batch = next(pf.iter_batches(batch_size=rows), None)
     names = [n for n in pf.schema_arrow.names if n != "key"]
-    cells = {name: [" ".join(str(v).split()) if v is not None else "" for v in batch.column(name).to_pylist()]
+    cells = {name: [plain(" ".join(str(v).split())) if v is not None else "" for v in batch.column(name).to_pylist()]
              if batch is not None else [] for name in names}
     caption = cells.pop(target.caption, None)
-    widths = {name: max([cell_len(name), *map(cell_len, values)]) for name, values in cells.items()}
+    widths = {name: max([cell_len(plain(name)), *map(cell_len, values)]) for name, values in cells.items()}
     for optional in ("shard", "source"):
         if _caption_room(widths, width) < HEAD_MIN_CAPTION and optional in widths:
             del widths[optional]
-    table = Table(title=f"{target.parquet} ({pf.metadata.num_rows:,} rows)", title_justify="left")
+    table = Table(title=safe(f"{target.parquet} ({pf.metadata.num_rows:,} rows)"), title_justify="left")
     for name in widths:
-        table.add_column(name, no_wrap=True, justify="right" if name in (target.width, target.height) else "left")
+        table.add_column(safe(name), no_wrap=True, justify="right" if name in (target.width, target.height) else "left")
     columns = [cells[name] for name in widths]
     if caption is not None:
-        table.add_column(target.caption, no_wrap=True)
+        table.add_column(safe(target.caption), no_wrap=True)
         room = max(_caption_room(widths, width), HEAD_MIN_CAPTION)
         columns.append([_shorten(c, room) for c in caption])
     for values in zip(*columns):
@@ -196,13 +196,13 @@ def _counts_table(title: str, counts: dict[str, int], total: int, label: str, di
     table.add_column("rows", justify="right")
     table.add_column("%", justify="right")
     for value, n in counts.items():
-        table.add_row(escape(str(value)), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
+        table.add_row(safe(value), f"{n:,}", f"{100 * n / total:.1f}" if total else "")
     return table
 
 
 def print_stats(stats: Stats, top: int, console: Console) -> None:
     data = stats.to_json(top)
-    summary = Table(title=f"dalle3-etl stats: {stats.out}", show_header=False, title_justify="left")
+    summary = Table(title=safe(f"dalle3-etl stats: {stats.out}"), show_header=False, title_justify="left")
     summary.add_column("what", style="bold")
     summary.add_column("value", justify="right")
     summary.add_row("samples", f"{stats.samples:,}")

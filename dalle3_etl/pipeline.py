@@ -242,11 +242,25 @@ def restart(layout: Layout, settings: Settings) -> None:
     fs.unlink(layout.manifest)
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise StateError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not (out / ".dalle3-etl").is_dir():
-        raise StateError(f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory")
+def check_out_dir(out: Path) -> None:
+    """Refuse an OUT that cannot become a dalle3-etl output, before any input is read or anything written:
+    a file, a folder holding other things, a path under a file, a folder this process cannot write in.
+    (What only creating it can tell, e.g. OUT in /proc, is refused by `run_convert` when it creates OUT.)"""
+    out = Path(out).absolute()
+    try:
+        if out.exists() and not out.is_dir():
+            raise StateError(f"output {out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not (out / ".dalle3-etl").is_dir():
+            raise StateError(f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory")
+        there = out  # OUT, or the nearest folder above it that exists: where OUT is created
+        while not there.exists() and there != there.parent:
+            there = there.parent
+        if not there.is_dir():
+            raise StateError(f"output {out} cannot be created: {there} is a file, not a directory")
+        if not os.access(there, os.W_OK | os.X_OK):
+            raise StateError(f"output {out} cannot be written: no write permission in {there} (or read-only filesystem)")
+    except OSError as exc:
+        raise StateError(f"output {out} cannot be used: {exc.strerror or exc}") from None
 
 
 def _refuse_foreign_folders(layout: Layout, settings: Settings, plan: Plan) -> None:
@@ -271,8 +285,11 @@ def run_convert(
 ) -> RunSummary:
     reporter = reporter or Reporter()
     out = Path(out).absolute()
-    _check_out_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"output {out} cannot be created: {exc.strerror or exc}") from None
     layout = Layout(out)
     start = time.monotonic()
     with RunLock(layout.lock, layout.workers_lock):
@@ -325,4 +342,4 @@ def run_convert(
     return summary
 
 
-__all__ = ["run_convert", "plan_run", "RunSummary", "Reporter", "Plan"]
+__all__ = ["run_convert", "check_out_dir", "plan_run", "RunSummary", "Reporter", "Plan"]

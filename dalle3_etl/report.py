@@ -10,8 +10,10 @@ from rich.progress import (
     BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from dalle3_etl.pipeline import Plan, Reporter, RunSummary
+from dalle3_etl.safetext import plain, safe
 from dalle3_etl.shard import ShardResult
 
 LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a terminal
@@ -50,7 +52,7 @@ class RichReporter(Reporter):
         if plan.skipped:
             self.console.print(f"Resuming: {len(plan.skipped)} shard(s) already complete, skipped.")
         for line in plan.notices():
-            self.console.print(line, highlight=False)
+            self._print(safe(line))
         if plan.todo:
             self.console.print(f"Converting {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
         if self.live and plan.todo:
@@ -79,13 +81,14 @@ class RichReporter(Reporter):
         self.shard_samples[result.shard_id] = result.samples
         if not self.quiet:
             if not result.ok:
-                self._print(f"[red]FAILED[/red] {result.shard_id}: {result.failure}")
+                self._print(Text.assemble(("FAILED", "red"), " ", plain(f"{result.shard_id}: {result.failure}")))
             elif result.error:
-                self._print(f"[yellow]DAMAGED[/yellow] {result.shard_id}: {result.error} "
-                            f"({result.samples} samples before the damage were kept)")
+                self._print(Text.assemble(("DAMAGED", "yellow"), " ", plain(f"{result.shard_id}: {result.error}"),
+                                          f" ({result.samples} samples before the damage were kept)"))
         self._update()
 
-    def _print(self, text: str) -> None:
+    def _print(self, text: str | Text) -> None:
+        """Print a line: a str is rich markup (write only trusted text in it), a Text is printed as it is."""
         self.console.print(text, highlight=False)
 
     def _update(self) -> None:
@@ -125,19 +128,21 @@ class RichReporter(Reporter):
         damaged = [r.shard_id for r in summary.failed if r.ok]  # read error in the input: kept up to it
         failed = [r.shard_id for r in summary.failed if not r.ok]  # nothing committed (output error, crash)
         if damaged:
-            self._print(f"[red]{len(damaged)} shard(s) could not be read completely[/red] (samples before the "
-                        f"damage are kept): {', '.join(damaged)}. See above; fix or download the input again "
-                        "and run with --retry-failed to read them again.")
+            self._print(Text.assemble(
+                (f"{len(damaged)} shard(s) could not be read completely", "red"), " (samples before the damage "
+                f"are kept): {plain(', '.join(damaged))}. See above; fix or download the input again and run with "
+                "--retry-failed to read them again."))
         if failed:
-            self._print(f"[red]{len(failed)} shard(s) failed, nothing of them was committed[/red]: "
-                        f"{', '.join(failed)}. See above (e.g. disk full, a worker killed); fix the cause and "
-                        "run the same command again: they are redone.")
+            self._print(Text.assemble(
+                (f"{len(failed)} shard(s) failed, nothing of them was committed", "red"), f": {plain(', '.join(failed))}. "
+                "See above (e.g. disk full, a worker killed); fix the cause and run the same command again: they "
+                "are redone."))
         for line in summary.notices():
-            self._print(f"[yellow]{line}[/yellow]")
-        self._print(f"SimpleTuner-ready output in {summary.out}:")
-        self._print(f"  parquet:    {summary.parquet}")
-        self._print(f"  images:     {summary.out / 'data'}")
-        self._print(f"  dataloader: {summary.dataloader}")
+            self._print(safe(line, "yellow"))
+        self._print(safe(f"SimpleTuner-ready output in {summary.out}:"))
+        self._print(safe(f"  parquet:    {summary.parquet}"))
+        self._print(safe(f"  images:     {summary.out / 'data'}"))
+        self._print(safe(f"  dataloader: {summary.dataloader}"))
 
 
 def summary_table(summary: RunSummary) -> Table:

@@ -1,5 +1,10 @@
 """One frozen settings object for a run: defaults here and in config/default.toml, overridden by flags.
 
+Every value is checked before any work, in one place (`_coerce`), against its field's type and the limits in
+the field's metadata: from the TOML file, from flags, and when a `Settings` is built in code. A bad value is a
+`SettingsError` naming the key and where it came from (the file and table, or the flag). Ints are not bools,
+lists are lists of strings (not a string), strings are not empty.
+
 `OUTPUT_KEYS` lists the settings that change what a conversion writes. Resume compares them with the
 ones a run started with and refuses to mix two settings in one dataset.
 """
@@ -7,70 +12,77 @@ ones a run started with and refuses to mix two settings in one dataset.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin, get_type_hints
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
-
-CAPTION_FIELDS = ("short_caption", "long_caption", "short_caption2", "long_caption2", "original_prompt")
 LIST_FIELDS = ("short_caption2", "long_caption2")
-KNOWN_FIELDS = (
-    "image_name", "md5_pil_hash", "md5_file_hash", "sha512_hash", "short_caption", "long_caption",
-    "resolution", "url", "width", "height", "source", "original_prompt", "short_caption2", "long_caption2",
-)
+#: What pyarrow's parquet writer accepts (checked against pyarrow by tests/test_hostile_settings.py).
+PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
+#: SimpleTuner's `resolution_type` values.
+RESOLUTION_TYPES = ("area", "pixel", "pixel_area")
+_NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
 class SettingsError(ValueError):
     """A config file or flag value that cannot be used."""
 
 
+def _setting(default: Any, **rules: Any) -> Any:
+    """A dataclass field and what `_check` requires of its value beyond its type:
+    min / max / above (number >= / <= / >), choices (str, one of them), lower (str, lower-cased first),
+    pattern ((regex, what it means)), unique ("refuse" or "dedupe" a list's repeated items),
+    reserved (a function giving names a list must not hold)."""
+    return field(default=default, metadata=rules)
+
+
+def _always_written() -> tuple[str, ...]:
+    from dalle3_etl.sinks import BASE_COLUMNS  # late: sinks imports this module
+
+    return BASE_COLUMNS
+
+
 @dataclass(frozen=True)
 class SimpleTunerSettings:
     """Values for the generated SimpleTuner dataloader entry (the old recipe's)."""
 
-    id: str = "dalle3"
-    resolution: float = 1.0
-    maximum_image_size: float = 2.0
-    minimum_image_size: float = 0.75
-    target_downsample_size: float = 1.75
-    resolution_type: str = "area"
+    id: str = _setting("dalle3", pattern=(_NAME, "a name usable as a folder name (no /, \\ or control characters)"))
+    resolution: float = _setting(1.0, above=0)
+    maximum_image_size: float = _setting(2.0, above=0)
+    minimum_image_size: float = _setting(0.75, min=0)
+    target_downsample_size: float = _setting(1.75, above=0)
+    resolution_type: str = _setting("area", choices=RESOLUTION_TYPES)
+
+    def __post_init__(self) -> None:
+        _validate(self)
 
 
 @dataclass(frozen=True)
 class Settings:
     caption_field: str = "short_caption"
-    caption_fallbacks: tuple[str, ...] = ("long_caption", "short_caption2", "long_caption2", "original_prompt")
-    fields: tuple[str, ...] = ()
+    caption_fallbacks: tuple[str, ...] = _setting(
+        ("long_caption", "short_caption2", "long_caption2", "original_prompt"), unique="dedupe")
+    fields: tuple[str, ...] = _setting((), unique="refuse", reserved=_always_written)
     images: bool = True
     captions: bool = True
     flat: bool = False
-    workers: int = 0
-    batch_rows: int = 8192
-    row_group_rows: int = 65536
-    compression: str = "zstd"
-    max_json_bytes: int = 1 << 20
-    max_pending: int = 10_000
-    max_dimension: int = 65535
-    parquet_name: str = "dalle3.parquet"
+    workers: int = _setting(0, min=0)
+    batch_rows: int = _setting(8192, min=1)
+    row_group_rows: int = _setting(65536, min=1)
+    compression: str = _setting("zstd", choices=PARQUET_CODECS, lower=True)
+    max_json_bytes: int = _setting(1 << 20, min=2)  # "{}"
+    max_pending: int = _setting(10_000, min=1)
+    max_dimension: int = _setting(65535, min=1, max=2**31 - 1)  # width/height are int32 columns
+    parquet_name: str = _setting("dalle3.parquet", pattern=(_NAME + r"\.parquet", "a plain file name ending in .parquet"))
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
-        if not self.caption_field:
-            raise SettingsError("caption_field must not be empty")
-        if self.batch_rows < 1 or self.row_group_rows < 1:
-            raise SettingsError("batch_rows and row_group_rows must be positive")
-        if self.max_json_bytes < 2 or self.max_pending < 1 or self.max_dimension < 1:
-            raise SettingsError("max_json_bytes, max_pending and max_dimension must be positive")
-        if self.workers < 0:
-            raise SettingsError("workers must be 0 (all cores) or more")
-        if "/" in self.parquet_name or not self.parquet_name.endswith(".parquet"):
-            raise SettingsError("parquet_name must be a plain file name ending in .parquet")
-        for name in self.fields:
-            if name in ("filename", "caption", "width", "height", "key", "shard", "source"):
-                raise SettingsError(f"--fields {name}: that column is always written")
+        _validate(self)
 
     @cached_property  # read once per JSON member: computed once (a frozen dataclass still has a __dict__)
     def caption_chain(self) -> tuple[str, ...]:
@@ -91,40 +103,133 @@ OUTPUT_KEYS = (
 )
 
 
-def _coerce(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    known = {f.name: f for f in fields(cls)}
+class _Bad(ValueError):
+    """What is wrong with one value (the caller says where it came from)."""
+
+
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}
+
+
+@cache
+def _specs(cls: type) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Field name -> (type, rules) of a settings dataclass."""
+    hints = get_type_hints(cls)
+    return {f.name: (hints[f.name], dict(f.metadata)) for f in fields(cls)}
+
+
+def _check(kind: Any, rules: dict[str, Any], value: Any) -> Any:
+    """`value` checked against the field type `kind` and its `rules`; returned normalised (list -> tuple,
+    int -> float where a float is wanted, lower-cased, de-duplicated). Raises `_Bad`."""
+    if get_origin(kind) is tuple:  # tuple[str, ...]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise _Bad("expected a list of non-empty strings")
+        value = tuple(value)
+        repeated = [v for i, v in enumerate(value) if v in value[:i]]
+        if repeated and rules.get("unique") == "refuse":
+            raise _Bad(f"{repeated[0]!r} is listed twice")
+        value = tuple(dict.fromkeys(value))
+        taken = [v for v in value if v in rules["reserved"]()] if value and "reserved" in rules else []
+        if taken:
+            raise _Bad(f"{taken[0]!r}: that column is always written")
+        return value
+    if dataclasses.is_dataclass(kind):
+        if not isinstance(value, kind):
+            raise _Bad(f"expected {kind.__name__}")
+        return value
+    wanted = (int, float) if kind is float else kind  # a number setting takes a whole number (1 -> 1.0)
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, wanted):  # a bool is an int in Python
+        raise _Bad(f"expected {_KINDS[kind]}")
+    if kind is float and not math.isfinite(value):
+        raise _Bad(f"expected {_KINDS[kind]}, not {value}")
+    if kind is float:
+        value = float(value)
+    if kind is str:
+        value = value.lower() if rules.get("lower") else value
+        if not value:
+            raise _Bad("must not be empty")
+        if "choices" in rules and value not in rules["choices"]:
+            raise _Bad(f"must be one of {', '.join(rules['choices'])}")
+        if "pattern" in rules and not re.fullmatch(rules["pattern"][0], value):
+            raise _Bad(f"must be {rules['pattern'][1]}")
+        return value
+    if "min" in rules and value < rules["min"]:
+        raise _Bad(f"must be at least {rules['min']}")
+    if "max" in rules and value > rules["max"]:
+        raise _Bad(f"must be at most {rules['max']}")
+    if "above" in rules and value <= rules["above"]:
+        raise _Bad(f"must be more than {rules['above']}")
+    return value
+
+
+def _shown(value: Any, flag: bool) -> str:
+    """A value as the user wrote it: a flag's comma list, else TOML-like; long values cut."""
+    if flag:
+        text = (",".join(value) if isinstance(value, tuple) else str(value)) or '""'
+    else:
+        text = json.dumps(list(value) if isinstance(value, tuple) else value, ensure_ascii=False, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _coerce(cls: type, data: dict[str, Any], where: str = "", flags: bool = False) -> dict[str, Any]:
+    """Check every value of `data` for the fields of `cls` (see `_check`). `where` starts each message
+    (a file and table); with `flags`, keys are named as the command-line flags that gave them."""
+    specs = _specs(cls)
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in known:
-            raise SettingsError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(known))})")
-        if isinstance(value, list):
-            value = tuple(value)
-        out[key] = value
+        if key not in specs:
+            raise SettingsError(f"{where}unknown setting {key!r} (known: {', '.join(sorted(specs))})")
+        kind, rules = specs[key]
+        try:
+            out[key] = _check(kind, rules, value)
+        except _Bad as exc:
+            name = f"--{key.replace('_', '-')} " if flags else f"{key} = "
+            raise SettingsError(f"{where}{name}{_shown(value, flags)}: {exc}") from None
     return out
 
 
+def _validate(obj: Any) -> None:
+    """Check a settings object built in code (load_settings has checked file and flags, naming them) and
+    store the normalised values."""
+    for key, value in _coerce(type(obj), {f.name: getattr(obj, f.name) for f in fields(obj)}).items():
+        object.__setattr__(obj, key, value)
+
+
+def _read_toml(config: Path) -> dict[str, Any]:
+    try:
+        text = Path(config).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"config file not found: {config}") from None
+    except IsADirectoryError:
+        raise SettingsError(f"config {config} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise SettingsError(f"config {config} cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"config {config} is not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{config}: invalid TOML: {exc}") from None
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
-    """Defaults, then the TOML file's `[convert]` and `[simpletuner]` tables, then non-None overrides."""
+    """Defaults, then the TOML file's `[convert]` and `[simpletuner]` tables, then non-None overrides (flags)."""
     base: dict[str, Any] = {}
     st: dict[str, Any] = {}
     if config is not None:
-        try:
-            data = tomllib.loads(Path(config).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise SettingsError(f"config file not found: {config}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"{config}: invalid TOML: {exc}") from None
+        data = _read_toml(config)
         unknown = set(data) - {"convert", "simpletuner"}
         if unknown:
             raise SettingsError(f"{config}: unknown table(s) {sorted(unknown)}; use [convert] and [simpletuner]")
-        base = _coerce(Settings, data.get("convert", {}), str(config))
-        base.pop("simpletuner", None)
-        st = _coerce(SimpleTunerSettings, data.get("simpletuner", {}), f"{config} [simpletuner]")
-    base.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return Settings(simpletuner=SimpleTunerSettings(**st), **base)
-    except TypeError as exc:
-        raise SettingsError(str(exc)) from None
+        for table in ("convert", "simpletuner"):
+            if not isinstance(data.get(table, {}), dict):
+                raise SettingsError(f"{config}: {table} must be a [{table}] table, not a value")
+        convert = data.get("convert", {})
+        if "simpletuner" in convert:
+            raise SettingsError(f"{config}: [convert] simpletuner: put these values in a [simpletuner] table")
+        base = _coerce(Settings, convert, f"{config}: [convert] ")
+        st = _coerce(SimpleTunerSettings, data.get("simpletuner", {}), f"{config}: [simpletuner] ")
+    base.update(_coerce(Settings, {k: v for k, v in overrides.items() if v is not None}, flags=True))
+    return Settings(simpletuner=SimpleTunerSettings(**st), **base)
 
 
 def as_toml_dict(settings: Settings) -> dict[str, Any]:

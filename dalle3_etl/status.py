@@ -14,7 +14,9 @@ from pathlib import Path
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
+from dalle3_etl.safetext import safe
 from dalle3_etl.sources import natural_key
 from dalle3_etl.state import Layout, all_records, lock_holder, read_manifest
 
@@ -42,12 +44,13 @@ def shard_states(out: Path) -> dict[str, dict]:
 def print_status(out: Path, console: Console | None = None) -> None:
     console = console or Console()
     states = shard_states(out)
-    table = Table(title=f"dalle3-etl status: {out}", title_justify="left")
+    table = Table(title=safe(f"dalle3-etl status: {out}"), title_justify="left")
     for col, justify in (("shard", "left"), ("state", "left"), ("samples", "right"), ("rejects", "right"), ("detail", "left")):
         table.add_column(col, justify=justify)
     for sid, st in states.items():
         color = {"done": "green", "damaged": "yellow", "failed": "red", "pending": "cyan"}[st["state"]]
-        table.add_row(sid, f"[{color}]{st['state']}[/{color}]", f"{st['samples']:,}", f"{st['rejects']:,}", st["detail"])
+        table.add_row(safe(sid), Text(st["state"], style=color), f"{st['samples']:,}", f"{st['rejects']:,}",
+                      safe(st["detail"]))
     console.print(table)
     counts = Counter(st["state"] for st in states.values())
     samples = sum(st["samples"] for st in states.values())
@@ -57,7 +60,7 @@ def print_status(out: Path, console: Console | None = None) -> None:
         highlight=False,
     )
     for line in _dataset_lines(Path(out), samples):
-        console.print(line, highlight=False)
+        console.print(safe(line))
 
 
 def _dataset_lines(out: Path, samples: int) -> list[str]:

@@ -461,32 +461,35 @@ def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | N
 
 
 def print_report(report: VerifyReport, console) -> None:
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=f"dalle3-etl verify: {report.out}", title_justify="left")
+    from dalle3_etl.safetext import safe
+
+    table = Table(title=safe(f"dalle3-etl verify: {report.out}"), title_justify="left")
     table.add_column("check")
     table.add_column("what")
     table.add_column("result")
     table.add_column("count", justify="right")
-    style = {"ok": "[green]ok[/green]", "failed": "[red]FAILED[/red]", "skipped": "[dim]skipped[/dim]"}
+    shown = {"ok": Text("ok", "green"), "failed": Text("FAILED", "red"), "skipped": Text("skipped", "dim")}
     for check in report.checks.values():
-        table.add_row(check.code, escape(check.title), style[check.status], f"{check.count:,}" if check.count else "")
+        table.add_row(check.code, Text(check.title), shown[check.status], f"{check.count:,}" if check.count else "")
     console.print(table)
     for check in report.failed:
-        console.print(f"[red]{check.code}[/red]: {check.count:,} problem(s)", highlight=False)
+        console.print(Text.assemble((check.code, "red"), f": {check.count:,} problem(s)"))
         for example in check.examples:
-            console.print(f"  {escape(example)}", highlight=False)
+            console.print(safe(f"  {example}"))
         if check.count > len(check.examples):
             console.print(f"  ... and {check.count - len(check.examples):,} more", highlight=False)
         if check.note:
-            console.print(f"  note: {escape(check.note)}", highlight=False)
+            console.print(safe(f"  note: {check.note}"))
     counts = report.counts
     summary = (f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
                f"{counts.get('caption_files', 0):,} caption files, {counts.get('shards', 0):,} shards")
     if report.running:
-        console.print(f"[yellow]note[/yellow]: a convert run is in progress on this output (lock held by "
-                      f"{escape(report.running)}); checks may change when it finishes.", highlight=False)
+        console.print(Text.assemble(("note", "yellow"), safe(f": a convert run is in progress on this output (lock "
+                                                            f"held by {report.running}); checks may change when it "
+                                                            "finishes.")))
     if report.ok:
         console.print(f"[green]OK[/green]: SimpleTuner can start on this output ({summary}).", highlight=False)
     else:

@@ -613,9 +613,9 @@ def outcome_rows(out: Path) -> list[dict]:
 
 @pytest.mark.parametrize("args, words", [
     (["{missing}"], "no such file"),
-    (["{shard}", "--max-json-bytes", "1"], "max_json_bytes"),
+    (["{shard}", "--max-json-bytes", "1"], "--max-json-bytes 1: must be at least 2"),
     (["{shard}", "--workers", "many"], "Invalid value"),
-    (["{shard}", "--caption-field", ""], "caption_field"),
+    (["{shard}", "--caption-field", ""], '--caption-field "": must not be empty'),
 ])
 def test_exit_2_on_usage_errors(tmp_path, args, words):
     (path,) = write_shards(tmp_path / "in", {"s.tar": good("a")})
