@@ -630,7 +630,6 @@ UNSAFE = {
     "a\x01b.jpg": "control",
     "a\nb.jpg": "control",
     "a\x7fb.jpg": "control",
-    "a/" + "c" * 256 + ".jpg": "255",
     "/".join(["d" * 200] * 21): "4096",
     "\udcff\udcfe.jpg": "UTF-8",
     "": "empty",
@@ -639,12 +638,14 @@ UNSAFE = {
 
 @pytest.mark.parametrize("fmt_name", ["gnu", "pax"])
 def test_unsafe_names(fmt_name, tmp_path):
-    specs = [("ok.json", b"{}")] + [(name, b"data") for name in UNSAFE] + [("a/" + "é" * 126 + ".jp", b"")]
+    # a component over 255 bytes is the file system's limit, not the tar's: only writing it can fail
+    long_component = "a/" + "c" * 256 + "/" + "é" * 200 + ".jpg"
+    specs = [("ok.json", b"{}")] + [(name, b"data") for name in UNSAFE] + [(long_component, b"")]
     raw = make_tar(specs, FORMATS[fmt_name])
     for mode, reader in readers(raw, tmp_path):
         got = {m.name: m.problem for m in reader}
         assert got.pop("ok.json") is None
-        assert got.pop("a/" + "é" * 126 + ".jp") is None  # 257 bytes in all, a component of exactly 255
+        assert got.pop(long_component) is None
         for name, word in UNSAFE.items():
             assert got[name] is not None and word in got[name], (mode, name, got[name])
 
