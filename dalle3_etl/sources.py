@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+_DIGITS_RE = re.compile(r"(\d+)")
 
 
 class SourceError(ValueError):
@@ -31,8 +32,10 @@ def shard_id_for(name: str) -> str:
 
 
 def natural_key(text: str) -> tuple:
-    """Sort key that orders "data-2" before "data-10"."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    """Sort key that orders "data-2" before "data-10". The order is total: texts equal as numbers ("data-1",
+    "data-01") are ordered by their text, so the order never depends on the order they were listed in."""
+    parts = _DIGITS_RE.split(text)  # text, digits, text, ... : the digit runs are at the odd places
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), text
 
 
 @dataclass(frozen=True)
