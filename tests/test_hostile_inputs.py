@@ -12,11 +12,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from badinput_helpers import MODES, convert, img, js, sample, write_shards
+from badinput_helpers import MODES, convert, img, js, sample, snapshot, tar_bytes, write_shards
 from dalle3_etl.pipeline import run_convert
 from dalle3_etl.records import Reason
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources import natural_key, resolve_inputs
+from fakehub import FakeHub, hub_env, make_shard  # noqa: F401  (fixtures)
 
 
 def good(*keys: str) -> list:
@@ -88,3 +89,113 @@ def test_shards_equal_as_numbers_come_out_in_one_order_whatever_the_input_order(
         runs.append((rows, [r.shard_id for r in summary.results]))
     expected = ["data-001", "data-01", "data-1", "data-2"]
     assert runs[0] == runs[1] == ([f"{sid}/a.jpg" for sid in expected], expected)
+
+
+# -- shard file names that cannot name output: refused before anything is read, written or removed ----------
+
+def cli(*args: str):
+    from typer.testing import CliRunner
+
+    from dalle3_etl.cli import app
+
+    return CliRunner().invoke(app, ["convert", *args])
+
+
+def refused_line(result) -> str:
+    """The one line a refused run prints (exit 2, no traceback)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+# file name -> (how the message shows it, why it is refused)
+HOSTILE_NAMES = {
+    "...tar": ("/...tar'", "shard id '..'"),
+    "..tar": ("/..tar'", "shard id '.'"),
+    ".tar": ("/.tar'", "it is empty"),
+    ".hidden.tar": ("/.hidden.tar'", "starts with '.'"),
+    "back\\slash.tar": ("/back\\slash.tar'", "path separator"),
+    "esc\x1b[31m.tar": ("/esc\\x1b[31m.tar'", "control character"),
+    "del\x7f.tar": ("/del\\x7f.tar'", "control character"),
+    "c1\x85.tar": ("/c1\\x85.tar'", "control character"),
+    "new\nline.tar": ("/new\\nline.tar'", "control character"),
+    "caf\udce9.tar": ("/caf\\xe9.tar'", "not valid UTF-8"),  # the byte 0xe9 alone: Latin-1, not UTF-8
+    "x" * 201 + ".tar": ("x" * 201 + ".tar'", "201 bytes long (limit 200)"),
+    "é" * 101 + ".tar.gz": ("é" * 101 + ".tar.gz'", "202 bytes long (limit 200)"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE_NAMES), ids=lambda n: ascii(n).strip("'")[:15])
+def test_a_shard_file_name_that_cannot_name_output_is_refused_and_out_is_untouched(tmp_path, name):
+    shown, why = HOSTILE_NAMES[name]
+    inputs = tmp_path / "in"
+    write_shards(inputs, {"good.tar": good("a")})
+    out = tmp_path / "out"
+    assert cli(str(inputs), "-o", str(out), "--workers", "1").exit_code == 0
+    (inputs / name).write_bytes(tar_bytes(good("b")))
+    before = snapshot(out)
+    line = refused_line(cli(str(inputs), "-o", str(out), "--workers", "1"))  # found in a folder
+    assert shown in line and why in line and "rename the file" in line, line
+    assert snapshot(out) == before  # nothing converted, nothing removed (the '..' shard removed OUT/data/..)
+    line = refused_line(cli(str(inputs / name), "-o", str(tmp_path / "new"), "--workers", "1"))  # named
+    assert shown in line and why in line, line
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_linked_shard_is_named_by_its_link_and_resumed_by_what_it_links_to(tmp_path):
+    """A Hugging Face cache: snapshots/<rev>/data/data-000000.tar -> ../../../blobs/<sha>."""
+    cache = tmp_path / "cache"
+    (cache / "blobs").mkdir(parents=True)
+
+    def snapshot_of(rev: str, blob: str, keys: tuple[str, ...]) -> Path:
+        if not (cache / "blobs" / blob).exists():
+            (cache / "blobs" / blob).write_bytes(tar_bytes(good(*keys)))
+        folder = cache / "snapshots" / rev / "data"
+        folder.mkdir(parents=True)
+        (folder / "data-000000.tar").symlink_to(Path("../../..") / "blobs" / blob)
+        return folder
+
+    out = tmp_path / "out"
+    r1 = snapshot_of("r1", "5e1f0a", ("a", "b"))
+    assert cli(str(r1), "-o", str(out), "--workers", "1").exit_code == 0
+    assert pq.read_table(out / "dalle3.parquet").column("filename").to_pylist() == [
+        "data-000000/a.jpg", "data-000000/b.jpg"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["data-000000"]
+    # a new revision that links the same blob: the same input, nothing to redo
+    r2 = snapshot_of("r2", "5e1f0a", ("a", "b"))
+    kept = [out / "data", out / ".dalle3-etl" / "shards"]
+    before = [snapshot(folder) for folder in kept]
+    for again in (r2, cache / "snapshots"):  # alone, and both revisions at once (the same file reached twice)
+        result = cli(str(again), "-o", str(out), "--workers", "1")
+        assert result.exit_code == 0 and "1 shard(s) already complete, skipped" in result.output, result.output
+        assert [snapshot(folder) for folder in kept] == before
+    # a revision whose blob changed: converted again; next to the old revision: two files, one shard id
+    r3 = snapshot_of("r3", "9c2d7b", ("c",))
+    line = refused_line(cli(str(cache / "snapshots"), "-o", str(out), "--workers", "1"))
+    assert "share shard id 'data-000000'" in line and "/r3/data/data-000000.tar'" in line
+    assert cli(str(r3), "-o", str(out), "--workers", "1").exit_code == 0
+    assert pq.read_table(out / "dalle3.parquet").column("filename").to_pylist() == ["data-000000/c.jpg"]
+
+
+@pytest.mark.parametrize("first, second", [("Data-7.tar", "data-7.tar"), ("caf\u00e9.tar", "cafe\u0301.tar")],
+                         ids=["case", "nfc-nfd"])
+def test_shard_ids_equal_but_for_case_or_normalisation_are_refused_naming_both(tmp_path, first, second):
+    write_shards(tmp_path / "in", {first: good("a"), second: good("b")})
+    if len(list((tmp_path / "in").iterdir())) < 2:
+        pytest.skip("this file system already takes the two names for one")
+    line = refused_line(cli(str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--workers", "1"))
+    assert f"/{first}'" in line and f"/{second}'" in line and "letter case or Unicode normalisation" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_shard_names_are_checked_like_local_ones(hub_env, tmp_path):
+    files = {"data/data-000000.tar": make_shard(0, samples=2), "data/...tar": make_shard(1, samples=2)}
+    with FakeHub(files) as hub:
+        hub_env.point_to(hub)
+        line = refused_line(cli(hub.uri("data"), "-o", str(tmp_path / "out"), "--workers", "1"))
+        assert f"{hub.repo_id}@" in line and "/data/...tar'" in line and "shard id '..'" in line, line
+        assert not (tmp_path / "out").exists()
+        assert cli(hub.uri("data/data-000000.tar"), "-o", str(tmp_path / "out"), "--workers", "1").exit_code == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == ["data-000000"]
