@@ -1,23 +1,26 @@
-"""Hostile inputs, end to end: member names only the file system can refuse, and shards whose meta records
-never end (the shard file names that must be refused up front are in the second half).
+"""Hostile inputs, end to end: member names only the file system can refuse (kept when nothing is written),
+meta records that never end, shard names equal as numbers, and shard file names that cannot name output
+(refused before OUT is touched, for local and hf:// inputs).
 
-Shards are hand-made here; most cases run from a seekable file and from a non-seekable stream."""
+Shards are hand-made here; the member cases run from a seekable file and from a non-seekable stream."""
 
 from __future__ import annotations
 
 import itertools
 import random
+import tarfile
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from badinput_helpers import MODES, convert, img, js, sample, snapshot, tar_bytes, write_shards
+from badinput_helpers import MODES, convert, img, js, member_offsets, sample, snapshot, tar_bytes, write_shards
 from dalle3_etl.pipeline import run_convert
 from dalle3_etl.records import Reason
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources import natural_key, resolve_inputs
 from fakehub import FakeHub, hub_env, make_shard  # noqa: F401  (fixtures)
+from test_tarstream import meta_record, pax_data
 
 
 def good(*keys: str) -> list:
@@ -61,6 +64,39 @@ def test_a_name_component_over_255_bytes_is_converted_when_nothing_is_written(tm
     assert res.filenames == ["s/a.jpg", f"s/{LONG_FILE}.jpg", f"s/{LONG_FOLDER}.png", "s/z.jpg"]
     assert res.rejects == [] and res.summary.exit_code == 0
     assert [r["caption"] for r in res.rows] == ["a red fox in the snow"] * 4
+
+
+# -- meta records (pax headers, GNU long names) are capped in total -----------------------------------------
+
+def with_meta_before(data: bytes, member: str, blocks: bytes) -> bytes:
+    hdr, _ = member_offsets(data)[member]
+    return data[:hdr] + blocks + data[hdr:]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pax_headers_chained_past_the_cap_damage_the_shard_after_the_samples_before(tmp_path, mode):
+    each = pax_data((b"k%06d" % i, b"v") for i in range(45_000))  # 585 KB: one is fine, two are over 1 MiB
+    assert 1 << 19 < len(each) < 1 << 20
+    data = with_meta_before(tar_bytes(good("a", "b", "c")), "b.jpg", meta_record(b"x", each) * 3)
+    (path,) = write_shards(tmp_path / "in", {"s.tar": data})
+    res = convert([path], tmp_path / "out", mode)
+    assert res.filenames == ["s/a.jpg"]
+    (damage,) = [r for r in res.rejects if r["reason"] == Reason.SHARD_UNREADABLE]
+    assert "meta records before one member" in damage["detail"] and "more than the 1048576 allowed" in damage["detail"]
+    assert "'a.json'" in damage["detail"]  # names the last good member
+    assert res.result("s").ok and res.result("s").error and res.summary.exit_code == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_large_global_pax_header_changes_nothing_in_the_output(tmp_path, mode):
+    big = pax_data([(b"comment", b"c" * 300_000)] + [(b"k%06d" % i, b"v") for i in range(40_000)])
+    assert len(big) < 1 << 20
+    plain = tar_bytes(good("a", "b", "c"), fmt=tarfile.PAX_FORMAT)
+    paths = write_shards(tmp_path / "in", {"s.tar": with_meta_before(plain, "a.jpg", meta_record(b"g", big))})
+    res = convert(paths, tmp_path / "out", mode)
+    (path,) = write_shards(tmp_path / "plain", {"s.tar": plain})
+    assert res.rows == convert([path], tmp_path / "plain-out", mode).rows
+    assert res.filenames == ["s/a.jpg", "s/b.jpg", "s/c.jpg"] and res.rejects == [] and res.summary.exit_code == 0
 
 
 # -- shard order is total: names equal as numbers do not take the order they were listed in -------------
