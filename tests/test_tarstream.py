@@ -543,7 +543,8 @@ def test_global_headers_are_capped_over_the_whole_archive(tmp_path):
         assert [m.name for m in reader] == [f"m{i}.json" for i in range(5)], mode
 
 
-def _count_fast_path(monkeypatch) -> list[str]:
+def count_fast_path(monkeypatch) -> list[str]:
+    """Make `TarReader._next_plain` note the names it gives (the fast path taken) in the list returned."""
     hits: list[str] = []
     fast = TarReader._next_plain
 
@@ -567,7 +568,7 @@ def test_a_large_global_header_is_not_carried_to_every_member(honoured, tmp_path
     files = [(f"d/{i:04d}.json", b"{}") for i in range(200)]
     raw = insert_before(make_tar(files, tarfile.USTAR_FORMAT), 0, meta_record(b"g", big))
     expected = tarfile_view(make_tar(files, tarfile.USTAR_FORMAT))
-    hits = _count_fast_path(monkeypatch)
+    hits = count_fast_path(monkeypatch)
     for mode, reader in readers(raw, tmp_path):
         got = [(m.name, m.size, m.offset - len(meta_record(b"g", big)), m.kind, m.problem) for m in reader]
         assert got == [(n, s, o, k, "sparse member (not supported)" if honoured else None)
@@ -876,16 +877,7 @@ def test_fast_path_matches_general_path(fmt_name, tmp_path, monkeypatch):
               ("c:drive.jpg", rnd(3)), ("back\\slash.jpg", rnd(3)), ("../up.jpg", rnd(3)), ("/abs.jpg", rnd(3)),
               info("v7/", tarfile.DIRTYPE), ("tab\tname.json", b"{}"), ("big/0003.png", rnd(20000, 12))]
     raw = make_tar(members_for(fmt_name) + tricky, FORMATS[fmt_name])
-    hits = []
-    fast = TarReader._next_plain
-
-    def counting(self):
-        member = fast(self)
-        if member is not None:
-            hits.append(member.name)
-        return member
-
-    monkeypatch.setattr(TarReader, "_next_plain", counting)
+    hits = count_fast_path(monkeypatch)
     with_fast = _members(raw, tmp_path)
     assert "a/0001.json" in hits and "big/0003.png" in hits  # plain names do take the fast path ...
     assert not {"a/.hidden.jpg", "../up.jpg", "/abs.jpg", "back\\slash.jpg", "dot/0001.json"} & set(hits)
