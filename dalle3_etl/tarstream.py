@@ -683,8 +683,10 @@ class TarReader:
                                  offset=hoff)
 
     def _next_plain(self) -> Member | None:
-        """The common member, fast: seekable, no honoured pax global record, a regular file ('0' or
-        NUL type) with a plain ASCII name (see `_PLAIN_NAME_RE`), octal size and a valid checksum.
+        """The common member, fast: seekable, no pax global record in force (the caller checks
+        `_global_pax`, which holds only honoured records: a global header of comments leaves it empty), a
+        regular file ('0' or NUL type) with a plain ASCII name (see `_PLAIN_NAME_RE`), octal size and a
+        valid checksum.
 
         Gives exactly what `_next` + `_make_member` would (tests/test_tarstream.py checks both paths
         against tarfile); returns None, having consumed nothing, for anything else."""
