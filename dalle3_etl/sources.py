@@ -174,7 +174,8 @@ def resolve_inputs(args: list[str]) -> list[ShardSource]:
                 f"two inputs share shard id {shown(src.shard_id)}: {shown(seen.uri)} and {shown(src.uri)}; "
                 "rename one (outputs are keyed by shard file name)"
             )
-        by_id[src.shard_id] = src
+        if seen is None or natural_key(src.uri) < natural_key(seen.uri):  # the same file: one name, whatever the order
+            by_id[src.shard_id] = src
     sources = sorted(by_id.values(), key=lambda s: natural_key(s.shard_id))
     folded: dict[str, ShardSource] = {}
     for src in sources:

@@ -201,6 +201,8 @@ def test_a_linked_shard_is_named_by_its_link_and_resumed_by_what_it_links_to(tmp
     assert sorted(p.name for p in (out / "data").iterdir()) == ["data-000000"]
     # a new revision that links the same blob: the same input, nothing to redo
     r2 = snapshot_of("r2", "5e1f0a", ("a", "b"))
+    for order in ([r1, r2], [r2, r1]):  # the same file twice is one shard, named the same whatever the order
+        assert [s.uri for s in resolve_inputs([str(p) for p in order])] == [str(r1 / "data-000000.tar")]
     kept = [out / "data", out / ".dalle3-etl" / "shards"]
     before = [snapshot(folder) for folder in kept]
     for again in (r2, cache / "snapshots"):  # alone, and both revisions at once (the same file reached twice)
