@@ -348,7 +348,8 @@ def resolve_hub_input(arg: str, *, keep_dir: Path | str | None = _DEFAULT, endpo
     ``data/data-00000[0-9].tar``, ``**`` across folders; only ``.tar`` shards are kept), with shell-style braces
     for quoted arguments (``data/data-0000{00..09}.tar``; every expanded name without a wildcard must exist).
     Raises a `SourceError` subclass naming the argument when nothing matches, the repo/revision does not exist,
-    or the Hub cannot be reached. ``keep_dir`` defaults to the one set with `set_keep_dir`.
+    or the Hub cannot be reached, and a `SourceError` naming the file when its name cannot be a shard id
+    (`sources.shard_id_problem`: ``data/..tar``...). ``keep_dir`` defaults to the one set with `set_keep_dir`.
     """
     _hf()
     return resolve_hub_inputs([arg], keep_dir=keep_dir, endpoint=endpoint, token=token)

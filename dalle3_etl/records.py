@@ -37,7 +37,7 @@ class Reason:
 #: Every reason code with what it means (README table, `--help` texts, tests).
 REASONS: dict[str, str] = {
     Reason.UNSAFE_MEMBER: "member name or type is unsafe: absolute, '..', backslash, control character, "
-                          "not UTF-8, a component over 255 bytes; symlink, hardlink, device, fifo, sparse",
+                          "not UTF-8, over 4096 bytes; symlink, hardlink, device, fifo, sparse",
     Reason.DUPLICATE_MEMBER: "another member for a key that already has one (the first one is kept)",
     Reason.JSON_TOO_LARGE: "JSON member larger than max_json_bytes (skipped unread)",
     Reason.JSON_INVALID: "JSON member is not valid JSON or not UTF-8",

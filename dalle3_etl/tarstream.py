@@ -14,6 +14,13 @@ Formats: v7, ustar (prefix field), GNU (``L``/``K`` long names, base-256 numbers
 are skipped over) and pax (``x``/``g`` records; ``path``, ``linkpath`` and ``size`` are honoured).
 Meta records (``x``, ``g``, ``X``, ``L``, ``K``) describe the next member and are never yielded.
 
+Meta records are bounded (``max_meta_bytes``, 1 MiB by default): the meta records chained before one
+member (all of ``x``/``X``/``g``/``L``/``K`` between two members) may hold that many data bytes in total,
+and the pax global headers of the whole archive that many too; past either cap the archive is damaged
+(`TarFormatError`, before the header over the cap is read). Of every pax header only what is honoured is
+kept (``path``, ``linkpath``, ``size`` and whether a ``GNU.sparse.*`` key is present), so a large global
+header costs nothing per member and memory stays flat.
+
 Every member carries `problem`: ``None`` when it is safe to use, else a short reason (absolute name,
 ``..``, link, device...). Structural damage raises `TarFormatError` after every member before the
 damage has been yielded, so the caller keeps the good samples.
@@ -67,6 +74,11 @@ _META_TYPES = frozenset((b"x", b"X", b"g", b"L", b"K"))
 _META_NAMES = {b"x": "pax header", b"X": "pax header", b"g": "pax global header",
                b"L": "GNU long-name record", b"K": "GNU long-link record"}
 _POSIX_MAGIC = b"ustar\x0000"
+# The pax keywords a member's resolution reads; `_parse_pax` keeps only these. Any GNU.sparse.* keyword is
+# kept as `_SPARSE` (only its presence matters: the member is refused as sparse).
+_PAX_HONOURED = frozenset((b"path", b"linkpath", b"size"))
+_SPARSE_PREFIX = b"GNU.sparse."
+_SPARSE = b"GNU.sparse.*"
 _CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 # A name `_resolve_name` would return unchanged with no problem: ASCII, no empty component, no backslash,
@@ -166,7 +178,7 @@ def _decode(raw: bytes) -> tuple[str, bool]:
 
 def _is_plain_name(name: str) -> bool:
     """A name `_resolve_name` returns unchanged with no problem (for a file): see `_PLAIN_NAME_RE`."""
-    return (len(name) <= 255 and name[:1] != "." and "/." not in name
+    return (len(name) <= 4096 and name[:1] != "." and "/." not in name
             and _PLAIN_NAME_RE.fullmatch(name) is not None)
 
 
@@ -195,18 +207,18 @@ def _resolve_name(name: str, utf8_ok: bool, kind: str) -> tuple[str, str | None]
         return name, "name contains a backslash"
     if _CTRL_RE.search(name) is not None:
         return name, "name contains a control character"
+    # The total bounds memory. A component over the file system's limit (255 bytes on most) is not a
+    # problem of the tar: writing it fails (a `name_unusable` reject), and parquet-only runs keep it.
     nbytes = len(name) if name.isascii() else len(name.encode("utf-8", "surrogateescape"))
     if nbytes > 4096:
         return name, f"name is {nbytes} bytes long (limit 4096)"
-    if nbytes > 255:
-        for p in parts:
-            if len(p.encode("utf-8", "surrogateescape")) > 255:
-                return name, "a name component is longer than 255 bytes"
     return name, None
 
 
 def _parse_pax(data: bytes, where: int, describe: str) -> dict[bytes, bytes]:
-    """Parse pax records '<len> <key>=<value>\\n'. `where` is the archive offset of `data`."""
+    """Parse pax records '<len> <key>=<value>\\n' (every record is checked) and return the honoured ones
+    (`_PAX_HONOURED`, and `_SPARSE` for any GNU.sparse.* keyword): at most four, whatever the header holds.
+    `where` is the archive offset of `data`."""
     out: dict[bytes, bytes] = {}
     pos = 0
     n = len(data)
@@ -225,7 +237,11 @@ def _parse_pax(data: bytes, where: int, describe: str) -> dict[bytes, bytes]:
             raise TarFormatError(f"malformed pax record at offset {where + pos} ({describe}): "
                                  f"record of length {length} is not '<key>=<value>\\n' within the header",
                                  offset=where + pos)
-        out[data[sp + 1:eq]] = data[eq + 1:end - 1]
+        key = data[sp + 1:eq]
+        if key in _PAX_HONOURED:
+            out[key] = data[eq + 1:end - 1]
+        elif key.startswith(_SPARSE_PREFIX):
+            out[_SPARSE] = b""
         pos = end
     return out
 
@@ -302,6 +318,8 @@ class TarReader:
     """
 
     def __init__(self, fileobj, *, seekable: bool | None = None, max_meta_bytes: int = 1 << 20):
+        """`max_meta_bytes` caps the data of the meta records before one member (in total) and of the pax
+        global headers of the whole archive (in total); see the module doc."""
         self._f = fileobj
         self.max_meta_bytes = max_meta_bytes
         if seekable is None:
@@ -328,7 +346,8 @@ class TarReader:
         self._next_hdr = self._start  # offset of the next header
         self._member: Member | None = None
         self._last_name: str | None = None
-        self._global_pax: dict[bytes, bytes] = {}
+        self._global_pax: dict[bytes, bytes] = {}  # the honoured records of the global headers so far
+        self._global_bytes = 0  # data bytes of the pax global headers so far
         self._done = False
         self._cfr_ok = True
         self._owned: list = []  # wrappers created by open_tar, closed by close()
@@ -590,6 +609,7 @@ class TarReader:
         longlink: bytes | None = None
         meta_type: bytes | None = None  # last meta record seen for this member
         meta_off = -1
+        chained = 0  # data bytes of the meta records read for this member
         while True:
             hoff = self._cur
             i = hoff - self._win_off  # seekable fast path: the header is in the read-ahead window
@@ -619,9 +639,10 @@ class TarReader:
                                      offset=hoff)
             if tf in _META_TYPES:
                 what = _META_NAMES[tf]
-                if size > self.max_meta_bytes:
-                    raise TarFormatError(f"{what} at offset {hoff} is {size} bytes, more than the "
-                                         f"{self.max_meta_bytes} allowed ({self._after()})", offset=hoff)
+                chained += size
+                if tf == b"g":
+                    self._global_bytes += size
+                self._check_meta_caps(what, hoff, size, chained)
                 data = take(size)
                 if len(data) < size or self._skip(-size % BLOCK) < -size % BLOCK:
                     raise TarFormatError(f"truncated inside {what} at offset {hoff} (needs {size} bytes, "
@@ -630,11 +651,10 @@ class TarReader:
                     records = _parse_pax(data, hoff + BLOCK, f"{what} at offset {hoff}, {self._after()}")
                     if tf == b"g":
                         self._global_pax.update(records)
+                    elif pax is None:
+                        pax = records
                     else:
-                        if pax is None:
-                            pax = records
-                        else:
-                            pax.update(records)
+                        pax.update(records)
                 elif tf == b"L":
                     longname = _nts(data)
                 else:
@@ -647,9 +667,26 @@ class TarReader:
             break
         return self._make_member(hoff, block, tf, size, pax, longname, longlink)
 
+    def _check_meta_caps(self, what: str, hoff: int, size: int, chained: int) -> None:
+        """Raise before reading a meta record that would take its member's chain or the archive's global
+        headers over `max_meta_bytes` (see the module doc)."""
+        cap = self.max_meta_bytes
+        if size > cap:
+            raise TarFormatError(f"{what} at offset {hoff} is {size} bytes, more than the "
+                                 f"{cap} allowed ({self._after()})", offset=hoff)
+        if chained > cap:
+            raise TarFormatError(f"{what} at offset {hoff} brings the meta records before one member to {chained} "
+                                 f"bytes, more than the {cap} allowed ({self._after()})", offset=hoff)
+        if self._global_bytes > cap:
+            raise TarFormatError(f"{what} at offset {hoff} brings the pax global headers of the archive to "
+                                 f"{self._global_bytes} bytes, more than the {cap} allowed ({self._after()})",
+                                 offset=hoff)
+
     def _next_plain(self) -> Member | None:
-        """The common member, fast: seekable, no pax global header, a regular file ('0' or
-        NUL type) with a plain ASCII name (see `_PLAIN_NAME_RE`), octal size and a valid checksum.
+        """The common member, fast: seekable, no pax global record in force (the caller checks
+        `_global_pax`, which holds only honoured records: a global header of comments leaves it empty), a
+        regular file ('0' or NUL type) with a plain ASCII name (see `_PLAIN_NAME_RE`), octal size and a
+        valid checksum.
 
         Gives exactly what `_next` + `_make_member` would (tests/test_tarstream.py checks both paths
         against tarfile); returns None, having consumed nothing, for anything else."""
@@ -734,7 +771,7 @@ class TarReader:
             problem = kind_problem
         elif kind == "other":
             problem = f"unsupported member type {tf.decode('latin-1')!r}"
-        elif pax and problem is None and kind == "file" and any(k.startswith(b"GNU.sparse.") for k in pax):
+        elif pax and problem is None and kind == "file" and _SPARSE in pax:
             problem = "sparse member (not supported)"
         if kind == "symlink" or kind == "hardlink":
             linkraw = pax.get(b"linkpath") if pax else None
