@@ -129,10 +129,21 @@ def _is_shard_file(path: Path) -> bool:
     return path.is_file() and path.name.endswith(SHARD_SUFFIXES)
 
 
+def _shards_below(folder: Path) -> list[Path]:
+    """Shard files below a folder, hidden names left out as a shell glob leaves them: macOS's `._data-000000.tar`
+    resource forks, `.cache/` folders (the Hub's download cache) are no shards; links to folders not followed."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found.extend(p for name in filenames if not name.startswith(".")
+                     and _is_shard_file(p := Path(dirpath) / name))
+    return found
+
+
 def _expand_local(arg: str) -> list[Path]:
     path = Path(arg).expanduser()
     if path.is_dir():
-        found = [p for p in path.rglob("*") if _is_shard_file(p)]
+        found = _shards_below(path)
         if not found:
             raise SourceError(f"{arg}: directory contains no .tar shards")
         return found

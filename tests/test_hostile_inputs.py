@@ -172,9 +172,13 @@ def test_a_shard_file_name_that_cannot_name_output_is_refused_and_out_is_untouch
     assert cli(str(inputs), "-o", str(out), "--workers", "1").exit_code == 0
     (inputs / name).write_bytes(tar_bytes(good("b")))
     before = snapshot(out)
-    line = refused_line(cli(str(inputs), "-o", str(out), "--workers", "1"))  # found in a folder
-    assert shown in line and why in line and "rename the file" in line, line
-    assert snapshot(out) == before  # nothing converted, nothing removed (the '..' shard removed OUT/data/..)
+    found = cli(str(inputs), "-o", str(out), "--workers", "1")  # found in a folder
+    if name.startswith("."):  # hidden: a folder scan leaves it out, as a shell glob does
+        assert found.exit_code == 0 and "Resuming: 1 shard(s)" in found.output, found.output
+    else:
+        line = refused_line(found)
+        assert shown in line and why in line and "rename the file" in line, line
+        assert snapshot(out) == before  # nothing converted, nothing removed (the '..' shard removed OUT/data/..)
     line = refused_line(cli(str(inputs / name), "-o", str(tmp_path / "new"), "--workers", "1"))  # named
     assert shown in line and why in line, line
     assert not (tmp_path / "new").exists()
@@ -237,3 +241,17 @@ def test_hub_shard_names_are_checked_like_local_ones(hub_env, tmp_path):
         assert not (tmp_path / "out").exists()
         assert cli(hub.uri("data/data-000000.tar"), "-o", str(tmp_path / "out"), "--workers", "1").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == ["data-000000"]
+
+
+def test_hidden_files_in_a_folder_are_not_shards(tmp_path):
+    """macOS leaves `._<name>` resource forks beside files copied from its drives; a folder scan skips hidden
+    names like a shell glob does, instead of refusing the run over them."""
+    from dalle3_etl.sources import resolve_inputs
+    from dalle3_etl.synth import SynthSpec, write_corpus
+
+    folder = tmp_path / "in"
+    write_corpus(folder, SynthSpec(shards=1, per_shard=2, seed=1, image_bytes=200))
+    (folder / "._data-000000.tar").write_bytes(b"\0\5\26\7 AppleDouble")
+    (folder / ".cache" / "x").mkdir(parents=True)
+    (folder / ".cache" / "x" / "data-000009.tar").write_bytes(b"partial")
+    assert [s.shard_id for s in resolve_inputs([str(folder)])] == ["data-000000"]
