@@ -51,7 +51,8 @@ REASONS: dict[str, str] = {
     Reason.SIZE_INVALID: "JSON width/height missing or invalid and the image header gives a size above max_dimension",
     Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
     Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",
-    Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, or (--flat) by an "
+    Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, by a name differing "
+                       "only in case or Unicode normalization on a case-insensitive file system, or (--flat) by an "
                        "earlier shard",
     Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path)",
     Reason.SHARD_UNREADABLE: "the tar is damaged from here on (truncated, bad header, not a tar, bad "

@@ -26,7 +26,7 @@ from dalle3_etl import imageheader, tarstream
 from dalle3_etl.records import JsonInfo, Reason, Reject, parse_json
 from dalle3_etl.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.settings import Settings
-from dalle3_etl.sinks import FileTree, PartWriter, caption_relpath
+from dalle3_etl.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath
 from dalle3_etl.sources import ShardSource
 from dalle3_etl.state import Layout, clear_shard, crash_point, remove_path, sync_filesystem, write_record
 
@@ -143,6 +143,8 @@ class ShardConverter:
     def _write_sample(self, filename: str, ref: ImageRef, caption: str) -> int:
         """Write the image and caption files of one sample; returns bytes written.
 
+        Every file is new (O_EXCL): a name already taken, also by a twin that differs only in case or
+        Unicode normalization on a case-insensitive file system, raises EEXIST and replaces nothing.
         On an error that comes from the name (see _NAME_ERRNOS) the files of this sample are removed
         before the error is re-raised, so the caller can reject the sample and go on."""
         created: list[str] = []
@@ -151,11 +153,12 @@ class ShardConverter:
             if self.settings.images:
                 dst = self.files.path(filename)
                 if ref.staged:
+                    os.close(os.open(dst, NEW_FILE, 0o644))  # claim the name, then move the image onto it
+                    created.append(dst)
                     os.replace(ref.staged, dst)
                     ref.staged = None
-                    created.append(dst)
                 else:
-                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    fd = os.open(dst, NEW_FILE, 0o644)
                     created.append(dst)
                     try:
                         self._reader.copy_range(ref.offset, ref.size, fd)
@@ -219,7 +222,8 @@ class ShardConverter:
                 raise  # the disk, not the name: the shard fails and is redone next run
             self._discard(ref)
             clash = exc.errno in _CLASH_ERRNOS
-            why = (" (the path is taken by another member's file or folder)" if clash else "")
+            why = (" (the path is taken by another member's file or folder; on a case-insensitive file system "
+                   "names that differ only in letter case or Unicode normalization are the same)" if clash else "")
             self._reject(image_member, Reason.NAME_CLASH if clash else Reason.NAME_UNUSABLE,
                          f"cannot create {filename!r} in the output: {exc.strerror}{why}")
             return

@@ -1,13 +1,27 @@
 """Hostile samples: one sample's trouble gets that sample a clear result and never costs the shard.
+Captions lose control characters and invisible-only captions count as empty; output names are never
+reused, also on a case-insensitive file system.
 
 Shards are hand-made (badinput_helpers)."""
 
 from __future__ import annotations
 
+import os
+import unicodedata
+from pathlib import Path
+
+import orjson
 import pytest
 
-from badinput_helpers import convert, img, js, write_shards
+from badinput_helpers import convert, img, js, outcome, source, write_shards
+from dalle3_etl import sinks
+from dalle3_etl.pipeline import run_convert
 from dalle3_etl.records import Reason
+from dalle3_etl.settings import Settings
+
+
+def good(*keys: str) -> list:
+    return [m for k in keys for m in ((f"{k}.jpg", img()), (f"{k}.json", js()))]
 
 
 # -- captions ---------------------------------------------------------------------------------------------
@@ -35,3 +49,123 @@ def test_invisible_captions_fall_back_and_control_characters_are_removed(tmp_pat
     line = res.reject("none.jpg")
     assert line["reason"] == Reason.NO_CAPTION
     assert "short_caption: empty (only control or invisible format characters)" in line["detail"]
+
+
+# -- output names: never reused -----------------------------------------------------------------------------
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class CaseInsensitiveFS:
+    """Makes the paths under `root` behave as on macOS (APFS/HFS+ default): a name finds an existing entry
+    that differs only in letter case or Unicode normalization, and the first spelling is kept. Each path is
+    resolved component by component against the real folder listing, then the REAL os call runs on it, with
+    the caller's flags: O_EXCL, O_TRUNC, rename-over all behave as they would there."""
+
+    CALLS = ("open", "mkdir", "rmdir", "unlink", "remove", "replace", "rename", "link")
+
+    def __init__(self, root: Path, monkeypatch):
+        self.prefix = os.path.join(root, "")
+        self.real = {name: getattr(os, name) for name in self.CALLS}
+        for name in self.CALLS:
+            monkeypatch.setattr(os, name, self._wrap(name))
+
+    def resolve(self, path):
+        if isinstance(path, Path):
+            path = str(path)
+        if not isinstance(path, str) or not path.startswith(self.prefix):
+            return path
+        current = self.prefix[:-1]
+        for part in path[len(self.prefix):].split("/"):
+            try:
+                names = os.listdir(current)
+            except OSError:
+                names = []
+            want = _fold(part)
+            current += "/" + next((n for n in names if _fold(n) == want), part)
+        return current
+
+    def _wrap(self, name):
+        real = self.real[name]
+        two_paths = name in ("replace", "rename", "link")
+
+        def call(*args, **kwargs):
+            if kwargs.get("dir_fd") is not None or kwargs.get("src_dir_fd") is not None:
+                return real(*args, **kwargs)
+            n = 2 if two_paths else 1
+            return real(*map(self.resolve, args[:n]), *args[n:], **kwargs)
+
+        return call
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+def test_case_and_normalization_twins_clash_on_a_case_insensitive_file_system(tmp_path, monkeypatch, mode):
+    first = {name: img() for name in ("case.jpg", "caf\u00e9.jpg", "Dir/a.jpg")}
+    twins = {name: img() for name in ("Case.jpg", "CASE.jpeg", "cafe\u0301.jpg", "dir/b.jpg", "DIR/a.jpg")}
+    members = []
+    for name, data in [*first.items(), *twins.items()]:
+        members += [(name, data), (name.rsplit(".", 1)[0] + ".json", js(caption=f"caption of {name}"))]
+    (path,) = write_shards(tmp_path / "in", {"s.tar": members + good("other")})
+    out = tmp_path / "out"
+    CaseInsensitiveFS(out, monkeypatch)
+    summary = run_convert([source(path, mode)], out, Settings(workers=1))
+    monkeypatch.undo()
+    res = outcome(out, summary)
+    assert sorted(res.filenames) == sorted(f"s/{n}" for n in [*first, "other.jpg"])
+    for name, data in first.items():  # the first image and caption are the ones under their row
+        assert (out / "data/s" / name).read_bytes() == data
+        stem = name.rsplit(".", 1)[0]
+        assert (out / "data/s" / f"{stem}.txt").read_text() == f"caption of {name}"
+    for name in twins:
+        line = res.reject(name)
+        assert line["reason"] == Reason.NAME_CLASH and "case-insensitive" in line["detail"], line
+        assert res.reasons(name.rsplit(".", 1)[0] + ".json") == []
+    on_disk = {str(p.relative_to(out / "data/s")) for p in (out / "data/s").rglob("*")}
+    assert on_disk == {"case.jpg", "case.txt", "caf\u00e9.jpg", "caf\u00e9.txt", "Dir", "Dir/a.jpg", "Dir/a.txt",
+                       "other.jpg", "other.txt"}  # nothing of the losers, not even a folder
+    assert res.summary.exit_code == 0
+
+
+@pytest.mark.parametrize("mode, images, captions", [("file", True, True), ("stream", True, True),
+                                                    ("file", False, True)])
+def test_an_existing_file_at_the_target_is_never_overwritten(tmp_path, monkeypatch, mode, images, captions):
+    """On a real file system: whatever already holds an output name is kept, and the sample is a clash."""
+    real_path = sinks.FileTree.path
+    taken = {"s/b.jpg", "s/b.txt"} if images else {"s/b.txt"}
+
+    def path_with_a_squatter(self, relpath):
+        full = real_path(self, relpath)
+        if relpath in taken:
+            Path(full).write_bytes(b"precious")
+        return full
+
+    monkeypatch.setattr(sinks.FileTree, "path", path_with_a_squatter)
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a", "b", "c")})
+    summary = run_convert([source(path, mode)], tmp_path / "out", Settings(workers=1, images=images,
+                                                                           captions=captions))
+    rejects = [orjson.loads(line) for line in (tmp_path / "out/rejects.jsonl").read_bytes().splitlines()]
+    assert [(r["member"], r["reason"]) for r in rejects] == [("b.jpg", Reason.NAME_CLASH)]
+    data = tmp_path / "out/data/s"
+    assert (data / ("b.jpg" if images else "b.txt")).read_bytes() == b"precious"
+    assert (data / "a.txt").read_text() == "a red fox in the snow" and summary.exit_code == 0
+
+
+def test_file_tree_never_truncates_and_makes_deep_folders_without_recursion(tmp_path):
+    tree = sinks.FileTree(tmp_path / "root")
+    assert tree.write_text("x/y.txt", "first") == 5
+    with pytest.raises(FileExistsError):
+        tree.write_text("x/y.txt", "second")
+    assert (tmp_path / "root/x/y.txt").read_text() == "first"
+    deep = "d/" * 1500 + "f.txt"  # os.makedirs would recurse 1,500 times
+    tree.write_text(deep, "deep")
+    assert (tmp_path / "root" / deep).read_text() == "deep"
+    os.unlink(tmp_path / "root" / deep)
+    tree.prune(deep)
+    assert sorted(os.listdir(tmp_path / "root")) == ["x"]
+    tree.write_text(deep, "again")  # pruned folders are made again, not taken for a twin
+    os.unlink(tmp_path / "root" / deep)
+    tree.prune(deep)  # (shutil.rmtree, cleaning tmp_path, would recurse 1,500 times before Python 3.13)
+    (tmp_path / "root/file").write_text("")
+    with pytest.raises(FileExistsError):  # a folder this tree did not make: another member's, or a twin
+        tree.path("file/z.txt")
