@@ -35,6 +35,7 @@ class Reason:
     NAME_CLASH = "name_clash"
     NAME_UNUSABLE = "name_unusable"
     SHARD_UNREADABLE = "shard_unreadable"
+    SAMPLE_ERROR = "sample_error"
 
 
 #: Every reason code with what it means (README table, `--help` texts, tests).
@@ -54,9 +55,12 @@ REASONS: dict[str, str] = {
     Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, by a name differing "
                        "only in case or Unicode normalization on a case-insensitive file system, or (--flat) by an "
                        "earlier shard",
-    Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path)",
+    Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path, or "
+                          "more than 256 folders deep)",
     Reason.SHARD_UNREADABLE: "the tar is damaged from here on (truncated, bad header, not a tar, bad "
                              "compression); samples before the damage are kept",
+    Reason.SAMPLE_ERROR: "an unexpected error while handling this sample (the detail names the exception and where "
+                         "it was raised); the rest of the shard is converted. A bug: please report it",
 }
 
 

@@ -6,6 +6,7 @@ Shards are hand-made (badinput_helpers)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import unicodedata
 from pathlib import Path
@@ -14,14 +15,128 @@ import orjson
 import pytest
 
 from badinput_helpers import convert, img, js, outcome, source, write_shards
-from dalle3_etl import sinks
+from dalle3_etl import shard, sinks, tarstream
 from dalle3_etl.pipeline import run_convert
 from dalle3_etl.records import Reason
+from dalle3_etl.records import parse_json as real_parse_json
+from dalle3_etl.samples import Pairing
 from dalle3_etl.settings import Settings
 
 
 def good(*keys: str) -> list:
     return [m for k in keys for m in ((f"{k}.jpg", img()), (f"{k}.json", js()))]
+
+
+# -- one sample's trouble never fails the shard -----------------------------------------------------------
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+def test_name_1500_folders_deep_is_rejected_and_the_shard_is_converted(tmp_path, mode):
+    deep = "a/" * 1500 + "x"  # 3,001 bytes: a valid tar name; os.makedirs recursed past Python's limit
+    members = good("first") + [(f"{deep}.jpg", img()), (f"{deep}.json", js())] + good("last")
+    (path,) = write_shards(tmp_path / "in", {"s.tar": members})
+    res = convert([path], tmp_path / "out", mode)
+    assert res.result("s").ok and res.result("s").failure is None and res.summary.exit_code == 0
+    assert res.filenames == ["s/first.jpg", "s/last.jpg"]
+    line = res.reject(f"{deep}.jpg")
+    assert line["reason"] == Reason.NAME_UNUSABLE and "1500 folders deep" in line["detail"]
+    assert res.reasons(f"{deep}.json") == []
+    assert not (tmp_path / "out/data/s/a").exists()
+    again = convert([path], tmp_path / "out", mode)  # and every later run agrees
+    assert again.rejects == res.rejects and again.filenames == res.filenames
+
+
+def test_a_name_at_the_depth_limit_is_converted(tmp_path):
+    name = "d/" * shard.MAX_FOLDER_DEPTH + "x"
+    (path,) = write_shards(tmp_path / "in", {"s.tar": [(f"{name}.jpg", img()), (f"{name}.json", js())]})
+    res = convert([path], tmp_path / "out")
+    assert res.filenames == [f"s/{name}.jpg"] and res.rejects == []
+
+
+def _raise_on(marker: bytes, exc: BaseException, real):
+    def parse(data, settings):
+        if marker in data:
+            raise exc
+        return real(data, settings)
+    return parse
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+@pytest.mark.parametrize("json_first", [True, False], ids=["json-first", "image-first"])
+def test_unexpected_error_reading_a_member_rejects_its_sample_only(tmp_path, monkeypatch, mode, json_first):
+    monkeypatch.setattr(shard, "parse_json", _raise_on(b"boom", ValueError("boom went the parser"), real_parse_json))
+    bad = [("bad.json", js(caption="boom")), ("bad.jpg", img())]
+    members = good("a") + (bad if json_first else bad[::-1]) + good("z")
+    (path,) = write_shards(tmp_path / "in", {"s.tar": members})
+    res = convert([path], tmp_path / "out", mode)
+    assert res.filenames == ["s/a.jpg", "s/z.jpg"]
+    line = res.reject("bad.json")
+    assert line["reason"] == Reason.SAMPLE_ERROR
+    assert "ValueError: boom went the parser" in line["detail"] and "'bad.json'" in line["detail"]
+    assert "test_hostile_samples.py" in line["detail"]  # where it was raised
+    assert res.reasons("bad.jpg") == []  # one line for the sample: its image goes with it
+    assert not list((tmp_path / "out/.dalle3-etl/staging").iterdir())
+    assert res.result("s").ok and res.summary.exit_code == 0
+
+
+@pytest.mark.parametrize("mode", ["file", "stream"])
+def test_unexpected_error_writing_a_sample_leaves_nothing_of_it(tmp_path, monkeypatch, mode):
+    real = sinks.FileTree.write_text
+
+    def write_text(self, relpath, text):
+        if relpath.endswith("/bad.txt"):
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(self, relpath, text)
+
+    monkeypatch.setattr(sinks.FileTree, "write_text", write_text)
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a", "bad", "z")})
+    res = convert([path], tmp_path / "out", mode)
+    assert res.filenames == ["s/a.jpg", "s/z.jpg"]
+    line = res.reject("bad.jpg")
+    assert line["reason"] == Reason.SAMPLE_ERROR and "RecursionError: maximum recursion depth" in line["detail"]
+    assert "'bad.json'" in line["detail"]
+    assert not (tmp_path / "out/data/s/bad.jpg").exists()  # the image written before the caption is removed
+    assert res.reasons("bad.json") == [] and res.result("s").ok
+
+
+def test_unexpected_error_pairing_a_member_rejects_it(tmp_path, monkeypatch):
+    real = Pairing.add
+
+    def add(self, key, role, member, payload, weight=0):
+        if key == "p":
+            raise KeyError("pairing broke")
+        return real(self, key, role, member, payload, weight)
+
+    monkeypatch.setattr(Pairing, "add", add)
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a", "p", "z")})
+    res = convert([path], tmp_path / "out")
+    assert res.filenames == ["s/a.jpg", "s/z.jpg"]
+    for member in ("p.jpg", "p.json"):
+        line = res.reject(member)
+        assert line["reason"] == Reason.SAMPLE_ERROR and "KeyError: 'pairing broke'" in line["detail"]
+
+
+@pytest.mark.parametrize("exc, failure", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+])
+def test_disk_errors_still_fail_the_shard(tmp_path, monkeypatch, exc, failure):
+    monkeypatch.setattr(shard, "parse_json", _raise_on(b"boom", exc, real_parse_json))
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a") + [("b.jpg", img()), ("b.json", js(caption="boom"))]})
+    summary = run_convert([source(path)], tmp_path / "out", Settings(workers=1))
+    (result,) = summary.results
+    assert not result.ok and failure in result.failure and summary.exit_code == 1
+
+
+def test_keyboard_interrupt_and_shard_damage_are_not_swallowed(tmp_path, monkeypatch):
+    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a") + [("b.jpg", img()), ("b.json", js(caption="boom"))]})
+    monkeypatch.setattr(shard, "parse_json", _raise_on(b"boom", KeyboardInterrupt(), real_parse_json))
+    with pytest.raises(KeyboardInterrupt):
+        shard.convert_shard(source(path), tmp_path / "out1", Settings(workers=1))
+    damage = tarstream.TarFormatError("damaged here", offset=1234, member="b.json")
+    monkeypatch.setattr(shard, "parse_json", _raise_on(b"boom", damage, real_parse_json))
+    res = convert([path], tmp_path / "out2")
+    assert res.result("s").error and "damaged here" in res.result("s").error
+    assert [r["reason"] for r in res.rejects if r["member"] == "b.json"] == [Reason.SHARD_UNREADABLE]
 
 
 # -- captions ---------------------------------------------------------------------------------------------
