@@ -48,7 +48,8 @@ REASONS: dict[str, str] = {
     Reason.JSON_NOT_OBJECT: "JSON member is valid JSON but not an object",
     Reason.NO_CAPTION: "no usable caption along the caption chain (missing, wrong type, empty, blank, or only "
                        "control or invisible format characters)",
-    Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read",
+    Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read (within the "
+                            "image's first 16 MiB)",
     Reason.SIZE_INVALID: "JSON width/height missing or invalid and the image header gives a size above max_dimension",
     Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
     Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",

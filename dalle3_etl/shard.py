@@ -12,7 +12,6 @@ into place and writes the completion record last.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import time
 from collections import Counter
@@ -35,8 +34,6 @@ PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 #: (Python's os.walk before 3.12 and shutil.rmtree before 3.13 stop near 1,000 levels): such a name is
 #: name_unusable, whatever the file system allows.
 MAX_FOLDER_DEPTH = 256
-STREAM_HEAD_BYTES = 256 * 1024  # image head read for the size probe when streaming without copying images
-PROBE_READ_BYTES = 64 * 1024  # one pread usually holds the whole header, even behind EXIF
 # Errors creating an output file that come from the member's NAME (reject that sample), not from the
 # disk (ENOSPC, EIO, EFBIG...: those fail the shard, which is redone next run).
 _CLASH_ERRNOS = frozenset((errno.EEXIST, errno.ENOTDIR, errno.EISDIR))
@@ -129,20 +126,22 @@ class ShardConverter:
             with open(path, "wb") as fh:
                 reader.copy_to(fh)
             return ImageRef(size=member.size, staged=path)
-        # Streaming without copying images: probe now (if the size may be needed), keep no bytes, so a
-        # member waiting for its JSON costs no memory.
-        probe = imageheader.image_size_from_bytes(reader.read(STREAM_HEAD_BYTES)) if need_size else None
+        # Streaming without copying images: probe now (if the size may be needed), as far as the header
+        # goes, and keep no bytes, so a member waiting for its JSON costs no memory.
+        probe = imageheader.probe_stream(reader.read, member.size) if need_size else None
         return ImageRef(size=member.size, probed=True, probe=probe)
 
     def _probe_size(self, ref: ImageRef) -> tuple[int, int] | None:
         if ref.probed:
             return ref.probe
         if ref.offset >= 0:
-            view = imageheader.RangeReader(self._reader.pread, ref.offset, ref.size)
-            return imageheader.image_size(io.BufferedReader(view, buffer_size=PROBE_READ_BYTES))
+            return imageheader.probe_range(self._reader.pread, ref.offset, ref.size)
         if ref.staged:
-            with open(ref.staged, "rb") as fh:
-                return imageheader.image_size(fh)
+            fd = os.open(ref.staged, os.O_RDONLY)
+            try:
+                return imageheader.probe_range(lambda offset, n: os.pread(fd, n, offset), 0, ref.size)
+            finally:
+                os.close(fd)
         return None
 
     def _write_sample(self, filename: str, ref: ImageRef, caption: str) -> int:

@@ -1,21 +1,28 @@
-"""Hostile samples: one sample's trouble gets that sample a clear result and never costs the shard.
-Captions lose control characters and invisible-only captions count as empty; output names are never
+"""Hostile samples: one sample's trouble gets that sample a clear result and never costs the shard;
+a sample gets the same result from every source (.tar, .tar.gz, a non-seekable stream, a pipe);
+captions lose control characters and invisible-only captions count as empty; output names are never
 reused, also on a case-insensitive file system.
 
-Shards are hand-made (badinput_helpers)."""
+Shards are hand-made (badinput_helpers, synth.make_image, Pillow)."""
 
 from __future__ import annotations
 
 import errno
+import gzip
+import io
 import os
+import random
+import struct
+import tracemalloc
 import unicodedata
 from pathlib import Path
 
 import orjson
 import pytest
+from PIL import Image
 
-from badinput_helpers import convert, img, js, outcome, source, write_shards
-from dalle3_etl import shard, sinks, tarstream
+from badinput_helpers import convert, img, js, outcome, source, tar_bytes, write_shards
+from dalle3_etl import imageheader, shard, sinks, synth, tarstream
 from dalle3_etl.pipeline import run_convert
 from dalle3_etl.records import Reason
 from dalle3_etl.records import parse_json as real_parse_json
@@ -25,6 +32,10 @@ from dalle3_etl.settings import Settings
 
 def good(*keys: str) -> list:
     return [m for k in keys for m in ((f"{k}.jpg", img()), (f"{k}.json", js()))]
+
+
+def nosize(**fields) -> bytes:
+    return js(width=..., height=..., **fields)
 
 
 # -- one sample's trouble never fails the shard -----------------------------------------------------------
@@ -137,6 +148,149 @@ def test_keyboard_interrupt_and_shard_damage_are_not_swallowed(tmp_path, monkeyp
     res = convert([path], tmp_path / "out2")
     assert res.result("s").error and "damaged here" in res.result("s").error
     assert [r["reason"] for r in res.rejects if r["member"] == "b.json"] == [Reason.SHARD_UNREADABLE]
+
+
+# -- same sample, same result from every source ----------------------------------------------------------
+
+def jpeg_with_big_header(w: int, h: int, marker: int, nbytes: int) -> bytes:
+    """A JPEG whose SOF comes after `nbytes` of APPn/COM segments (marker 0xE1: APP1, 0xFE: COM)."""
+    base = synth.make_image("jpeg", w, h, 0, random.Random(w * h))
+    segments = bytearray()
+    filler = random.Random(marker).randbytes(65533)
+    while len(segments) < nbytes:
+        segments += struct.pack(">BBH", 0xFF, marker, 65535) + filler
+    return base[:2] + bytes(segments) + base[2:]
+
+
+SOURCES = ["tar", "tar.gz", "stream", "pipe"]
+
+
+def _shard_from(tmp_path: Path, members: list, kind: str) -> Path:
+    raw = tar_bytes(members)
+    folder = tmp_path / f"in-{kind}"
+    folder.mkdir()
+    if kind == "tar.gz":
+        path = folder / "s.tar.gz"
+        path.write_bytes(gzip.compress(raw, compresslevel=1, mtime=0))
+    else:
+        path = folder / "s.tar"
+        path.write_bytes(raw)
+    return path
+
+
+def _convert_from(tmp_path: Path, members: list, kind: str, **overrides):
+    path = _shard_from(tmp_path, members, kind)
+    mode = {"tar": "file", "tar.gz": "file"}.get(kind, kind)
+    return convert([path], tmp_path / f"out-{kind}", mode, **overrides)
+
+
+@pytest.mark.parametrize("images", [True, False], ids=["images", "no-images"])
+@pytest.mark.parametrize("kind", SOURCES)
+def test_header_behind_a_megabyte_of_app_data_is_read_from_every_source(tmp_path, kind, images):
+    app1 = jpeg_with_big_header(321, 123, 0xE1, 1_100_000)
+    com = jpeg_with_big_header(77, 55, 0xFE, 1_300_000)
+    assert imageheader.image_size_from_bytes(app1[: 1 << 20]) is None  # the header is past the first MiB
+    assert imageheader.image_size_from_bytes(app1) == (321, 123)
+    members = [("app1.jpg", app1), ("app1.json", nosize()), ("com.json", nosize()), ("com.jpg", com)] + good("ok")
+    res = _convert_from(tmp_path, members, kind, images=images, captions=images)
+    assert res.rejects == []
+    assert {r["key"]: (r["width"], r["height"]) for r in res.rows} == {"app1": (321, 123), "com": (77, 55),
+                                                                       "ok": (64, 48)}
+    if images:
+        assert (res.out / "data/s/app1.jpg").read_bytes() == app1
+
+
+@pytest.mark.parametrize("kind", SOURCES)
+def test_a_header_past_the_probe_limit_is_unreadable_from_every_source(tmp_path, monkeypatch, kind):
+    monkeypatch.setattr(imageheader, "PROBE_LIMIT", 1 << 20)
+    far = jpeg_with_big_header(40, 30, 0xFE, 1_200_000)
+    near = jpeg_with_big_header(41, 31, 0xFE, 900_000)
+    members = [("far.jpg", far), ("far.json", nosize()), ("near.jpg", near), ("near.json", nosize())]
+    for images in (True, False):
+        (tmp_path / str(images)).mkdir()
+        res = _convert_from(tmp_path / str(images), members, kind, images=images, captions=images)
+        assert [r["key"] for r in res.rows] == ["near"] and (res.rows[0]["width"], res.rows[0]["height"]) == (41, 31)
+        assert res.reject("far.jpg")["reason"] == Reason.SIZE_UNREADABLE
+
+
+def test_streaming_probe_memory_is_bounded(tmp_path, monkeypatch):
+    """Without images, from a stream: the probe keeps what it read (at most PROBE_LIMIT), never the member."""
+    monkeypatch.setattr(imageheader, "PROBE_LIMIT", 2 << 20)
+    rng = random.Random(5)
+    big = synth.make_image("png", 50, 40, 24 << 20, rng)  # header first, 24 MiB of chunk data after it
+    far = jpeg_with_big_header(40, 30, 0xFE, 8 << 20)  # no SOF in the first 2 MiB
+    members = [("big.png", big), ("big.json", nosize()), ("far.jpg", far), ("far.json", nosize())]
+    path = _shard_from(tmp_path, members, "tar")
+    del big, far, members
+    tracemalloc.start()
+    try:
+        res = convert([path], tmp_path / "out", "stream", images=False, captions=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(r["key"], r["width"], r["height"]) for r in res.rows] == [("big", 50, 40)]
+    assert res.reject("far.jpg")["reason"] == Reason.SIZE_UNREADABLE
+    # stream chunks (1 MiB) + the probe's 2 MiB + what Pillow keeps of the segments it parsed (2 MiB)
+    assert peak < 8 << 20, f"peak traced memory {peak} bytes"
+
+
+def test_stream_view_reads_forward_only_as_far_as_asked():
+    data = bytes(range(256)) * 4096  # 1 MiB
+    taken = []
+
+    def read(n):
+        start = sum(taken)
+        taken.append(n)
+        return data[start:start + n]
+
+    view = imageheader.StreamView(read, 300_000, head=b"")
+    assert view.read(10) == data[:10] and sum(taken) == imageheader.PROBE_READ_BYTES
+    view.seek(200_000)
+    assert view.read(5) == data[200_000:200_005] and sum(taken) <= 200_005 + imageheader.PROBE_READ_BYTES
+    view.seek(3)
+    assert view.read(4) == data[3:7]  # back: kept
+    assert view.seek(0, io.SEEK_END) == 300_000 and view.read(1) == b""
+    assert sum(taken) <= 300_000
+    view = imageheader.StreamView(read, 10, head=b"ab")
+    assert view.read() == b"ab" + data[sum(taken) - 8: sum(taken)]
+
+
+def test_a_read_error_while_probing_is_raised_not_taken_for_unreadable():
+    def read(n):
+        raise OSError(errno.EIO, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output"):
+        imageheader.probe_stream(read, 1000, head=b"\xff\xd8\xff")
+
+    def pread(offset, n):
+        raise tarstream.TarFormatError("cut", offset=offset)
+
+    with pytest.raises(tarstream.TarFormatError):
+        imageheader.probe_range(pread, 0, 1000)
+
+
+# -- WebP ---------------------------------------------------------------------------------------------------
+
+def pillow_image(fmt: str, w: int = 37, h: int = 21, **kw) -> bytes:
+    buf = io.BytesIO()
+    frame = Image.new("RGB", (w, h), (200, 30, 30))
+    if kw.pop("animated", False):
+        kw.update(save_all=True, append_images=[Image.new("RGB", (w, h))], duration=100)
+    frame.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+
+@pytest.mark.parametrize("kw", [dict(lossless=False), dict(lossless=True), dict(animated=True),
+                                dict(exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")],
+                         ids=["VP8", "VP8L", "VP8X-animated", "VP8X-exif"])
+@pytest.mark.parametrize("size", [(1, 1), (16383, 3), (3, 16383), (1000, 777)])
+def test_webp_size_is_the_size_pillow_reads(kw, size):
+    data = pillow_image("WEBP", *size, **dict(kw))
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == size
+    assert imageheader.image_size(io.BytesIO(data)) == size
+    assert imageheader.image_size(io.BytesIO(data[:30])) == size  # the first 30 bytes are enough
 
 
 # -- captions ---------------------------------------------------------------------------------------------
