@@ -1,4 +1,4 @@
-"""Image width/height from the header bytes only (used when a JSON lacks them).
+"""Image width/height from the header bytes only (used when a JSON lacks them), and the signature check.
 
 Pillow identifies the format and parses just the header on `Image.open`; nothing is decoded. WebP is
 the exception: Pillow reads a whole WebP file to open it, so its canvas size is read here from the
@@ -9,6 +9,9 @@ The converter probes a view of the image member's first `PROBE_LIMIT` bytes, wha
 member streaming past (a .tar.gz, a pipe). Both show Pillow the same bytes through the same steps
 (`_probe`), so a sample gets the same result from every source; a JPEG whose SOF marker sits behind a
 large EXIF or comment block is measured from a stream as from a file.
+
+`signature_problem` checks an image member's first bytes against the format its extension names
+(magic bytes only, no decoding).
 """
 
 from __future__ import annotations
@@ -19,10 +22,44 @@ from typing import BinaryIO, Callable
 
 from PIL import Image
 
-FORMATS = ("JPEG", "PNG", "GIF")  # opened with Pillow; WebP is read here (see above)
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF")  # opened with Pillow; WebP is read here (see above)
 #: How far into an image member a header is looked for (the probe's memory bound: see `probe_stream`).
 PROBE_LIMIT = 16 << 20
 PROBE_READ_BYTES = 64 * 1024  # one read usually holds the whole header, even behind EXIF
+SIGNATURE_BYTES = 16  # what `signature_problem` needs to see
+
+#: Format each image extension (lower case) names, and the signatures (magic bytes) of each format.
+EXT_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF", "bmp": "BMP",
+              "tif": "TIFF", "tiff": "TIFF"}
+_MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "WebP": (b"RIFF",),
+          "GIF": (b"GIF87a", b"GIF89a"), "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*")}
+_EXT_MAGIC = {ext: _MAGIC[fmt] for ext, fmt in EXT_FORMAT.items()}
+
+
+def _has_signature(fmt: str, head: bytes) -> bool:
+    return head.startswith(_MAGIC[fmt]) and (fmt != "WebP" or head[8:12] == b"WEBP")
+
+
+def sniff(head: bytes) -> str | None:
+    """The image format whose signature `head` starts with, or None."""
+    for fmt in _MAGIC:
+        if _has_signature(fmt, head):
+            return fmt
+    return None
+
+
+def signature_problem(ext: str, head: bytes) -> str | None:
+    """None when `head` (the member's first `SIGNATURE_BYTES`) starts with the signature of the format
+    extension `ext` (lower case, in EXT_FORMAT) names; else what is wrong, for a reject's detail."""
+    if head.startswith(_EXT_MAGIC[ext]) and (ext != "webp" or head[8:12] == b"WEBP"):
+        return None
+    if not head:
+        return "the image member is empty (0 bytes)"
+    seen = sniff(head)
+    looks = f"they are a {seen} signature" if seen else f"they begin {head[:12]!r}, no image signature"
+    return f"its first bytes are not a {EXT_FORMAT[ext]} signature as the extension '.{ext}' says: {looks}"
+
+
 def _webp_size(head: bytes) -> tuple[int, int] | None:
     """Canvas size of a WebP from its first 30 bytes (lossy 'VP8 ', lossless 'VP8L', extended 'VP8X')."""
     if len(head) < 30:
@@ -40,10 +77,10 @@ def _webp_size(head: bytes) -> tuple[int, int] | None:
 
 def image_size(fp: BinaryIO) -> tuple[int, int] | None:
     """(width, height) from the header of the image `fp` holds (from its position 0), or None when it
-    cannot be read as JPEG/PNG/WebP/GIF."""
+    cannot be read as JPEG/PNG/WebP/GIF/BMP/TIFF."""
     try:
         head = fp.read(30)
-        if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        if _has_signature("WebP", head):
             size = _webp_size(head)
         else:
             with warnings.catch_warnings():

@@ -30,6 +30,7 @@ class Reason:
     NO_CAPTION = "no_caption"
     SIZE_UNREADABLE = "size_unreadable"
     SIZE_INVALID = "size_invalid"
+    IMAGE_INVALID = "image_invalid"
     IMAGE_WITHOUT_JSON = "image_without_json"
     JSON_WITHOUT_IMAGE = "json_without_image"
     NAME_CLASH = "name_clash"
@@ -51,6 +52,8 @@ REASONS: dict[str, str] = {
     Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read (within the "
                             "image's first 16 MiB)",
     Reason.SIZE_INVALID: "JSON width/height missing or invalid and the image header gives a size above max_dimension",
+    Reason.IMAGE_INVALID: "image member is empty (0 bytes), or its first bytes are not the signature of the image "
+                          "type its extension names (JPEG, PNG, WebP, GIF, BMP, TIFF); the detail says what they look like",
     Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
     Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",
     Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, by a name differing "

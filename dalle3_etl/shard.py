@@ -116,7 +116,14 @@ class ShardConverter:
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _image_ref(self, reader: tarstream.TarReader, member: tarstream.Member, need_size: bool) -> ImageRef:
+    def _image_ref(self, reader: tarstream.TarReader, member: tarstream.Member, ext: str,
+                   need_size: bool) -> ImageRef | Reject:
+        """The image member being read: its signature is checked (`ext`: its extension, lower case), then
+        it is left in the tar (seekable), staged (stream) or, streaming without images, probed now."""
+        head = reader.read(imageheader.SIGNATURE_BYTES)  # seekable: usually in the header's read-ahead
+        problem = imageheader.signature_problem(ext, head)
+        if problem is not None:
+            return Reject(Reason.IMAGE_INVALID, problem)
         if reader.seekable:
             return ImageRef(offset=member.offset, size=member.size)
         if self.settings.images:
@@ -124,11 +131,12 @@ class ShardConverter:
             path = os.path.join(self.staging, "pending", f"{self._pending_seq}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
+                fh.write(head)
                 reader.copy_to(fh)
             return ImageRef(size=member.size, staged=path)
         # Streaming without copying images: probe now (if the size may be needed), as far as the header
         # goes, and keep no bytes, so a member waiting for its JSON costs no memory.
-        probe = imageheader.probe_stream(reader.read, member.size) if need_size else None
+        probe = imageheader.probe_stream(reader.read, member.size, head) if need_size else None
         return ImageRef(size=member.size, probed=True, probe=probe)
 
     def _probe_size(self, ref: ImageRef) -> tuple[int, int] | None:
@@ -310,7 +318,7 @@ class ShardConverter:
                     if member.kind == "dir" and member.problem is None:
                         self.notes["other_members"] += 1  # never created; files make their own folders
                         continue
-                    key, role, _ = classify(member.name)
+                    key, role, ext = classify(member.name)
                     weight = 0
                     payload: Any
                     if member.problem is not None:
@@ -336,7 +344,7 @@ class ShardConverter:
                         json_part = waiting.json if waiting is not None else None
                         need_size = not (json_part is not None and (isinstance(json_part.payload, Reject)
                                                                     or json_part.payload.width is not None))
-                        payload = self._image_ref(reader, member, need_size)
+                        payload = self._image_ref(reader, member, ext.lower(), need_size)
                     done, problems = pairing.add(key, role, member.name, payload, weight)
                     self._settle(done, problems)
                 except Exception as exc:

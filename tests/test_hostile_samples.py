@@ -1,9 +1,9 @@
-"""Hostile samples: one sample's trouble gets that sample a clear result and never costs the shard;
-a sample gets the same result from every source (.tar, .tar.gz, a non-seekable stream, a pipe);
-captions lose control characters and invisible-only captions count as empty; output names are never
-reused, also on a case-insensitive file system.
+"""Hostile samples: one sample's trouble rejects that sample with a clear reason and never fails its shard;
+a sample gets the same result from every source (.tar, .tar.gz, a non-seekable stream, a pipe); images that
+are not images are rejected; captions lose control characters and invisible-only captions count as empty;
+output names are never reused, also on a case-insensitive file system.
 
-Shards are hand-made (badinput_helpers, synth.make_image, Pillow)."""
+Shards are hand-made (badinput_helpers, synth.make_image, Pillow for the formats synth does not write)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,9 @@ from dalle3_etl import imageheader, shard, sinks, synth, tarstream
 from dalle3_etl.pipeline import run_convert
 from dalle3_etl.records import Reason
 from dalle3_etl.records import parse_json as real_parse_json
-from dalle3_etl.samples import Pairing
+from dalle3_etl.samples import IMAGE_EXTENSIONS, Pairing
 from dalle3_etl.settings import Settings
+from dalle3_etl.verify import verify
 
 
 def good(*keys: str) -> list:
@@ -269,7 +270,7 @@ def test_a_read_error_while_probing_is_raised_not_taken_for_unreadable():
         imageheader.probe_range(pread, 0, 1000)
 
 
-# -- WebP ---------------------------------------------------------------------------------------------------
+# -- images that are not images ------------------------------------------------------------------------
 
 def pillow_image(fmt: str, w: int = 37, h: int = 21, **kw) -> bytes:
     buf = io.BytesIO()
@@ -279,6 +280,65 @@ def pillow_image(fmt: str, w: int = 37, h: int = 21, **kw) -> bytes:
     frame.save(buf, fmt, **kw)
     return buf.getvalue()
 
+
+INVALID = {
+    # name: (bytes, words in the detail)
+    "empty.jpg": (b"", "empty (0 bytes)"),
+    "png-bytes.jpg": (img("png"), "not a JPEG signature as the extension '.jpg' says: they are a PNG signature"),
+    "jpeg-bytes.png": (img("jpeg"), "not a PNG signature as the extension '.png' says: they are a JPEG signature"),
+    "html.jpeg": (b"<!DOCTYPE html><html>404 Not Found</html>", "they begin b'<!DOCTYPE ht"),
+    "wave.webp": (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(20), "no image signature"),
+    "text.gif": (b"GIF90a not a gif", "not a GIF signature"),
+    "cut.JPG": (b"\xff\xd8", "not a JPEG signature"),
+    "bmp-bytes.tif": (pillow_image("BMP"), "they are a BMP signature"),
+}
+
+
+@pytest.mark.parametrize("mode, images", [("file", True), ("stream", True), ("stream", False), ("pipe", True)])
+def test_images_that_are_not_images_are_rejected_even_with_a_json_size(tmp_path, mode, images):
+    members = good("a")
+    for name, (data, _) in INVALID.items():
+        members += [(name, data), (name.rsplit(".", 1)[0] + ".json", js())]  # the JSON has width and height
+    members += [("lonely.jpg", b"GIF89a"), ("readme.txt", b"hello"), ("logo.svg", b"<svg/>")] + good("z")
+    (path,) = write_shards(tmp_path / "in", {"s.tar": members})
+    res = convert([path], tmp_path / "out", mode, images=images, captions=images)
+    assert res.filenames == ["s/a.jpg", "s/z.jpg"]
+    for name, (_, words) in INVALID.items():
+        line = res.reject(name)
+        assert line["reason"] == Reason.IMAGE_INVALID and words in line["detail"], line
+        assert res.reasons(name.rsplit(".", 1)[0] + ".json") == []  # one line for the sample
+    lonely = res.reject("lonely.jpg")
+    assert lonely["reason"] == Reason.IMAGE_INVALID and "no JSON member" in lonely["detail"]
+    assert res.result("s").notes["other_members"] == 2  # readme.txt and logo.svg, as before
+    assert not list((tmp_path / "out/.dalle3-etl/staging").iterdir())
+
+
+FORMATS = {  # member name: Pillow format and options
+    "g.gif": ("GIF", {}),
+    "b.bmp": ("BMP", {}),
+    "t.tiff": ("TIFF", {}),
+    "lzw.TIF": ("TIFF", {"compression": "tiff_lzw"}),
+    "lossy.webp": ("WEBP", {"lossless": False}),
+    "lossless.webp": ("WEBP", {"lossless": True}),
+    "extended.webp": ("WEBP", {"exif": b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x00\x00"}),
+    "animated.webp": ("WEBP", {"animated": True}),
+}
+
+
+@pytest.mark.parametrize("mode, images", [("file", True), ("stream", True), ("stream", False)])
+def test_every_format_pillow_opens_is_converted_with_its_header_size(tmp_path, mode, images):
+    members = []
+    for i, (name, (fmt, options)) in enumerate(FORMATS.items()):
+        members += [(name, pillow_image(fmt, 37 + i, 21 + i, **options)), (name.rsplit(".", 1)[0] + ".json", nosize())]
+    (path,) = write_shards(tmp_path / "in", {"s.tar": members})
+    res = convert([path], tmp_path / "out", mode, images=images, captions=images)
+    assert res.rejects == []
+    assert res.filenames == [f"s/{name}" for name in FORMATS]
+    assert [(r["width"], r["height"]) for r in res.rows] == [(37 + i, 21 + i) for i in range(len(FORMATS))]
+    if images:
+        report = verify(tmp_path / "out", deep=True)  # verify knows them as images, and reads their headers
+        assert report.ok, [c.to_json() for c in report.failed]
+        assert report.counts["images_on_disk"] == len(FORMATS)
 
 
 @pytest.mark.parametrize("kw", [dict(lossless=False), dict(lossless=True), dict(animated=True),
@@ -291,6 +351,21 @@ def test_webp_size_is_the_size_pillow_reads(kw, size):
         assert im.size == size
     assert imageheader.image_size(io.BytesIO(data)) == size
     assert imageheader.image_size(io.BytesIO(data[:30])) == size  # the first 30 bytes are enough
+
+
+def test_signatures():
+    assert imageheader.sniff(b"MM\x00*\x00\x00\x00\x08") == "TIFF"
+    assert imageheader.sniff(b"II*\x00\x08\x00\x00\x00") == "TIFF"
+    assert imageheader.sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "WebP"
+    assert imageheader.sniff(b"RIFF\x00\x00\x00\x00AVI LIST") is None
+    assert imageheader.sniff(b"GIF87a") == imageheader.sniff(b"GIF89a") == "GIF"
+    for ext in ("jpg", "jpeg"):
+        assert imageheader.signature_problem(ext, b"\xff\xd8\xff\xe0\x00\x10JFIF") is None
+    assert imageheader.signature_problem("tif", b"MM\x00*") is None
+    assert imageheader.signature_problem("tiff", b"II*\x00") is None
+    assert imageheader.signature_problem("bmp", b"BM") is None
+    assert "PNG signature" in imageheader.signature_problem("webp", b"\x89PNG\r\n\x1a\n\x00")
+    assert set(imageheader.EXT_FORMAT) == IMAGE_EXTENSIONS
 
 
 # -- captions ---------------------------------------------------------------------------------------------
