@@ -132,6 +132,20 @@ class Root:
                 stack.pop()
         return True
 
+    def remove_empty_folder(self, path: str | os.PathLike) -> bool:
+        """Remove a folder the tool made if it is empty now; False when it holds something (or is missing)."""
+        full = self.check(path)
+        st = self._no_link(full)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return False
+        try:
+            os.rmdir(full)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.EBUSY):
+                return False
+            raise
+        return True
+
     def remove_files(self, base: str | os.PathLike, relpaths: Iterable[str], *, prune: bool = True) -> int:
         """Remove the regular files `base/<relpath>` the tool wrote, then (with `prune`, for a folder the tool
         created whole) every folder on their way, up to and including `base`, that is empty afterwards. Each folder is opened component by component without

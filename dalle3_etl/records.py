@@ -2,12 +2,15 @@
 
 `parse_json` runs once per JSON member and keeps only what the row needs. A caption is cleaned once
 (`clean_caption`) and the same text goes to the parquet and to the `.txt` file: newlines and runs of
-whitespace become one space, so SimpleTuner never splits one caption into several.
+whitespace become one space, so SimpleTuner never splits one caption into several; control characters
+are removed, and a caption left with nothing but invisible format characters (zero-width space, BOM...)
+counts as empty, so the caption chain goes on to the next field.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,11 +30,13 @@ class Reason:
     NO_CAPTION = "no_caption"
     SIZE_UNREADABLE = "size_unreadable"
     SIZE_INVALID = "size_invalid"
+    IMAGE_INVALID = "image_invalid"
     IMAGE_WITHOUT_JSON = "image_without_json"
     JSON_WITHOUT_IMAGE = "json_without_image"
     NAME_CLASH = "name_clash"
     NAME_UNUSABLE = "name_unusable"
     SHARD_UNREADABLE = "shard_unreadable"
+    SAMPLE_ERROR = "sample_error"
 
 
 #: Every reason code with what it means (README table, `--help` texts, tests).
@@ -42,16 +47,24 @@ REASONS: dict[str, str] = {
     Reason.JSON_TOO_LARGE: "JSON member larger than max_json_bytes (skipped unread)",
     Reason.JSON_INVALID: "JSON member is not valid JSON or not UTF-8",
     Reason.JSON_NOT_OBJECT: "JSON member is valid JSON but not an object",
-    Reason.NO_CAPTION: "no usable caption along the caption chain (missing, wrong type, empty or blank)",
-    Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read",
+    Reason.NO_CAPTION: "no usable caption along the caption chain (missing, wrong type, empty, blank, or only "
+                       "control or invisible format characters)",
+    Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read (within the "
+                            "image's first 16 MiB)",
     Reason.SIZE_INVALID: "JSON width/height missing or invalid and the image header gives a size above max_dimension",
+    Reason.IMAGE_INVALID: "image member is empty (0 bytes), or its first bytes are not the signature of the image "
+                          "type its extension names (JPEG, PNG, WebP, GIF, BMP, TIFF); the detail says what they look like",
     Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
     Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",
-    Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, or (--flat) by an "
+    Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, by a name differing "
+                       "only in case or Unicode normalization on a case-insensitive file system, or (--flat) by an "
                        "earlier shard",
-    Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path)",
+    Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path, or "
+                          "more than 256 folders deep)",
     Reason.SHARD_UNREADABLE: "the tar is damaged from here on (truncated, bad header, not a tar, bad "
                              "compression); samples before the damage are kept",
+    Reason.SAMPLE_ERROR: "an unexpected error while handling this sample (the detail names the exception and where "
+                         "it was raised); the rest of the shard is converted. A bug: please report it",
 }
 
 
@@ -74,8 +87,25 @@ class JsonInfo:
     image_ext: str | None = None  # extension of the JSON's `image_name`, lower case, when it has one
 
 
+# Control characters that are not whitespace (tab, newline, \x1c-\x1f and NEL are whitespace: they become a space).
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
+_ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0e, 0x1c), 0x7f])
+
+
 def clean_caption(text: str) -> str:
-    return " ".join(text.split())
+    """Whitespace runs (newlines included) -> one space, ends trimmed; control characters removed; "" when
+    only format characters (Unicode Cf: zero-width space/joiners, word joiner, BOM...) would be left."""
+    cleaned = " ".join(text.split())
+    if cleaned.isascii():  # O(1); then a check in C at ~1 ns a byte (str.isprintable costs twice that)
+        if len(cleaned.encode().translate(None, _ASCII_CONTROLS)) == len(cleaned):
+            return cleaned
+    elif cleaned.isprintable():  # no control or format character
+        return cleaned
+    cleaned = " ".join(_CONTROLS.sub("", cleaned).split())
+    for char in cleaned:
+        if char != " " and unicodedata.category(char) != "Cf":
+            return cleaned
+    return ""
 
 
 def _caption_from(value: Any) -> str | None:
@@ -94,7 +124,7 @@ def _describe(value: Any) -> str:
     if value is None:
         return "missing"
     if isinstance(value, str):
-        return "empty" if not value.strip() else "unusable"
+        return "empty" if not value.strip() else "empty (only control or invisible format characters)"
     if isinstance(value, list):
         return "list without a non-empty string"
     return f"wrong type ({type(value).__name__})"

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
+#: Image member extensions (lower case): what SimpleTuner opens through Pillow. `verify` uses the same set.
+IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
 JSON_EXTENSION = "json"
 #: Default bound on the payload bytes held in memory by waiting members (JSON text, image heads).
 MAX_PENDING_BYTES = 256 << 20

@@ -12,7 +12,6 @@ into place and writes the completion record last.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import time
 from collections import Counter
@@ -26,13 +25,15 @@ from dalle3_etl import imageheader, tarstream
 from dalle3_etl.records import JsonInfo, Reason, Reject, parse_json
 from dalle3_etl.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.settings import Settings
-from dalle3_etl.sinks import FileTree, PartWriter, caption_relpath, written_names
+from dalle3_etl.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath, written_names
 from dalle3_etl.sources import ShardSource
 from dalle3_etl.state import Layout, crash_point, sync_filesystem, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
-STREAM_HEAD_BYTES = 256 * 1024  # image head read for the size probe when streaming without copying images
-PROBE_READ_BYTES = 64 * 1024  # one pread usually holds the whole header, even behind EXIF
+#: Folders a member name may go down. Deeper trees break tools that walk or delete folders recursively
+#: (Python's os.walk before 3.12 and shutil.rmtree before 3.13 stop near 1,000 levels): such a name is
+#: name_unusable, whatever the file system allows.
+MAX_FOLDER_DEPTH = 256
 # Errors creating an output file that come from the member's NAME (reject that sample), not from the
 # disk (ENOSPC, EIO, EFBIG...: those fail the shard, which is redone next run).
 _CLASH_ERRNOS = frozenset((errno.EEXIST, errno.ENOTDIR, errno.EISDIR))
@@ -145,7 +146,7 @@ class ShardConverter:
         self.samples = 0
         self.bytes_out = 0
         self.staging = layout.staging(self.shard_id)
-        self.files = FileTree(self.staging / "files")
+        self.files = FileTree(self.staging / "files", layout.fs)
         self.prefix = "" if settings.flat else f"{self.shard_id}/"
         self.write_files = settings.images or settings.captions
         self._pending_seq = 0
@@ -162,10 +163,18 @@ class ShardConverter:
     def _discard(self, ref: Any) -> None:
         if isinstance(ref, ImageRef) and ref.staged:
             self.layout.fs.unlink(ref.staged)
+            ref.staged = None
 
     # -- reading ----------------------------------------------------------------------------------
 
-    def _image_ref(self, reader: tarstream.TarReader, member: tarstream.Member, need_size: bool) -> ImageRef:
+    def _image_ref(self, reader: tarstream.TarReader, member: tarstream.Member, ext: str,
+                   need_size: bool) -> ImageRef | Reject:
+        """The image member being read: its signature is checked (`ext`: its extension, lower case), then
+        it is left in the tar (seekable), staged (stream) or, streaming without images, probed now."""
+        head = reader.read(imageheader.SIGNATURE_BYTES)  # seekable: usually in the header's read-ahead
+        problem = imageheader.signature_problem(ext, head)
+        if problem is not None:
+            return Reject(Reason.IMAGE_INVALID, problem)
         if reader.seekable:
             return ImageRef(offset=member.offset, size=member.size)
         if self.settings.images:
@@ -173,40 +182,47 @@ class ShardConverter:
             path = os.path.join(self.staging, "pending", f"{self._pending_seq}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
+                fh.write(head)
                 reader.copy_to(fh)
             return ImageRef(size=member.size, staged=path)
-        # Streaming without copying images: probe now (if the size may be needed), keep no bytes, so a
-        # member waiting for its JSON costs no memory.
-        probe = imageheader.image_size_from_bytes(reader.read(STREAM_HEAD_BYTES)) if need_size else None
+        # Streaming without copying images: probe now (if the size may be needed), as far as the header
+        # goes, and keep no bytes, so a member waiting for its JSON costs no memory.
+        probe = imageheader.probe_stream(reader.read, member.size, head) if need_size else None
         return ImageRef(size=member.size, probed=True, probe=probe)
 
     def _probe_size(self, ref: ImageRef) -> tuple[int, int] | None:
         if ref.probed:
             return ref.probe
         if ref.offset >= 0:
-            view = imageheader.RangeReader(self._reader.pread, ref.offset, ref.size)
-            return imageheader.image_size(io.BufferedReader(view, buffer_size=PROBE_READ_BYTES))
+            return imageheader.probe_range(self._reader.pread, ref.offset, ref.size)
         if ref.staged:
-            with open(ref.staged, "rb") as fh:
-                return imageheader.image_size(fh)
+            fd = os.open(ref.staged, os.O_RDONLY)
+            try:
+                return imageheader.probe_range(lambda offset, n: os.pread(fd, n, offset), 0, ref.size)
+            finally:
+                os.close(fd)
         return None
 
     def _write_sample(self, filename: str, ref: ImageRef, caption: str) -> int:
         """Write the image and caption files of one sample; returns bytes written.
 
-        On an error that comes from the name (see _NAME_ERRNOS) the files of this sample are removed
-        before the error is re-raised, so the caller can reject the sample and go on."""
+        Every file is new (O_EXCL): a name already taken, also by a twin that differs only in case or
+        Unicode normalization on a case-insensitive file system, raises EEXIST and replaces nothing.
+        On an error that does not come from the disk (a name error, see _NAME_ERRNOS, or any other
+        exception) the files of this sample are removed before it is re-raised, so the caller can
+        reject the sample and go on."""
         created: list[str] = []
         written = 0
         try:
             if self.settings.images:
                 dst = self.files.path(filename)
                 if ref.staged:
-                    os.replace(ref.staged, dst)
-                    ref.staged = None
+                    os.close(os.open(dst, NEW_FILE, 0o644))  # claim the name, then move the image onto it
                     created.append(dst)
+                    self.layout.fs.replace(ref.staged, dst)
+                    ref.staged = None
                 else:
-                    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                    fd = os.open(dst, NEW_FILE, 0o644)
                     created.append(dst)
                     try:
                         self._reader.copy_range(ref.offset, ref.size, fd)
@@ -215,8 +231,8 @@ class ShardConverter:
                 written += ref.size
             if self.settings.captions:
                 written += self.files.write_text(caption_relpath(filename), caption)
-        except OSError as exc:
-            if exc.errno in _NAME_ERRNOS:
+        except Exception as exc:
+            if not _disk_error(exc):
                 for path in created:
                     self.layout.fs.unlink(path)
                 self.files.prune(filename)
@@ -259,6 +275,12 @@ class ShardConverter:
         if info.image_ext is not None and not _same_ext(info.image_ext, ext[1:]):
             self.notes["image_name_ext_differs"] += 1  # the member's name wins (dataset-facts)
         filename = f"{self.prefix}{entry.key}{ext}"
+        if len(image_member) > 2 * MAX_FOLDER_DEPTH and image_member.count("/") > MAX_FOLDER_DEPTH:
+            self._discard(ref)
+            self._reject(image_member, Reason.NAME_UNUSABLE,
+                         f"the name is {image_member.count('/')} folders deep, more than {MAX_FOLDER_DEPTH} (deeper "
+                         f"folder trees break tools that walk or delete folders recursively)")
+            return
         try:
             if self.write_files:
                 self.bytes_out += self._write_sample(filename, ref, info.caption)
@@ -267,7 +289,8 @@ class ShardConverter:
                 raise  # the disk, not the name: the shard fails and is redone next run
             self._discard(ref)
             clash = exc.errno in _CLASH_ERRNOS
-            why = (" (the path is taken by another member's file or folder)" if clash else "")
+            why = (" (the path is taken by another member's file or folder; on a case-insensitive file system "
+                   "names that differ only in letter case or Unicode normalization are the same)" if clash else "")
             self._reject(image_member, Reason.NAME_CLASH if clash else Reason.NAME_UNUSABLE,
                          f"cannot create {filename!r} in the output: {exc.strerror}{why}")
             return
@@ -290,6 +313,43 @@ class ShardConverter:
         if entry.image is not None:
             self._discard(entry.image.payload)
 
+    def _settle(self, done: Entry | None, problems: list[Entry | Duplicate]) -> None:
+        """Act on what `Pairing.add` gave back: report the problems, convert the completed sample."""
+        for problem in problems:
+            if isinstance(problem, Duplicate):
+                self._discard(problem.payload)
+                self._reject(problem.member, Reason.DUPLICATE_MEMBER, problem.reason)
+            else:
+                self._report_unpaired(problem, "")
+        if done is not None:
+            self._finish(done)
+
+    def _sample_failed(self, exc: Exception, member: tarstream.Member, pairing: Pairing, done: Entry | None,
+                       problems: list | None) -> None:
+        """An unexpected error while handling one member or sample: reject that sample, go on."""
+        why = _describe_error(exc)
+        if done is not None:  # converting a paired sample: _write_sample has removed its files
+            ref = done.image.payload
+            if isinstance(ref, ImageRef) and ref.staged:
+                self.layout.fs.unlink(ref.staged)
+            self._reject(done.image.member, Reason.SAMPLE_ERROR,
+                         f"unexpected error converting the sample of {done.image.member!r} and "
+                         f"{done.json.member!r}: {why}")
+            return
+        why = f"unexpected error reading member {member.name!r}: {why}"
+        key, role, _ = classify(member.name)
+        added = None
+        if problems is None and role is not None:
+            # Not paired yet: it goes in as a rejected member, so its partner is reported with it, on one line.
+            try:
+                added = pairing.add(key, role, member.name, Reject(Reason.SAMPLE_ERROR, why))
+            except Exception:  # the pairing itself failed: a line for this member alone
+                pass
+        if added is None:
+            self._reject(member.name, Reason.SAMPLE_ERROR, why)
+        else:
+            self._settle(*added)
+
     def _convert_members(self, reader: tarstream.TarReader) -> None:
         settings = self.settings
         pairing = Pairing(settings.max_pending)
@@ -301,44 +361,44 @@ class ShardConverter:
                     if now - last >= PROGRESS_EVERY:
                         self.progress(self.shard_id, reader.position, self.samples)
                         last = now
-                if member.kind == "dir" and member.problem is None:
-                    self.notes["other_members"] += 1  # never created; files make their own folders
-                    continue
-                key, role, _ = classify(member.name)
-                weight = 0
-                payload: Any
-                if member.problem is not None:
-                    payload = Reject(Reason.UNSAFE_MEMBER, member.problem)
-                    if role is None:
-                        self._reject(member.name, payload.reason, payload.detail)
+                done = problems = None
+                try:  # one sample's trouble, whatever it is, rejects that sample, never the shard
+                    if member.kind == "dir" and member.problem is None:
+                        self.notes["other_members"] += 1  # never created; files make their own folders
                         continue
-                    # else it takes its partner down with it: one line for the sample, not two
-                elif role is None:
-                    self.notes["other_members"] += 1
-                    continue
-                elif role == "json":
-                    if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
-                        payload = Reject(Reason.JSON_TOO_LARGE, f"JSON member is {member.size} bytes, more than "
-                                                                f"max_json_bytes={settings.max_json_bytes}; not read")
+                    key, role, ext = classify(member.name)
+                    weight = 0
+                    payload: Any
+                    if member.problem is not None:
+                        payload = Reject(Reason.UNSAFE_MEMBER, member.problem)
+                        if role is None:
+                            self._reject(member.name, payload.reason, payload.detail)
+                            continue
+                        # else it takes its partner down with it: one line for the sample, not two
+                    elif role is None:
+                        self.notes["other_members"] += 1
+                        continue
+                    elif role == "json":
+                        if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
+                            payload = Reject(Reason.JSON_TOO_LARGE, f"JSON member is {member.size} bytes, more "
+                                                                    f"than max_json_bytes={settings.max_json_bytes}; "
+                                                                    f"not read")
+                        else:
+                            data = reader.read()
+                            weight = len(data)
+                            payload = parse_json(data, settings)
                     else:
-                        data = reader.read()
-                        weight = len(data)
-                        payload = parse_json(data, settings)
-                else:
-                    waiting = pairing.pending.get(key)
-                    json_part = waiting.json if waiting is not None else None
-                    need_size = not (json_part is not None and (isinstance(json_part.payload, Reject)
-                                                                or json_part.payload.width is not None))
-                    payload = self._image_ref(reader, member, need_size)
-                done, problems = pairing.add(key, role, member.name, payload, weight)
-                for problem in problems:
-                    if isinstance(problem, Duplicate):
-                        self._discard(problem.payload)
-                        self._reject(problem.member, Reason.DUPLICATE_MEMBER, problem.reason)
-                    else:
-                        self._report_unpaired(problem, "")
-                if done is not None:
-                    self._finish(done)
+                        waiting = pairing.pending.get(key)
+                        json_part = waiting.json if waiting is not None else None
+                        need_size = not (json_part is not None and (isinstance(json_part.payload, Reject)
+                                                                    or json_part.payload.width is not None))
+                        payload = self._image_ref(reader, member, ext.lower(), need_size)
+                    done, problems = pairing.add(key, role, member.name, payload, weight)
+                    self._settle(done, problems)
+                except Exception as exc:
+                    if _fails_the_shard(exc):
+                        raise
+                    self._sample_failed(exc, member, pairing, done, problems)
         except tarstream.TarFormatError as exc:
             for entry in pairing.leftovers():
                 self._report_unpaired(entry, f"before the shard became unreadable at offset {exc.offset}")
@@ -414,6 +474,32 @@ def _printable(text: str) -> str:
 
 def _only_escapes(text: str) -> bool:
     return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
+
+
+def _disk_error(exc: BaseException) -> bool:
+    """An OSError from the disk (ENOSPC, EIO, EROFS, EFBIG...), not from a member's name."""
+    return isinstance(exc, OSError) and exc.errno is not None and exc.errno not in _NAME_ERRNOS
+
+
+def _fails_the_shard(exc: Exception) -> bool:
+    """Not one sample's trouble: the disk failing (the shard is redone next run), the tar damaged (handled
+    by `run`), memory running out."""
+    return _disk_error(exc) or isinstance(exc, (tarstream.TarFormatError, MemoryError))
+
+
+def _describe_error(exc: Exception) -> str:
+    """`Type: message (at file:line in function)`, the innermost frame, for a sample_error detail."""
+    message = str(exc)
+    if len(message) > 300:
+        message = message[:297] + "..."
+    tb = exc.__traceback__
+    where = ""
+    if tb is not None:
+        while tb.tb_next is not None:
+            tb = tb.tb_next
+        code = tb.tb_frame.f_code
+        where = f" (at {os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name})"
+    return f"{type(exc).__name__}: {message}{where}"
 
 
 def _same_ext(a: str, b: str) -> bool:

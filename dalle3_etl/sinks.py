@@ -23,8 +23,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dalle3_etl.fsio import Root
 from dalle3_etl.settings import LIST_FIELDS, Settings
 
+#: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 BASE_COLUMNS = ("filename", "caption", "width", "height", "key", "shard", "source")
 
 
@@ -151,21 +154,39 @@ class PartWriter:
 
 
 class FileTree:
-    """Creates files under a root, making parent directories once each."""
+    """Creates files under a root, making parent directories once each.
 
-    def __init__(self, root: Path):
+    Names are never reused: a file is created exclusively (O_EXCL), and a folder that exists without
+    this tree having made it is another member's file or folder. So on a case-insensitive file system
+    (macOS) `Case.jpg` after `case.jpg`, or a name after its other Unicode normalization, fails with
+    EEXIST instead of replacing (or sharing) what an earlier member wrote. Folders are made and
+    removed iteratively: a name thousands of folders deep does not hit Python's recursion limit."""
+
+    def __init__(self, root: Path, fs: Root):
         self.root = root
+        self.fs = fs  # removes what `prune` takes back
         self._prefix = os.path.join(root, "")  # "root/": one concatenation per file, not os.path.join
-        self._made: set[str] = set()
+        self._made: set[str] = set()  # folders made here that exist (the root included)
 
     def path(self, relpath: str) -> str:
         """`root/relpath`, its folder created once. `relpath` is relative (tarstream rejects absolute names)."""
         full = self._prefix + relpath
         parent = full[: full.rfind("/")]
         if parent not in self._made:
-            os.makedirs(parent, exist_ok=True)
-            self._made.add(parent)
+            self._make_folders(parent)
         return full
+
+    def _make_folders(self, folder: str) -> None:
+        missing = []
+        while folder not in self._made and len(folder) >= len(self._prefix):
+            missing.append(folder)
+            folder = folder[: folder.rfind("/")]
+        if folder not in self._made:  # the root
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+        for folder in reversed(missing):
+            os.mkdir(folder)  # EEXIST: a file, or a folder this tree did not make (a case-folded twin)
+            self._made.add(folder)
 
     def prune(self, relpath: str) -> None:
         """Remove the folders on the way to `relpath` that are empty now, deepest first (after a sample
@@ -173,17 +194,18 @@ class FileTree:
         parent = self._prefix + relpath
         parent = parent[: parent.rfind("/")]
         while len(parent) >= len(self._prefix):
-            self._made.discard(parent)
             try:
-                os.rmdir(parent)
+                if not self.fs.remove_empty_folder(parent) and os.path.lexists(parent):
+                    break  # not empty (another sample's folder): keep it
             except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ENAMETOOLONG):  # not made, or not even nameable
-                    break  # not empty (another sample's folder), or cannot be removed: keep it
+                if exc.errno != errno.ENAMETOOLONG:  # not even nameable: nothing was made there
+                    break  # cannot be removed: keep it
+            self._made.discard(parent)
             parent = parent[: parent.rfind("/")]
 
     def write_text(self, relpath: str, text: str) -> int:
         data = text.encode("utf-8")
-        fd = os.open(self.path(relpath), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(self.path(relpath), NEW_FILE, 0o644)
         try:
             os.write(fd, data)
         finally:

@@ -15,10 +15,11 @@ import pyarrow.parquet as pq
 
 from dalle3_etl import synth
 from dalle3_etl.pipeline import RunSummary, run_convert
+from dalle3_etl.samples import IMAGE_EXTENSIONS
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources import ShardSource, local_source
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+IMAGE_SUFFIXES = {f".{ext}" for ext in IMAGE_EXTENSIONS}
 _RNG = random.Random(1234)
 
 

@@ -431,10 +431,10 @@ def test_width_height_not_usable(tmp_path, mode):
     members = []
     for key, (w, h) in values.items():
         members += [(f"{key}.jpg", img()), (f"{key}.json", js(width=w, height=h))]  # header: 64x48
-        members += [(f"{key}-bad.jpg", b"\xff\xd8 not really a jpeg"), (f"{key}-bad.json", js(width=w, height=h))]
+        members += [(f"{key}-bad.jpg", b"\xff\xd8\xff not really a jpeg"), (f"{key}-bad.json", js(width=w, height=h))]
     members += [("nosize.png", img("png", 30, 20)), ("nosize.json", js(width=..., height=...))]
     members += [("huge.png", png_header_only(70000, 10)), ("huge.json", js(width=..., height=...))]
-    members += [("trusted.jpg", b"not an image at all"), ("trusted.json", js(width=640, height=480))]
+    members += [("trusted.jpg", b"\xff\xd8\xff a JPEG signature, no header"), ("trusted.json", js(width=640, height=480))]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode, images=False, captions=False) if mode == "stream-noimages" \
         else convert([path], tmp_path / "out", mode)
@@ -459,7 +459,7 @@ def test_width_height_not_usable(tmp_path, mode):
 def test_width_height_fallback_when_streaming_without_images(tmp_path):
     members = [("a.jpg", img(w=80, h=40)), ("a.json", js(width="?")),
                ("b.json", js(width=0)), ("b.png", img("png", 50, 70)),
-               ("c.jpg", b"garbage"), ("c.json", js(width=...))]
+               ("c.jpg", b"\xff\xd8\xff garbage"), ("c.json", js(width=...))]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", "stream", images=False)
     assert {r["key"]: (r["width"], r["height"]) for r in res.rows} == {"a": (80, 40), "b": (50, 70)}
@@ -470,7 +470,7 @@ def test_width_height_fallback_when_streaming_without_images(tmp_path):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_unpaired_members_and_unreadable_headers(tmp_path, mode):
-    members = [("lonely.jpg", img()), ("orphan.json", js()), ("bad.jpg", b"\x89PNG but not really"),
+    members = [("lonely.jpg", img()), ("orphan.json", js()), ("bad.jpg", b"\xff\xd8\xff but not really"),
                ("bad.json", js(width=...)), *good("ok"), ("readme.txt", b"hello")]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode)

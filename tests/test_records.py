@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dalle3_etl.records import JsonInfo, Reason, Reject, choose_caption, clean_caption, json_size, parse_json
 from dalle3_etl.settings import Settings
@@ -68,3 +72,33 @@ def test_extra_fields_keep_lists_and_stringify_other_types():
     info = parse_json(orjson.dumps({"short_caption": "c", "short_caption2": ["a", "b"], "resolution": [3, 4]}), s)
     assert info.extras == {"short_caption2": ["a", "b"], "resolution": "[3,4]", "url": None}
     assert not isinstance(info, Reject)
+
+
+@pytest.mark.parametrize(
+    "raw, clean",
+    [
+        ("\u200b\u200c\u200d\u2060\ufeff", ""),  # zero-width and format characters only: empty
+        (" \u200b \n \u00ad\u2066 ", ""),
+        ("a\x00b\x1b[0mc\x07", "ab[0mc"),  # NUL, ESC, BEL removed
+        ("del\x7f c1\x80\x9f", "del c1"),
+        ("x \x00 y", "x y"),  # removing a control never leaves a double space
+        ("nel\x85 fs\x1c", "nel fs"),  # NEL and \x1c-\x1f are whitespace
+        ("\u200bhidden start", "\u200bhidden start"),  # format characters inside text are kept
+        ("\U0001F468\u200d\U0001F469", "\U0001F468\u200d\U0001F469"),  # (a ZWJ emoji sequence)
+    ],
+)
+def test_clean_caption_removes_controls_and_finds_invisible_captions_empty(raw, clean):
+    assert clean_caption(raw) == clean
+
+
+@given(st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs"))))
+def test_clean_caption_of_text_without_controls_is_the_whitespace_cleaning(text):
+    assert clean_caption(text) == " ".join(text.split())
+
+
+@given(st.text())
+def test_clean_caption_never_leaves_a_control_character_or_an_invisible_only_caption(text):
+    cleaned = clean_caption(text)
+    assert cleaned == " ".join(cleaned.split())
+    assert not any(unicodedata.category(c) == "Cc" for c in cleaned)
+    assert cleaned == "" or any(not c.isspace() and unicodedata.category(c) != "Cf" for c in cleaned)
