@@ -248,6 +248,11 @@ def check_out_dir(out: Path) -> None:
     (What only creating it can tell, e.g. OUT in /proc, is refused by `run_convert` when it creates OUT.)"""
     out = Path(out).absolute()
     try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StateError(f"output {out} is not a valid UTF-8 path: the parquet writer and SimpleTuner's JSON "
+                         "entry cannot name it; choose another folder name") from None
+    try:
         if out.exists() and not out.is_dir():
             raise StateError(f"output {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not (out / ".dalle3-etl").is_dir():
