@@ -1,9 +1,11 @@
 """Realistic synthetic DALLE-3-style corpus: tar shards of image + JSON samples, with a known truth.
 
 Used by the tests, by ``make run`` and by the benchmarks.  Every shard looks like a real
-``data-NNNNNN.tar`` of ProGamerGov/synthetic-dataset-1m-dalle3-high-quality-captions (see
-/work/shared/dataset-facts.md): plain uncompressed GNU tar, members ``<key>.<ext>`` + ``<key>.json``
-adjacent, JSON fields as upstream.  Alongside the shards, ``truth.jsonl`` records, per sample, what a
+``data-NNNNNN.tar`` of ProGamerGov/synthetic-dataset-1m-dalle3-high-quality-captions (69 shards of
+5-10 GB on the Hub): plain uncompressed GNU tar, members ``<key>.<ext>`` + ``<key>.json`` adjacent, JSON
+fields as upstream (image_name, md5_pil_hash, md5_file_hash, sha512_hash, short_caption, long_caption,
+resolution "WxH", url, width, height, source, original_prompt, short_caption2 and long_caption2 as lists
+of strings; some samples lack fields, width/height included).  Alongside the shards, ``truth.jsonl`` records, per sample, what a
 converter running with DEFAULT settings must output (size from the image header, cleaned caption, or
 ``None`` when the sample must be rejected).
 

@@ -1,4 +1,6 @@
-"""The old recipe, step 4 (as users run it today; see /work/shared/dataset-facts.md).
+"""The old recipe, step 4 (as users of the DALLE-3 1M dataset run it today: download the
+tars, `tar xf` every shard into one folder, then this script and its sibling, then a hand-written SimpleTuner
+entry).
 
 Glob the JSON files again and write `short_caption` to `data/<image_name stem>.txt`, again skipping
 JSONs without `width`. The caption is written as is: a caption containing a newline becomes several

@@ -1,4 +1,6 @@
-"""The old recipe, step 3 (as users run it today; see /work/shared/dataset-facts.md).
+"""The old recipe, step 3 (as users of the DALLE-3 1M dataset run it today: download the
+tars, `tar xf` every shard into one folder, then this script and its sibling, then a hand-written SimpleTuner
+entry).
 
 After `tar xf` of every shard into one `data/` folder: glob `data/*.json`, load each with the standard
 json module, skip any without `width`, build a pandas DataFrame with columns width, height,
