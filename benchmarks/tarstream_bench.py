@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark dalle3_etl.tarstream against tarfile on a synthetic shard (a script, not a test).
+"""Benchmark dalle3_etl.shard.tarstream against tarfile on a synthetic shard (a script, not a test).
 
 Builds a tar of N samples (`<key>.jpg` with a random body, then `<key>.json` of ~1.5 KB, the order a
 WebDataset shard has) in a temp dir (/dev/shm if present, so the disk is not what is measured) and
@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dalle3_etl import tarstream  # noqa: E402
-from dalle3_etl.tarstream import TarReader  # noqa: E402
+from dalle3_etl.shard import tarstream  # noqa: E402
+from dalle3_etl.shard.tarstream import TarReader  # noqa: E402
 
 
 def build(path: Path, samples: int, image_bytes: int, json_bytes: int, seed: int) -> None:

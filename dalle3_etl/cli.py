@@ -18,9 +18,9 @@ from rich.text import Text
 
 from dalle3_etl.safetext import plain, safe
 from dalle3_etl.settings import SettingsError, load_settings
-from dalle3_etl.sources import SourceError, resolve_inputs
-from dalle3_etl.state import StateError
-from dalle3_etl.workers import EXECUTORS, default_workers, prestart_workers
+from dalle3_etl.sources.base import SourceError, resolve_inputs
+from dalle3_etl.store.layout import StateError
+from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 
 app = typer.Typer(
     name="dalle3-etl",
@@ -98,14 +98,14 @@ def convert(
         fail_usage(str(exc))
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
-    from dalle3_etl.pipeline import check_out_dir, run_convert
-    from dalle3_etl.rayexec import RayConnectError  # no Ray import: only the error class
-    from dalle3_etl.report import RichReporter
+    from dalle3_etl.run.pipeline import check_out_dir, run_convert
+    from dalle3_etl.executors.ray import RayConnectError  # no Ray import: only the error class
+    from dalle3_etl.run.report import RichReporter
 
     try:
         check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
         if keep_tars is not None:
-            from dalle3_etl import hub
+            from dalle3_etl.sources import hub
 
             hub.set_keep_dir(keep_tars)
         sources = resolve_inputs(inputs)
@@ -156,7 +156,7 @@ def synth(
     image_bytes: int = typer.Option(24_000, help="Approximate bytes per image."),
 ) -> None:
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
-    from dalle3_etl.synth import SynthSpec, write_corpus
+    from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
     rows = write_corpus(out, SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes))
     Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
@@ -165,7 +165,7 @@ def synth(
 @app.command()
 def status(out: Path = typer.Argument(..., help="An output directory of convert.")) -> None:
     """Shards done / failed / pending (of those seen), with counts."""
-    from dalle3_etl.status import print_status
+    from dalle3_etl.check.status import print_status
 
     if not (out / ".dalle3-etl").is_dir():
         fail_usage(f"{out} is not a dalle3-etl output directory")
@@ -181,7 +181,7 @@ def verify_cmd(
     """Check that SimpleTuner can start on OUT and everything is there. Exit 0 only when every check holds."""
     import orjson
 
-    from dalle3_etl.verify import is_output_dir, print_report, verify
+    from dalle3_etl.check.verify import is_output_dir, print_report, verify
 
     if not is_output_dir(out):
         fail_usage(f"{out} is not a dalle3-etl output directory")
@@ -205,7 +205,7 @@ def head_cmd(
     rows: int = typer.Option(10, "-n", "--rows", min=1, help="Number of rows to show."),
 ) -> None:
     """The first rows of the parquet as a table (captions shortened to the terminal width)."""
-    from dalle3_etl.inspect import head_table
+    from dalle3_etl.check.stats import head_table
 
     console = Console()
     console.print(head_table(out, rows, console.width))
@@ -221,7 +221,7 @@ def stats_cmd(
     """Samples, bytes, rows by shard / source / resolution, caption lengths, rejects by reason."""
     import orjson
 
-    from dalle3_etl.inspect import compute_stats, plot_stats, print_stats, require_matplotlib
+    from dalle3_etl.check.stats import compute_stats, plot_stats, print_stats, require_matplotlib
 
     if plot is not None:
         require_matplotlib()
@@ -237,7 +237,7 @@ def stats_cmd(
 
 
 # Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.
-COMMAND_MODULES = ("hub", "bench")
+COMMAND_MODULES = ("sources.hub", "devtools.bench")
 
 
 def _register_optional() -> None:

@@ -42,7 +42,7 @@ def _setting(default: Any, **rules: Any) -> Any:
 
 
 def _always_written() -> tuple[str, ...]:
-    from dalle3_etl.sinks import BASE_COLUMNS  # late: sinks imports this module
+    from dalle3_etl.shard.sinks import BASE_COLUMNS  # late: sinks imports this module
 
     return BASE_COLUMNS
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dalle3_etl.pipeline import run_convert
+from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import load_settings
-from dalle3_etl.sources import resolve_inputs
-from dalle3_etl.synth import SynthSpec, write_corpus
+from dalle3_etl.sources.base import resolve_inputs
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 
 def convert(inputs, out: Path, **overrides):

@@ -1,7 +1,7 @@
 """A fake Hugging Face Hub on 127.0.0.1 for tests (stdlib only), and fixtures pointing the real client at it.
 
 The real ``huggingface_hub`` client talks to it over HTTP; nothing is mocked on the client side. It answers the
-endpoints that `dalle3_etl.hub` makes the client call:
+endpoints that `dalle3_etl.sources.hub` makes the client call:
 
 * ``GET /api/datasets/<ns>/<name>[/revision/<rev>]``        repo info (``sha`` = commit of the revision)
 * ``GET /api/datasets/<ns>/<name>/tree/<rev>[/<path>]``      tree listing (``recursive``), LFS ``oid``/``size``

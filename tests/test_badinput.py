@@ -21,8 +21,8 @@ from badinput_helpers import (
     MODES, check_output, convert, img, js, member_offsets, part_rows, sample, snapshot, special, tar_bytes,
     write_shards,
 )
-from dalle3_etl.records import REASONS, Reason
-from dalle3_etl.samples import Pairing
+from dalle3_etl.shard.rows import REASONS, Reason
+from dalle3_etl.shard.samples import Pairing
 
 
 def good(*keys: str) -> list:

@@ -14,9 +14,9 @@ pytest.importorskip("pandas")
 pytest.importorskip("webdataset")
 pytest.importorskip("matplotlib")
 
-from dalle3_etl import bench  # noqa: E402
+from dalle3_etl.devtools import bench  # noqa: E402
 from dalle3_etl.cli import app  # noqa: E402
-from dalle3_etl.synth import SynthSpec, write_corpus  # noqa: E402
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar needed")
 

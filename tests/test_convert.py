@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import convert
-from dalle3_etl.synth import SynthSpec, write_corpus
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 

@@ -21,8 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from badinput_helpers import check_output, img, js, source, write_shards
-from dalle3_etl import sinks, tarstream
-from dalle3_etl.pipeline import run_convert
+from dalle3_etl.shard import sinks
+from dalle3_etl.shard import tarstream
+from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from badinput_helpers import check_output, img, js, member_offsets, snapshot, source, tar_bytes
-from dalle3_etl.pipeline import run_convert
-from dalle3_etl.records import REASONS
+from dalle3_etl.run.pipeline import run_convert
+from dalle3_etl.shard.rows import REASONS
 from dalle3_etl.settings import Settings
 
 HARD_LIMIT_S = 20  # a single example taking this long is a hang

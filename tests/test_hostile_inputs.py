@@ -15,10 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from badinput_helpers import MODES, convert, img, js, member_offsets, sample, snapshot, tar_bytes, write_shards
-from dalle3_etl.pipeline import run_convert
-from dalle3_etl.records import Reason
+from dalle3_etl.run.pipeline import run_convert
+from dalle3_etl.shard.rows import Reason
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources import natural_key, resolve_inputs
+from dalle3_etl.sources.base import natural_key, resolve_inputs
 from fakehub import FakeHub, hub_env, make_shard  # noqa: F401  (fixtures)
 from test_tarstream import meta_record, pax_data
 
@@ -246,8 +246,8 @@ def test_hub_shard_names_are_checked_like_local_ones(hub_env, tmp_path):
 def test_hidden_files_in_a_folder_are_not_shards(tmp_path):
     """macOS leaves `._<name>` resource forks beside files copied from its drives; a folder scan skips hidden
     names like a shell glob does, instead of refusing the run over them."""
-    from dalle3_etl.sources import resolve_inputs
-    from dalle3_etl.synth import SynthSpec, write_corpus
+    from dalle3_etl.sources.base import resolve_inputs
+    from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
     folder = tmp_path / "in"
     write_corpus(folder, SynthSpec(shards=1, per_shard=2, seed=1, image_bytes=200))

@@ -17,10 +17,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from badinput_helpers import img, js, member_offsets, tar_bytes
-from dalle3_etl import report
+from dalle3_etl.run import report
 from dalle3_etl.cli import app
 from dalle3_etl.safetext import plain, safe
-from dalle3_etl.shard import ShardResult
+from dalle3_etl.shard.convert import ShardResult
 
 WIDE = {"COLUMNS": "400"}  # one table row per line, whatever the length of the tmp path
 ESC_SHARD = "data-3"  # its member keys hold an escape sequence and markup (a shard NAME with one is refused)
@@ -125,7 +125,7 @@ def test_failed_and_damaged_lines_print_names_literally():
 
 
 def test_download_progress_prints_hub_file_names_literally():
-    from dalle3_etl.hub import _Tracker
+    from dalle3_etl.sources.hub import _Tracker
 
     names = ["data/x[red]y.tar", "data/:fire:[bold].tar", "data/b\x1b]0;owned\x07.tar"]
     files = [SimpleNamespace(path=n, size=10, lfs=None) for n in names]

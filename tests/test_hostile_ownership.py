@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from conftest import convert
 from dalle3_etl.cli import app
-from dalle3_etl.fsio import OwnershipError, Root
-from dalle3_etl.synth import SynthSpec, write_corpus
+from dalle3_etl.store.fsio import OwnershipError, Root
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 PACKAGE = Path(__file__).resolve().parent.parent / "dalle3_etl"
 runner = CliRunner()
@@ -287,9 +287,9 @@ def test_a_user_symlink_in_a_shard_folder_is_neither_followed_nor_removed(shards
 
 def test_a_failed_commit_never_removes_what_it_could_not_list(shards, tmp_path, monkeypatch):
     """A part that cannot be read means the files cannot be listed: the folder stays as it is."""
-    from dalle3_etl.shard import forget_shard
+    from dalle3_etl.shard.commit import forget_shard
     from dalle3_etl.settings import Settings
-    from dalle3_etl.state import Layout
+    from dalle3_etl.store.layout import Layout
 
     out = tmp_path / "out"
     assert convert([shard_input(shards, tmp_path, 0)], out, workers=1).exit_code == 0

@@ -22,14 +22,18 @@ import pytest
 from PIL import Image
 
 from badinput_helpers import convert, img, js, outcome, source, tar_bytes, write_shards
-from dalle3_etl.fsio import Root
-from dalle3_etl import imageheader, shard, sinks, synth, tarstream
-from dalle3_etl.pipeline import run_convert
-from dalle3_etl.records import Reason
-from dalle3_etl.records import parse_json as real_parse_json
-from dalle3_etl.samples import IMAGE_EXTENSIONS, Pairing
+from dalle3_etl.store.fsio import Root
+from dalle3_etl.shard import imageheader
+from dalle3_etl.shard import convert as shard
+from dalle3_etl.shard import sinks
+from dalle3_etl.devtools import synth
+from dalle3_etl.shard import tarstream
+from dalle3_etl.run.pipeline import run_convert
+from dalle3_etl.shard.rows import Reason
+from dalle3_etl.shard.rows import parse_json as real_parse_json
+from dalle3_etl.shard.samples import IMAGE_EXTENSIONS, Pairing
 from dalle3_etl.settings import Settings
-from dalle3_etl.verify import verify
+from dalle3_etl.check.verify import verify
 
 
 def good(*keys: str) -> list:

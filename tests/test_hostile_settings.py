@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from badinput_helpers import sample, write_shards
-from dalle3_etl import pipeline
+from dalle3_etl.run import pipeline
 from dalle3_etl.cli import app
 from dalle3_etl.settings import PARQUET_CODECS, Settings, SettingsError, SimpleTunerSettings, load_settings
 
@@ -227,8 +227,8 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, shards):
 
 def test_run_convert_refuses_an_out_it_cannot_create(tmp_path, shards, monkeypatch):
     """What only mkdir can tell (a pseudo filesystem, a race) is a StateError, not a traceback."""
-    from dalle3_etl.sources import resolve_inputs
-    from dalle3_etl.state import StateError
+    from dalle3_etl.sources.base import resolve_inputs
+    from dalle3_etl.store.layout import StateError
 
     def no_mkdir(self, *args, **kwargs):
         raise PermissionError(1, "Operation not permitted")

@@ -16,7 +16,7 @@ from dalle3_etl.cli import app
 @pytest.fixture
 def hub_corpus(corpus, hub_env):  # noqa: F811
     root, truth = corpus
-    from dalle3_etl import hub as hubmod
+    from dalle3_etl.sources import hub as hubmod
 
     with FakeHub(files_from_dir(root)) as hub:
         hub_env.point_to(hub)

@@ -16,7 +16,7 @@ from rich.cells import cell_len
 from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
-from dalle3_etl.synth import SynthSpec, write_corpus
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 SPEC = SynthSpec(shards=2, per_shard=30, seed=11, image_bytes=2000, no_caption_ratio=0.1)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}

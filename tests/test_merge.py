@@ -8,11 +8,11 @@ import hashlib
 import pyarrow.parquet as pq
 import pytest
 
-from dalle3_etl import merge as merge_mod
-from dalle3_etl.merge import PartMerger, StreamingMerge, merge_parquet
+from dalle3_etl.run import merge as merge_mod
+from dalle3_etl.run.merge import PartMerger, StreamingMerge, merge_parquet
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources import natural_key
-from dalle3_etl.state import Layout, all_records
+from dalle3_etl.sources.base import natural_key
+from dalle3_etl.store.layout import Layout, all_records
 
 from conftest import convert
 

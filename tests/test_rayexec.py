@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
-from dalle3_etl.pipeline import Reporter, run_convert
+from dalle3_etl.run.pipeline import Reporter, run_convert
 from dalle3_etl.settings import load_settings
-from dalle3_etl.sources import resolve_inputs
+from dalle3_etl.sources.base import resolve_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_DIR_VAR = "DALLE3_ETL_TEST_RAY_CRASH_DIR"
@@ -120,7 +120,7 @@ def ray_instance(tmp_path_factory):
         import time
         from pathlib import Path
 
-        from dalle3_etl import shard
+        from dalle3_etl.shard import convert as shard
 
         shard.PROGRESS_EVERY = 0  # report progress on every member, so tiny shards report some
         folder = os.environ.get("DALLE3_ETL_TEST_RAY_CRASH_DIR")
@@ -166,7 +166,7 @@ def ray_instance(tmp_path_factory):
 
 def test_without_ray_the_command_says_how_to_install_it(monkeypatch, corpus, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
-    from dalle3_etl.rayexec import RayExecutor
+    from dalle3_etl.executors.ray import RayExecutor
 
     with pytest.raises(ImportError, match=r"pip install 'dalle3-etl\[ray\]'"):
         RayExecutor(None)
@@ -217,7 +217,7 @@ def test_a_killed_task_is_retried_and_the_output_is_still_identical(ray_instance
 
 
 def test_a_shard_whose_task_always_dies_fails_after_the_retries(ray_instance, corpus, converted, tmp_path):
-    from dalle3_etl.rayexec import MAX_RETRIES
+    from dalle3_etl.executors.ray import MAX_RETRIES
 
     root, _ = corpus
     reference, _, _ = converted
@@ -241,7 +241,7 @@ def test_a_shard_whose_task_always_dies_fails_after_the_retries(ray_instance, co
 
 def test_unreachable_cluster_is_refused_at_once(monkeypatch):
     pytest.importorskip("ray")
-    from dalle3_etl import rayexec
+    from dalle3_etl.executors import ray as rayexec
 
     calls = []
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalle3_etl.records import JsonInfo, Reason, Reject, choose_caption, clean_caption, json_size, parse_json
+from dalle3_etl.shard.rows import JsonInfo, Reason, Reject, choose_caption, clean_caption, json_size, parse_json
 from dalle3_etl.settings import Settings
 
 CHAIN = Settings().caption_chain

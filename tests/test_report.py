@@ -6,10 +6,12 @@ import io
 
 from rich.console import Console
 
-from dalle3_etl import report, shard
-from dalle3_etl.pipeline import run_convert
+from dalle3_etl.run import report
+
+from dalle3_etl.shard import convert as shard
+from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources import resolve_inputs
+from dalle3_etl.sources.base import resolve_inputs
 
 
 def test_plain_progress_lines_and_summary_when_output_is_not_a_terminal(corpus, tmp_path, monkeypatch):

@@ -24,9 +24,9 @@ from typer.testing import CliRunner
 
 from conftest import convert
 from dalle3_etl.cli import app
-from dalle3_etl.state import Layout
-from dalle3_etl.status import shard_states
-from dalle3_etl.synth import SynthSpec, write_corpus, write_shard
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.check.status import shard_states
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus, write_shard
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = SynthSpec(shards=4, per_shard=25, seed=11, image_bytes=1000)

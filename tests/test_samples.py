@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dalle3_etl.samples import Duplicate, Entry, Pairing, classify
+from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
 
 
 @pytest.mark.parametrize(

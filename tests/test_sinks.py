@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from dalle3_etl import sinks
+from dalle3_etl.shard import sinks
 
 TEXT = st.one_of(st.none(), st.text(max_size=30))
 STRING_LISTS = st.one_of(st.none(), st.lists(st.text(max_size=10), max_size=4))
@@ -75,9 +75,9 @@ def test_converting_a_shard_does_not_import_pandas(corpus, tmp_path):
         import sys
         from pathlib import Path
         from dalle3_etl.settings import Settings
-        from dalle3_etl.shard import convert_shard
-        from dalle3_etl.sources import resolve_inputs
-        from dalle3_etl.state import Layout
+        from dalle3_etl.shard.convert import convert_shard
+        from dalle3_etl.sources.base import resolve_inputs
+        from dalle3_etl.store.layout import Layout
         out = Path({str(tmp_path / "out")!r})
         Layout(out).ensure()
         settings = Settings(fields=("short_caption2", "url"))

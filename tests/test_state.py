@@ -7,10 +7,10 @@ import os
 import orjson
 import pytest
 
-from dalle3_etl.pipeline import clean_leftovers, plan_run
+from dalle3_etl.run.pipeline import clean_leftovers, plan_run
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout, RunLock, StateError, lock_holder, write_record
+from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.store.layout import Layout, RunLock, StateError, lock_holder, write_record
 
 
 def _source(sid: str, size: int = 100) -> ShardSource:
@@ -110,8 +110,8 @@ def test_status_tells_whether_dalle3_parquet_is_up_to_date(tmp_path):
     from rich.console import Console
 
     from conftest import convert
-    from dalle3_etl.status import print_status
-    from dalle3_etl.synth import SynthSpec, write_corpus
+    from dalle3_etl.check.status import print_status
+    from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
     def status(out) -> str:
         buf = io.StringIO()

@@ -1,4 +1,4 @@
-"""Tests for the synthetic corpus generator (dalle3_etl.synth)."""
+"""Tests for the synthetic corpus generator (dalle3_etl.devtools.synth)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from dalle3_etl import synth
-from dalle3_etl.synth import SynthSpec, TruthRow, make_image, read_truth, write_corpus, write_shard, write_tar
+from dalle3_etl.devtools import synth
+from dalle3_etl.devtools.synth import SynthSpec, TruthRow, make_image, read_truth, write_corpus, write_shard, write_tar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -464,7 +464,7 @@ def test_spec_validation():
 def test_cli_subprocess(tmp_path):
     out = tmp_path / "cli"
     res = subprocess.run(
-        [sys.executable, "-m", "dalle3_etl.synth", str(out), "--shards", "2", "--per-shard", "7",
+        [sys.executable, "-m", "dalle3_etl.devtools.synth", str(out), "--shards", "2", "--per-shard", "7",
          "--seed", "3", "--image-bytes", "1000", "--fallback-ratio", "0.3"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )

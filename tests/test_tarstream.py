@@ -17,8 +17,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dalle3_etl import tarstream
-from dalle3_etl.tarstream import Member, TarFormatError, TarReader, open_tar
+from dalle3_etl.shard import tarstream
+from dalle3_etl.shard.tarstream import Member, TarFormatError, TarReader, open_tar
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 TYPE_KIND = {

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
 from dalle3_etl.settings import load_settings
-from dalle3_etl.simpletuner import write_dataloader_config
-from dalle3_etl.state import Layout
-from dalle3_etl.synth import SynthSpec, write_corpus
+from dalle3_etl.run.entry import write_dataloader_config
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 SPEC = SynthSpec(shards=2, per_shard=30, seed=5, image_bytes=2000)
 runner = CliRunner()
@@ -365,7 +365,7 @@ def test_an_image_named_like_a_temporary_file_is_not_flagged(out):
 
 
 def test_verify_says_when_a_run_is_in_progress(out):
-    from dalle3_etl.state import RunLock
+    from dalle3_etl.store.layout import RunLock
 
     layout = Layout(out)
     code, report = run_verify(out)

@@ -22,10 +22,10 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
-from dalle3_etl.report import human_bytes
+from dalle3_etl.run.report import human_bytes
 from dalle3_etl.safetext import plain, safe
-from dalle3_etl.sources import natural_key
-from dalle3_etl.verify import Target, is_image_name, is_output_dir, read_target
+from dalle3_etl.sources.base import natural_key
+from dalle3_etl.check.verify import Target, is_image_name, is_output_dir, read_target
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
 MISSING_VALUE = "(none)"

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dalle3_etl.fsio import Root
+from dalle3_etl.store.fsio import Root
 from dalle3_etl.settings import LIST_FIELDS, Settings
 
 #: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.

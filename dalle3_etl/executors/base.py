@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from dalle3_etl.settings import Settings
-from dalle3_etl.shard import ShardResult, convert_shard, forget_shard
-from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout, hold_workers_lock
-from dalle3_etl.workers import EXECUTORS, mp_context
+from dalle3_etl.shard.commit import forget_shard
+from dalle3_etl.shard.convert import ShardResult, convert_shard
+from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.store.layout import Layout, hold_workers_lock
+from dalle3_etl.executors.pool import EXECUTORS, mp_context
 
 ProgressCb = Callable[[str, int, int], None]
 ResultCb = Callable[[ShardResult], None]
@@ -221,7 +222,7 @@ def make_executor(name: str, workers: int, ray_address: str | None = None) -> Ex
     if name == "local":
         return InlineExecutor() if workers == 1 else LocalExecutor(workers)
     if name == "ray":
-        from dalle3_etl.rayexec import RayExecutor  # optional dependency
+        from dalle3_etl.executors.ray import RayExecutor  # optional dependency
 
         return RayExecutor(address=ray_address)
     raise ValueError(f"unknown executor {name!r} (use one of: {', '.join(EXECUTORS)})")

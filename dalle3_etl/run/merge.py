@@ -19,24 +19,18 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dalle3_etl.records import Reason
+from dalle3_etl.shard.rows import Reason
 from dalle3_etl.settings import Settings
-from dalle3_etl.sinks import parquet_writer, schema_for, written_names
-from dalle3_etl.sources import natural_key
-from dalle3_etl.state import Layout, crash_point, fsync_file, read_record, write_record
+from dalle3_etl.shard.commit import same_file as _same_file
+from dalle3_etl.shard.sinks import parquet_writer, schema_for, written_names
+from dalle3_etl.sources.base import natural_key
+from dalle3_etl.store.layout import Layout, crash_point, fsync_file, read_record, write_record
 
 CLASHES_NAME = ".dalle3-etl-clashes.json"  # inside flat/<shard>/: the clash decision of an unfinished publish
 
 
 def _shard_files(filename: str, settings: Settings) -> list[str]:
     return written_names(filename, settings.images, settings.captions)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
 
 
 def _taken(path: Path) -> bool:
@@ -115,27 +109,6 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     record["published"] = True
     write_record(layout, shard_id, record)
     layout.fs.remove_tree(src_root)
-
-
-def unpublish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
-    """Remove the files a flat shard moved into OUT/data (before that shard is redone).
-
-    A name still staged under flat/<shard> was not published by this shard (not yet, or it clashed
-    with another shard's file, which stays), unless both names are the same file (a crash between
-    link and unlink).
-    """
-    part = layout.part(shard_id)
-    if not part.exists():
-        return
-    src_root = layout.flat_files(shard_id)
-    published = []
-    for filename in pq.read_table(part, columns=["filename"]).column("filename").to_pylist():
-        for name in _shard_files(filename, settings):
-            src, dst = src_root / name, layout.data / name
-            if not src.exists() or _same_file(src, dst):
-                published.append(name)
-    # OUT/data's folders may be the user's: files only, no folder removed
-    layout.fs.remove_files(layout.data, published, prune=False)
 
 
 class PartMerger:
@@ -310,4 +283,4 @@ def merge(layout: Layout, shard_ids: list[str], settings: Settings, streaming: S
     return merge_parquet(layout, shard_ids, settings)
 
 
-__all__ = ["merge", "merge_parquet", "merge_rejects", "publish_flat", "unpublish_flat", "PartMerger", "StreamingMerge"]
+__all__ = ["merge", "merge_parquet", "merge_rejects", "publish_flat", "PartMerger", "StreamingMerge"]

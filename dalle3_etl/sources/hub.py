@@ -39,9 +39,9 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from dalle3_etl.fsio import Root
+from dalle3_etl.store.fsio import Root
 from dalle3_etl.safetext import plain
-from dalle3_etl.sources import SHARD_SUFFIXES, ShardSource, SourceError, natural_key, shard_id_for
+from dalle3_etl.sources.base import SHARD_SUFFIXES, ShardSource, SourceError, natural_key, shard_id_for
 
 __all__ = [
     "DEFAULT_REPO", "SHARD_PATTERN", "HubError", "HubNotFoundError", "HubUnavailableError", "HubIntegrityError",

@@ -172,7 +172,7 @@ def resolve_inputs(args: list[str]) -> list[ShardSource]:
     found: list[ShardSource] = []
     hub_args = [arg for arg in args if arg.startswith("hf://")]
     if hub_args:
-        from dalle3_etl import hub  # imported lazily: only Hub inputs need the network client
+        from dalle3_etl.sources import hub  # imported lazily: only Hub inputs need the network client
 
         found.extend(hub.resolve_hub_inputs(hub_args))  # one commit per repo@revision for all arguments
     for arg in args:

@@ -21,13 +21,16 @@ from typing import Any, Callable
 
 import orjson
 
-from dalle3_etl import imageheader, tarstream
-from dalle3_etl.records import JsonInfo, Reason, Reject, parse_json
-from dalle3_etl.samples import Duplicate, Entry, Pairing, classify
+from dalle3_etl.shard import imageheader
+
+from dalle3_etl.shard import tarstream
+from dalle3_etl.shard.rows import JsonInfo, Reason, Reject, parse_json
+from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.settings import Settings
-from dalle3_etl.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath, written_names
-from dalle3_etl.sources import ShardSource
-from dalle3_etl.state import Layout, crash_point, sync_filesystem, write_record
+from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
+from dalle3_etl.shard.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath
+from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.store.layout import Layout, crash_point, sync_filesystem, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 #: Folders a member name may go down. Deeper trees break tools that walk or delete folders recursively
@@ -71,67 +74,6 @@ class ImageRef:
 
 def source_fingerprint(src: ShardSource) -> dict[str, Any]:
     return dict(src.fingerprint)
-
-
-def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
-    """Remove every trace of a shard (record first), including files a --flat shard already published.
-
-    `settings` are those the shard was converted with (the output's pinned settings): they say which
-    files each row stands for. Only those files are removed; a user's file in the shard's folder stays,
-    and so does the folder then. A folder `OUT/data/<shard>` the tool did not create is never touched."""
-    fs = layout.fs
-    owned = layout.owns_shard_data(shard_id)  # before the record goes: an output older than claims
-    fs.unlink(layout.record(shard_id))
-    if settings.flat:
-        from dalle3_etl.merge import unpublish_flat
-
-        unpublish_flat(layout, shard_id, settings)
-    elif owned and os.path.lexists(layout.shard_data(shard_id)):
-        filenames = part_filenames(layout, shard_id)
-        if filenames is not None:
-            prefix = f"{shard_id}/"
-            fs.remove_files(layout.shard_data(shard_id), [
-                name[len(prefix):] for f in filenames for name in written_names(f, settings.images, settings.captions)
-                if name.startswith(prefix)])
-        # else: the files cannot be listed; the folder stays and the next commit says so
-    if not os.path.lexists(layout.shard_data(shard_id)):
-        fs.unlink(layout.claim(shard_id))
-    fs.remove_tree(layout.staging(shard_id))
-    fs.unlink(layout.part(shard_id))
-    fs.unlink(layout.rejects(shard_id))
-    fs.remove_tree(layout.flat_files(shard_id))
-
-
-def part_filenames(layout: Layout, shard_id: str) -> list[str] | None:
-    """The `filename` column of a shard's part, committed or still staged (a commit cut short), or None."""
-    import pyarrow.parquet as pq
-
-    for path in (layout.part(shard_id), layout.staging(shard_id) / "part.parquet"):
-        try:
-            return pq.read_table(path, columns=["filename"]).column("filename").to_pylist()
-        except (OSError, ValueError):  # missing, or not a readable parquet (ArrowInvalid is a ValueError)
-            continue
-    return None
-
-
-def move_in_shard_files(layout: Layout, shard_id: str, staged: Path) -> None:
-    """Move a shard's staged folder to `OUT/data/<shard>`, never over anything that is not the tool's.
-
-    The claim (`owned/<shard>`) is written before the folder appears, so the folder is known to be the
-    tool's from then on. A folder of that name the tool did not create fails the shard with a message."""
-    fs = layout.fs
-    target = layout.shard_data(shard_id)
-    if not os.path.lexists(target):
-        fs.write_atomic(layout.claim(shard_id), b"")
-        if staged.exists():
-            fs.rename_new(staged, target)
-        else:
-            target.mkdir()
-    elif not layout.owns_shard_data(shard_id) or not target.is_dir() or target.is_symlink():
-        raise FileExistsError(errno.EEXIST, f"{target} exists and was not written by dalle3-etl (it has the name of "
-                              f"shard {shard_id}); move or rename it, then run again", str(target))
-    elif staged.exists():
-        fs.merge_new(staged, target)  # the tool's folder, still holding a user's files
 
 
 class ShardConverter:

@@ -27,14 +27,15 @@ from pathlib import Path
 
 import orjson
 
-from dalle3_etl.executors import ShardTask, make_executor
-from dalle3_etl.workers import default_workers
-from dalle3_etl.merge import StreamingMerge, merge
+from dalle3_etl.executors.base import ShardTask, make_executor
+from dalle3_etl.executors.pool import default_workers
+from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.settings import Settings
-from dalle3_etl.shard import ShardResult, forget_shard, source_fingerprint
-from dalle3_etl.simpletuner import CONFIG_NAME, write_dataloader_config
-from dalle3_etl.sources import ShardSource, natural_key
-from dalle3_etl.state import (
+from dalle3_etl.shard.commit import forget_shard
+from dalle3_etl.shard.convert import ShardResult, source_fingerprint
+from dalle3_etl.run.entry import CONFIG_NAME, write_dataloader_config
+from dalle3_etl.sources.base import ShardSource, natural_key
+from dalle3_etl.store.layout import (
     TMP_GLOB, Layout, RunLock, StateError, all_records, crash_point, read_manifest, read_record,
     settings_differences, write_manifest,
 )

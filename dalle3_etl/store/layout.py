@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import orjson
 
-from dalle3_etl.fsio import Root
+from dalle3_etl.store.fsio import Root
 
 STATE_DIRNAME = ".dalle3-etl"
 MANIFEST_VERSION = 1

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from dalle3_etl.settings import Settings
-from dalle3_etl.state import Layout
+from dalle3_etl.store.layout import Layout
 
 CONFIG_NAME = "multidatabackend.json"
 

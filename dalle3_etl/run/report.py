@@ -12,9 +12,9 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from dalle3_etl.pipeline import Plan, Reporter, RunSummary
+from dalle3_etl.run.pipeline import Plan, Reporter, RunSummary
 from dalle3_etl.safetext import plain, safe
-from dalle3_etl.shard import ShardResult
+from dalle3_etl.shard.convert import ShardResult
 
 LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a terminal
 

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from dalle3_etl import __version__
-from dalle3_etl.executors import ProgressCb, ResultCb, ShardTask, run_task
-from dalle3_etl.workers import default_workers
-from dalle3_etl.shard import ShardResult
-from dalle3_etl.state import Layout, workers_lock_held
+from dalle3_etl.executors.base import ProgressCb, ResultCb, ShardTask, run_task
+from dalle3_etl.executors.pool import default_workers
+from dalle3_etl.shard.convert import ShardResult
+from dalle3_etl.store.layout import Layout, workers_lock_held
 
 INSTALL_HINT = "the ray executor needs Ray: pip install 'dalle3-etl[ray]'"
 

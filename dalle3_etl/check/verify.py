@@ -40,11 +40,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dalle3_etl import imageheader
-from dalle3_etl.samples import IMAGE_EXTENSIONS
-from dalle3_etl.simpletuner import CONFIG_NAME
-from dalle3_etl.sources import natural_key
-from dalle3_etl.state import STATE_DIRNAME, Layout, all_records, lock_holder, read_manifest
+from dalle3_etl.shard import imageheader
+from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
+from dalle3_etl.run.entry import CONFIG_NAME
+from dalle3_etl.sources.base import natural_key
+from dalle3_etl.store.layout import STATE_DIRNAME, Layout, all_records, lock_holder, read_manifest
 
 MAX_EXAMPLES = 10
 BATCH_ROWS = 65_536

@@ -17,7 +17,7 @@ EXECUTORS = ("local", "ray")
 #: Imported once by the fork server, so every pool worker starts with them loaded: `executors` brings
 #: the whole conversion (shard, pyarrow, Pillow); `cli` is what a worker's re-import of the main script
 #: (`dalle3-etl`) needs. Missing modules are skipped by multiprocessing.
-WORKER_PRELOAD = ("dalle3_etl.cli", "dalle3_etl.executors")
+WORKER_PRELOAD = ("dalle3_etl.cli", "dalle3_etl.executors.base")
 
 
 def mp_context():

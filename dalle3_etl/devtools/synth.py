@@ -48,7 +48,7 @@ from typing import Iterable, Iterator, Sequence
 
 import orjson
 
-from dalle3_etl.fsio import Root
+from dalle3_etl.store.fsio import Root
 
 __all__ = [
     "SynthSpec",
@@ -648,7 +648,7 @@ def write_corpus(out_dir: Path | str, spec: SynthSpec) -> list[TruthRow]:
 def main(argv: Sequence[str] | None = None) -> int:
     d = SynthSpec()
     p = argparse.ArgumentParser(
-        prog="python -m dalle3_etl.synth",
+        prog="python -m dalle3_etl.devtools.synth",
         description="Write a synthetic DALLE-3-style corpus (data-NNNNNN.tar shards + truth.jsonl).",
     )
     p.add_argument("out", metavar="OUT", type=Path, help="output directory")

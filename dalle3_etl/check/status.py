@@ -17,8 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 from dalle3_etl.safetext import safe
-from dalle3_etl.sources import natural_key
-from dalle3_etl.state import Layout, all_records, lock_holder, read_manifest
+from dalle3_etl.sources.base import natural_key
+from dalle3_etl.store.layout import Layout, all_records, lock_holder, read_manifest
 
 
 def shard_states(out: Path) -> dict[str, dict]:

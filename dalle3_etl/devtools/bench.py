@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from dalle3_etl.fsio import Root
+from dalle3_etl.store.fsio import Root
 from dalle3_etl.safetext import plain
 
 CONVERT_MODES = {
@@ -61,7 +61,7 @@ ALL_MODES = (
     "old-recipe", "webdataset", "tar-json", "tar-xf",
 )
 BASELINES = ("tar-json", "tar-xf", "old-recipe", "webdataset")
-SCRIPTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+SCRIPTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 POLL_SECONDS = 0.05
 RSS_LIMIT_MB = 200.0
 FLAT_TOLERANCE = 0.10
@@ -347,7 +347,7 @@ def _logged_workers(path: str) -> dict[int, int]:
 
 
 def measure(body: Callable[[Runner], dict[str, float] | None]) -> RunStat:
-    from dalle3_etl.executors import RSS_LOG_ENV
+    from dalle3_etl.executors.base import RSS_LOG_ENV
 
     runner = Runner()
     load = os.getloadavg()[0]
@@ -397,7 +397,7 @@ class Corpus:
 
 
 def _write_one(args: tuple[str, dict, int]) -> None:
-    from dalle3_etl.synth import SynthSpec, write_shard, shard_name
+    from dalle3_etl.devtools.synth import SynthSpec, write_shard, shard_name
 
     folder, spec, index = args
     write_shard(Path(folder) / f"{shard_name(index)}.tar", SynthSpec(**spec), index)
@@ -406,7 +406,7 @@ def _write_one(args: tuple[str, dict, int]) -> None:
 def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int, seed: int, workers: int) -> Corpus:
     """Write `shards` synthetic shards in parallel (synth.write_shard: same bytes whatever the worker
     count); reuse the folder if it already holds exactly this corpus."""
-    from dalle3_etl.synth import shard_name
+    from dalle3_etl.devtools.synth import shard_name
 
     spec = {"shards": shards, "per_shard": per_shard, "seed": seed, "image_bytes": image_bytes}
     marker = folder / "corpus.json"
@@ -434,8 +434,8 @@ def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int,
 
 def existing_corpus(folder: Path) -> Corpus:
     """Shards the user already has: count samples (JSON members) by walking the tar headers."""
-    from dalle3_etl import tarstream
-    from dalle3_etl.samples import classify
+    from dalle3_etl.shard import tarstream
+    from dalle3_etl.shard.samples import classify
 
     paths = sorted(folder.glob("*.tar"))
     if not paths:
@@ -736,9 +736,9 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
     import cProfile
     import pstats
     from dalle3_etl.settings import load_settings
-    from dalle3_etl.shard import convert_shard
-    from dalle3_etl.sources import resolve_inputs
-    from dalle3_etl.state import Layout
+    from dalle3_etl.shard.convert import convert_shard
+    from dalle3_etl.sources.base import resolve_inputs
+    from dalle3_etl.store.layout import Layout
 
     flags = CONVERT_MODES[mode]
     settings = load_settings(None, images="--no-images" not in flags, captions="--no-captions" not in flags)
