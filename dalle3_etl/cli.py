@@ -7,6 +7,7 @@ locked), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from pathlib import Path
@@ -16,11 +17,11 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from dalle3_etl.safetext import plain, safe
-from dalle3_etl.settings import SettingsError, load_settings
-from dalle3_etl.sources.base import SourceError, resolve_inputs
-from dalle3_etl.store.layout import StateError
+from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
+from dalle3_etl.safetext import plain, safe
+from dalle3_etl.settings import load_settings
+from dalle3_etl.sources.base import resolve_inputs
 
 app = typer.Typer(
     name="dalle3-etl",
@@ -47,13 +48,31 @@ def fail_usage(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+def command(name: str | None = None):
+    """Register a command whose `EtlError`s all end the same way: one line on stderr, the error's exit code.
+    Below `cli` nothing exits and nothing imports typer; this is where an error becomes an exit code."""
+
+    def register(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except EtlError as exc:
+                print_error(str(exc))
+                raise typer.Exit(exc.exit_code) from None
+
+        return app.command(name)(run)
+
+    return register
+
+
 def _csv(value: Optional[str]) -> Optional[tuple[str, ...]]:
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@app.command()
+@command()
 def convert(
     inputs: List[str] = typer.Argument(..., help="Shard files, directories, globs, or hf://datasets/<repo>[@rev]/<path>."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
@@ -86,41 +105,30 @@ def convert(
     (both keep completed shards).
     """
     if executor not in EXECUTORS:
-        fail_usage(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
+        raise UsageError(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:  # in a config file, workers = 0 means all cores
-        fail_usage(f"--workers {workers}: must be at least 1 (leave --workers out to use all cores)")
-    try:
-        settings = load_settings(
-            config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
-            fields=_csv(fields), images=images, captions=captions, flat=flat, max_json_bytes=max_json_bytes,
-        )
-    except SettingsError as exc:
-        fail_usage(str(exc))
+        raise UsageError(f"--workers {workers}: must be at least 1 (leave --workers out to use all cores)")
+    settings = load_settings(
+        config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
+        fields=_csv(fields), images=images, captions=captions, flat=flat, max_json_bytes=max_json_bytes,
+    )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
     from dalle3_etl.run.pipeline import check_out_dir, run_convert
-    from dalle3_etl.executors.ray import RayConnectError  # no Ray import: only the error class
     from dalle3_etl.run.report import RichReporter
 
-    try:
-        check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
-        if keep_tars is not None:
-            from dalle3_etl.sources import hub
+    check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
+    if keep_tars is not None:
+        from dalle3_etl.sources import hub
 
-            hub.set_keep_dir(keep_tars)
-        sources = resolve_inputs(inputs)
-    except (SettingsError, SourceError, StateError) as exc:
-        fail_usage(str(exc))
+        hub.set_keep_dir(keep_tars)
+    sources = resolve_inputs(inputs)
     previous = _stop_on_sigterm()
     try:
         summary = run_convert(
             sources, out, settings, executor=executor, ray_address=ray_address, restart_run=restart,
             retry_failed=retry_failed, reporter=RichReporter(quiet=quiet),
         )
-    except StateError as exc:
-        fail_usage(str(exc))
-    except (ImportError, RayConnectError) as exc:  # --executor ray without Ray, or a cluster not there
-        fail_usage(str(exc))
     except Terminated:
         raise typer.Exit(EXIT_TERMINATED)
     except KeyboardInterrupt:
@@ -147,7 +155,7 @@ def _stop_on_sigterm():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-@app.command()
+@command()
 def synth(
     out: Path = typer.Argument(..., help="Folder for the generated shards and truth.jsonl."),
     shards: int = typer.Option(2, help="Number of shards."),
@@ -162,17 +170,17 @@ def synth(
     Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 
 
-@app.command()
+@command()
 def status(out: Path = typer.Argument(..., help="An output directory of convert.")) -> None:
     """Shards done / failed / pending (of those seen), with counts."""
     from dalle3_etl.check.status import print_status
 
     if not (out / ".dalle3-etl").is_dir():
-        fail_usage(f"{out} is not a dalle3-etl output directory")
+        raise UsageError(f"{out} is not a dalle3-etl output directory")
     print_status(out)
 
 
-@app.command("verify")
+@command("verify")
 def verify_cmd(
     out: Path = typer.Argument(..., help="An output directory of convert."),
     deep: bool = typer.Option(False, "--deep", help="Also re-read every image header and compare width/height."),
@@ -184,7 +192,7 @@ def verify_cmd(
     from dalle3_etl.check.verify import is_output_dir, print_report, verify
 
     if not is_output_dir(out):
-        fail_usage(f"{out} is not a dalle3-etl output directory")
+        raise UsageError(f"{out} is not a dalle3-etl output directory")
     console = Console()
     status_console = Console(stderr=True)
     if as_json or not status_console.is_terminal:
@@ -199,7 +207,7 @@ def verify_cmd(
     raise typer.Exit(0 if report.ok else 1)
 
 
-@app.command("head")
+@command("head")
 def head_cmd(
     out: Path = typer.Argument(..., help="An output directory of convert."),
     rows: int = typer.Option(10, "-n", "--rows", min=1, help="Number of rows to show."),
@@ -211,7 +219,7 @@ def head_cmd(
     console.print(head_table(out, rows, console.width))
 
 
-@app.command("stats")
+@command("stats")
 def stats_cmd(
     out: Path = typer.Argument(..., help="An output directory of convert."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),

@@ -21,6 +21,8 @@ from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, get_origin, get_type_hints
 
+from dalle3_etl.errors import UsageError
+
 LIST_FIELDS = ("short_caption2", "long_caption2")
 #: What pyarrow's parquet writer accepts (checked against pyarrow by tests/test_hostile_settings.py).
 PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
@@ -29,7 +31,7 @@ RESOLUTION_TYPES = ("area", "pixel", "pixel_area")
 _NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """A config file or flag value that cannot be used."""
 
 
@@ -41,9 +43,11 @@ def _setting(default: Any, **rules: Any) -> Any:
     return field(default=default, metadata=rules)
 
 
-def _always_written() -> tuple[str, ...]:
-    from dalle3_etl.shard.sinks import BASE_COLUMNS  # late: sinks imports this module
+#: The parquet columns every conversion writes, in order (`--fields` adds more after them).
+BASE_COLUMNS = ("filename", "caption", "width", "height", "key", "shard", "source")
 
+
+def _always_written() -> tuple[str, ...]:
     return BASE_COLUMNS
 
 

@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
+from dalle3_etl.errors import MissingDependency
 from dalle3_etl.cli import app
 from dalle3_etl.run.pipeline import Reporter, run_convert
 from dalle3_etl.settings import load_settings
@@ -27,7 +28,7 @@ from dalle3_etl.sources.base import resolve_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_DIR_VAR = "DALLE3_ETL_TEST_RAY_CRASH_DIR"
-HINT = "the ray executor needs Ray: pip install 'dalle3-etl[ray]'"
+HINT = "the ray executor needs the ray package: pip install 'dalle3-etl[ray]'"
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch, corpus, tmp
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
     from dalle3_etl.executors.ray import RayExecutor
 
-    with pytest.raises(ImportError, match=r"pip install 'dalle3-etl\[ray\]'"):
+    with pytest.raises(MissingDependency, match=r"pip install 'dalle3-etl\[ray\]'"):
         RayExecutor(None)
     root, _ = corpus
     result = CliRunner().invoke(app, ["convert", str(root), "-o", str(tmp_path / "o"), "--executor", "ray", "-q"])

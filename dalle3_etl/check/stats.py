@@ -25,19 +25,17 @@ from rich.text import Text
 from dalle3_etl.run.report import human_bytes
 from dalle3_etl.safetext import plain, safe
 from dalle3_etl.sources.base import natural_key
+from dalle3_etl.errors import UsageError
+from dalle3_etl.optional import require
 from dalle3_etl.check.verify import Target, is_image_name, is_output_dir, read_target
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
 MISSING_VALUE = "(none)"
 HEAD_MIN_CAPTION = 20  # cells; below this, head drops the shard and source columns
-PLOT_HINT = "stats --plot needs matplotlib: pip install 'dalle3-etl[plot]' (or: pip install matplotlib)"
 
 
 def _usage(message: str) -> NoReturn:
-    from dalle3_etl.cli import fail_usage  # late: cli imports this module while it is being set up
-
-    fail_usage(message)
-    raise AssertionError("fail_usage returns only by raising")
+    raise UsageError(message)
 
 
 def _open(out: Path) -> tuple[Target, pq.ParquetFile]:
@@ -228,10 +226,7 @@ def print_stats(stats: Stats, top: int, console: Console) -> None:
 
 
 def require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        _usage(PLOT_HINT)
+    require("matplotlib", "plot", "stats --plot")
 
 
 def plot_stats(stats: Stats, path: Path, top: int) -> None:

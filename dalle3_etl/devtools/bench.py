@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from dalle3_etl.errors import EtlError
 from dalle3_etl.store.fsio import Root
 from dalle3_etl.safetext import plain
 
@@ -67,7 +68,7 @@ RSS_LIMIT_MB = 200.0
 FLAT_TOLERANCE = 0.10
 
 
-class BenchError(RuntimeError):
+class BenchError(EtlError, RuntimeError):
     """The benchmark cannot run (missing tool or script) or a mode failed."""
 
 

@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from dalle3_etl import __version__
+from dalle3_etl.errors import UsageError
+from dalle3_etl.optional import require
 from dalle3_etl.executors.base import ProgressCb, ResultCb, ShardTask, run_task
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.store.layout import Layout, workers_lock_held
 
-INSTALL_HINT = "the ray executor needs Ray: pip install 'dalle3-etl[ray]'"
 
 MAX_RETRIES = 3  # reruns of a task whose worker process or node died (OOM killer, lost node)
 # Exceptions that escape a task and are worth another try. `run_task` reports a shard's own errors as a
@@ -47,14 +48,8 @@ LOCAL_OBJECT_STORE_BYTES = 128 << 20  # a local instance only moves task descrip
 
 
 def import_ray() -> Any:
-    """`import ray`, or an ImportError that says how to install it (the CLI shows it as a usage error)."""
-    try:
-        import ray
-    except ImportError as exc:
-        if exc.name == "ray":
-            raise ImportError(INSTALL_HINT) from None
-        raise ImportError(f"{INSTALL_HINT} (importing ray failed: {exc})") from None
-    return ray
+    """`import ray`, or a MissingDependency that says how to install it (the CLI shows it as a usage error)."""
+    return require("ray", "ray", "the ray executor")
 
 
 @contextlib.contextmanager
@@ -86,7 +81,7 @@ def _quiet_token_notice():
         log.setLevel(level)
 
 
-class RayConnectError(RuntimeError):
+class RayConnectError(UsageError, RuntimeError):
     """The Ray cluster named by --ray-address (or RAY_ADDRESS) could not be reached or started."""
 
 
@@ -283,4 +278,4 @@ class RayExecutor:
             pass
 
 
-__all__ = ["RayExecutor", "RayConnectError", "import_ray", "INSTALL_HINT", "MAX_RETRIES"]
+__all__ = ["RayExecutor", "RayConnectError", "import_ray", "MAX_RETRIES"]

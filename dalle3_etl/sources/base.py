@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from dalle3_etl.errors import UsageError
+
 SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 #: Longest shard id, in UTF-8 bytes. The id names `<id>.json`, `<id>.parquet`, `<id>.jsonl` and their temporaries
 #: inside OUT; the longest, `.<id>.jsonl.tmp-<pid>`, is 22 bytes more than the id with a 10-digit pid, so 200
@@ -29,7 +31,7 @@ _ID_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
 _DIGITS_RE = re.compile(r"(\d+)")
 
 
-class SourceError(ValueError):
+class SourceError(UsageError, ValueError):
     """An input argument names nothing usable (missing file, empty glob, duplicate shard id)."""
 
 

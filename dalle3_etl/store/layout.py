@@ -23,13 +23,14 @@ from typing import Any, Iterator
 
 import orjson
 
+from dalle3_etl.errors import UsageError
 from dalle3_etl.store.fsio import Root
 
 STATE_DIRNAME = ".dalle3-etl"
 MANIFEST_VERSION = 1
 
 
-class StateError(RuntimeError):
+class StateError(UsageError, RuntimeError):
     """The output directory cannot be used as asked (locked, other settings, not ours)."""
 
 
