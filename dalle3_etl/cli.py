@@ -162,12 +162,18 @@ def synth(
     per_shard: int = typer.Option(100, help="Samples per shard."),
     seed: int = typer.Option(0, help="Random seed (same seed, same bytes)."),
     image_bytes: int = typer.Option(24_000, help="Approximate bytes per image."),
+    fallback_ratio: float = typer.Option(0.05, help="Share of samples whose caption comes from the fallback chain."),
+    no_caption_ratio: float = typer.Option(0.01, help="Share of samples without any usable caption."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing."),
 ) -> None:
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
     from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
-    rows = write_corpus(out, SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes))
-    Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
+    spec = SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes,
+                     fallback_ratio=fallback_ratio, no_caption_ratio=no_caption_ratio)
+    rows = write_corpus(out, spec)
+    if not quiet:
+        Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 
 
 @command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import os
@@ -17,11 +18,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from typer.testing import CliRunner
 
+from dalle3_etl.cli import app
 from dalle3_etl.devtools import synth
+from dalle3_etl.devtools.synth.captions import _dirty
 from dalle3_etl.devtools.synth import SynthSpec, TruthRow, make_image, read_truth, write_corpus, write_shard, write_tar
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 STR_FIELDS = {"image_name", "md5_pil_hash", "md5_file_hash", "sha512_hash", "short_caption", "long_caption",
               "resolution", "url", "source", "original_prompt"}
@@ -401,7 +405,7 @@ def test_dirty_cleans_back(words, seed):
     clean = " ".join(words)
     if clean != " ".join(clean.split()):
         return  # a "word" containing other whitespace-like characters; not what the generator produces
-    d = synth._dirty(clean, random.Random(seed))
+    d = _dirty(clean, random.Random(seed))
     assert d != clean and synth.clean_caption(d) == clean
 
 
@@ -414,7 +418,7 @@ def test_truth_roundtrip(rich):
     assert read_truth(out / "truth.jsonl") == returned
     lines = (out / "truth.jsonl").read_bytes().splitlines()
     assert len(lines) == len(returned)
-    assert orjson.loads(lines[0]).keys() == {f.name for f in synth.dataclasses.fields(TruthRow)}
+    assert orjson.loads(lines[0]).keys() == {f.name for f in dataclasses.fields(TruthRow)}
     assert any(r.caption is None for r in returned)
 
 
@@ -464,7 +468,7 @@ def test_spec_validation():
 def test_cli_subprocess(tmp_path):
     out = tmp_path / "cli"
     res = subprocess.run(
-        [sys.executable, "-m", "dalle3_etl.devtools.synth", str(out), "--shards", "2", "--per-shard", "7",
+        [sys.executable, "-m", "dalle3_etl", "synth", str(out), "--shards", "2", "--per-shard", "7",
          "--seed", "3", "--image-bytes", "1000", "--fallback-ratio", "0.3"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
@@ -477,9 +481,10 @@ def test_cli_subprocess(tmp_path):
     assert (out / "data-000001.tar").read_bytes() == (tmp_path / "api" / "data-000001.tar").read_bytes()
 
 
-def test_cli_rejects_bad_args(tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        synth.main([str(tmp_path), "--no-caption-ratio", "2"])
-    assert e.value.code == 2
-    assert synth.main([str(tmp_path / "q"), "--shards", "1", "--per-shard", "3", "-q"]) == 0
-    assert capsys.readouterr().out == ""
+def test_cli_rejects_bad_args(tmp_path):
+    runner = CliRunner()
+    bad = runner.invoke(app, ["synth", str(tmp_path), "--no-caption-ratio", "2"])
+    assert bad.exit_code == 2
+    quiet = runner.invoke(app, ["synth", str(tmp_path / "q"), "--shards", "1", "--per-shard", "3", "-q"])
+    assert quiet.exit_code == 0
+    assert bad.stdout + quiet.stdout == ""
