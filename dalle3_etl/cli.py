@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
+from dalle3_etl.devtools.bench.config import ALL_MODES as BENCH_MODES, SCRIPTS_DIR as BENCH_SCRIPTS_DIR
 from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 from dalle3_etl.safetext import plain, safe
@@ -251,7 +252,7 @@ def stats_cmd(
 
 
 # Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.
-COMMAND_MODULES = ("sources.hub", "devtools.bench")
+COMMAND_MODULES = ("sources.hub",)
 
 
 def _register_optional() -> None:
@@ -268,6 +269,40 @@ def _register_optional() -> None:
 
 
 _register_optional()
+
+
+@command("bench")
+def bench_cmd(
+    samples: int = typer.Option(200_000, help="Samples in the generated corpus."),
+    shards: int = typer.Option(12, help="Shards in the generated corpus."),
+    image_bytes: int = typer.Option(4_000, help="Approximate bytes per image."),
+    location: Path = typer.Option(Path("/dev/shm"), help="Where the corpus and all outputs go (/dev/shm: no disk)."),
+    reps: int = typer.Option(3, help="Repetitions of every mode (alternated within the run)."),
+    workers: int = typer.Option(2, "--workers", "-w", help="Worker processes for convert, webdataset and tar."),
+    modes: str = typer.Option(",".join(BENCH_MODES), help="Comma-separated modes to run."),
+    out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Folder for the JSON result and PNG chart."),
+    corpus: Path = typer.Option(None, help="Benchmark these existing shards (*.tar) instead of a generated corpus."),
+    keep_corpus: bool = typer.Option(False, help="Keep the generated corpus for the next run."),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
+                                      help="Peak RSS at 1x vs 10x shard size and shard count."),
+    memory_base: str = typer.Option("2x2000", help="SHARDSxSAMPLES of the 1x memory-check corpus."),
+    profile: bool = typer.Option(False, help="Also cProfile one shard conversion, time per stage."),
+    scripts_dir: Path = typer.Option(BENCH_SCRIPTS_DIR, help="Folder holding old_recipe/ and wds_baseline.py."),
+) -> None:
+    """Benchmark convert against the old recipe, a webdataset script and GNU tar (timings, RSS, ratios)."""
+    from dalle3_etl.devtools.bench import BenchConfig, run_bench
+
+    try:
+        base_shards, base_per = (int(x) for x in memory_base.lower().split("x"))
+    except ValueError:
+        raise UsageError("--memory-base must look like 2x2000") from None
+    cfg = BenchConfig(
+        samples=samples, shards=shards, image_bytes=image_bytes, location=location, reps=reps, workers=workers,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()), out_dir=out, corpus=corpus,
+        keep_corpus=keep_corpus, memory_check=memory_check, memory_base=(base_shards, base_per),
+        profile=profile, scripts_dir=scripts_dir,
+    )
+    run_bench(cfg)
 
 
 def main() -> None:

@@ -1,0 +1,62 @@
+"""What a bench run is made of: the mode names, the targets' limits, `BenchConfig`, `BenchError`, where the
+baseline scripts are, and removing what a run created."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dalle3_etl.errors import EtlError
+from dalle3_etl.store.fsio import Root
+
+CONVERT_MODES = {
+    "convert-parquet": ["--no-images", "--no-captions"],
+    "convert-captions": ["--no-images"],
+    "convert-full": [],
+    "convert-parquet-1w": ["--no-images", "--no-captions"],
+}
+ALL_MODES = (
+    "convert-parquet", "convert-captions", "convert-full", "convert-parquet-1w",
+    "old-recipe", "webdataset", "tar-json", "tar-xf",
+)
+BASELINES = ("tar-json", "tar-xf", "old-recipe", "webdataset")
+SCRIPTS_DIR = Path(__file__).resolve().parent / "baselines"  # old_recipe/ and wds_baseline.py, shipped in the package
+POLL_SECONDS = 0.05
+RSS_LIMIT_MB = 200.0
+FLAT_TOLERANCE = 0.10
+
+
+class BenchError(EtlError, RuntimeError):
+    """The benchmark cannot run (missing tool or script) or a mode failed."""
+
+
+@dataclass
+class BenchConfig:
+    samples: int = 200_000
+    shards: int = 12
+    image_bytes: int = 4_000
+    location: Path = Path("/dev/shm")
+    reps: int = 3
+    workers: int = 2
+    modes: tuple[str, ...] = ALL_MODES
+    out_dir: Path = Path("benchmarks/results")
+    corpus: Path | None = None  # existing shards instead of a generated corpus
+    keep_corpus: bool = False
+    memory_check: bool = True
+    memory_base: tuple[int, int] = (2, 2_000)  # (shards, samples per shard) of the 1x memory-check corpus
+    profile: bool = False  # profile one shard conversion in-process (cProfile), per stage
+    seed: int = 0
+    scripts_dir: Path = SCRIPTS_DIR
+    quiet: bool = False
+
+    @property
+    def per_shard(self) -> int:
+        return -(-self.samples // self.shards)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a folder or file this command created (its work folders, corpora, temporary logs)."""
+    Root(path.parent).remove_tree(path)
+
+
+_remove = _rmtree
