@@ -10,7 +10,9 @@ import pytest
 from dalle3_etl.run.pipeline import clean_leftovers, plan_run
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import ShardSource
-from dalle3_etl.store.layout import Layout, RunLock, StateError, lock_holder, write_record
+from dalle3_etl.store.layout import Layout, StateError
+from dalle3_etl.store.locks import RunLock, lock_holder
+from dalle3_etl.store.records import write_record
 
 
 def _source(sid: str, size: int = 100) -> ShardSource:

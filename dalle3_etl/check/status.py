@@ -18,7 +18,10 @@ from rich.text import Text
 
 from dalle3_etl.safetext import safe
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import Layout, all_records, lock_holder, read_manifest
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.locks import lock_holder
+from dalle3_etl.store.manifest import read_manifest
+from dalle3_etl.store.records import all_records
 
 
 def shard_states(out: Path) -> dict[str, dict]:

@@ -44,7 +44,10 @@ from dalle3_etl.shard import imageheader
 from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
 from dalle3_etl.run.entry import CONFIG_NAME
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import STATE_DIRNAME, Layout, all_records, lock_holder, read_manifest
+from dalle3_etl.store.layout import STATE_DIRNAME, Layout
+from dalle3_etl.store.locks import lock_holder
+from dalle3_etl.store.manifest import read_manifest
+from dalle3_etl.store.records import all_records
 
 MAX_EXAMPLES = 10
 BATCH_ROWS = 65_536

@@ -24,7 +24,9 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import same_file as _same_file
 from dalle3_etl.shard.sinks import parquet_writer, schema_for, written_names
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import Layout, crash_point, fsync_file, read_record, write_record
+from dalle3_etl.store.crash import crash_point, fsync_file
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import read_record, write_record
 
 CLASHES_NAME = ".dalle3-etl-clashes.json"  # inside flat/<shard>/: the clash decision of an unfinished publish
 

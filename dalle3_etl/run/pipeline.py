@@ -35,10 +35,11 @@ from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardResult, source_fingerprint
 from dalle3_etl.run.entry import CONFIG_NAME, write_dataloader_config
 from dalle3_etl.sources.base import ShardSource, natural_key
-from dalle3_etl.store.layout import (
-    TMP_GLOB, Layout, RunLock, StateError, all_records, crash_point, read_manifest, read_record,
-    settings_differences, write_manifest,
-)
+from dalle3_etl.store.crash import crash_point
+from dalle3_etl.store.layout import TMP_GLOB, Layout, StateError
+from dalle3_etl.store.locks import RunLock
+from dalle3_etl.store.manifest import read_manifest, settings_differences, write_manifest
+from dalle3_etl.store.records import all_records, read_record
 #: Files the tool writes at the top of OUT (besides the parquet, whose name is a setting).
 REJECTS_NAME = "rejects.jsonl"
 

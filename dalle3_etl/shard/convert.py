@@ -30,7 +30,9 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
 from dalle3_etl.shard.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath
 from dalle3_etl.sources.base import ShardSource
-from dalle3_etl.store.layout import Layout, crash_point, sync_filesystem, write_record
+from dalle3_etl.store.crash import crash_point, sync_filesystem
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 #: Folders a member name may go down. Deeper trees break tools that walk or delete folders recursively
