@@ -12,7 +12,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.layout import Layout, StateError
 from dalle3_etl.store.locks import RunLock, lock_holder
-from dalle3_etl.store.records import write_record
+from dalle3_etl.store.records import ShardRecord, write_record
 
 
 def _source(sid: str, size: int = 100) -> ShardSource:
@@ -27,8 +27,8 @@ def layout(tmp_path) -> Layout:
 
 
 def _complete(layout: Layout, src: ShardSource, error: str | None = None) -> None:
-    write_record(layout, src.shard_id, {"shard": src.shard_id, "source": dict(src.fingerprint), "samples": 1,
-                                        "rejects": {}, "error": error, "published": True})
+    write_record(layout, ShardRecord(shard=src.shard_id, source=dict(src.fingerprint), settings=Settings().output_fingerprint(),
+                                     samples=1, rejects={}, notes={}, error=error, published=True))
 
 
 def _failed(layout: Layout, sid: str) -> None:

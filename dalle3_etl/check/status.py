@@ -29,8 +29,8 @@ def shard_states(out: Path) -> dict[str, dict]:
     records = all_records(layout)
     states: dict[str, dict] = {}
     for sid, rec in records.items():
-        states[sid] = {"state": "damaged" if rec.get("error") else "done", "samples": rec.get("samples", 0),
-                       "rejects": sum(rec.get("rejects", {}).values()), "detail": rec.get("error") or ""}
+        states[sid] = {"state": "damaged" if rec.damaged else "done", "samples": rec.samples,
+                       "rejects": sum(rec.rejects.values()), "detail": rec.error or ""}
     failed_dir = layout.state / "failed"
     if failed_dir.is_dir():
         for path in failed_dir.glob("*.json"):

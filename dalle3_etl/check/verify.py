@@ -397,7 +397,7 @@ def _check_rows(pf: pq.ParquetFile, target: Target, disk: set[str], report: Veri
 
 def _check_shard_rows(layout: Layout, per_shard: Counter[str], report: VerifyReport) -> None:
     check = report.checks["shard_rows"]
-    records = {sid: rec.get("samples", 0) for sid, rec in all_records(layout).items()}
+    records = {sid: rec.samples for sid, rec in all_records(layout).items()}
     report.counts["shards"] = len(records)
     for sid in sorted(set(records) | set(per_shard), key=lambda s: natural_key(str(s))):
         if sid not in records:

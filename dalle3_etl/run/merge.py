@@ -13,6 +13,7 @@ the first shard to claim a name keeps it, a later one gets a `name_clash` reject
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -55,7 +56,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     re-run after a crash makes the same decision even though some files already moved.
     """
     record = read_record(layout, shard_id)
-    if record is None or record.get("published"):
+    if record is None or record.published:
         return
     src_root = layout.flat_files(shard_id)
     journal = src_root / CLASHES_NAME
@@ -106,10 +107,9 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
             for name in ordered
         ]
         layout.fs.write_atomic(rejects, b"".join(lines))
-        record["samples"] -= len(clashes)  # the record still holds the counts of the conversion
-        record["rejects"][Reason.NAME_CLASH] = record["rejects"].get(Reason.NAME_CLASH, 0) + len(clashes)
-    record["published"] = True
-    write_record(layout, shard_id, record)
+        record = replace(record, samples=record.samples - len(clashes),  # it still holds the conversion's counts
+                         rejects={**record.rejects, Reason.NAME_CLASH: record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)})
+    write_record(layout, replace(record, published=True))
     layout.fs.remove_tree(src_root)
 
 

@@ -122,8 +122,8 @@ def plan_run(layout: Layout, sources: list[ShardSource], *, retry_failed: bool) 
         sid = src.shard_id
         record = read_record(layout, sid)
         failed_before = _failed_path(layout, sid).exists()
-        damaged = record is not None and bool(record.get("error"))
-        if record is not None and record.get("source") != source_fingerprint(src):
+        damaged = record is not None and record.damaged
+        if record is not None and record.source != source_fingerprint(src):
             plan.todo.append(src)
             plan.why[sid] = "input changed since it was converted"
         elif record is None and failed_before:
@@ -151,7 +151,7 @@ def incomplete_shards(layout: Layout, sources: list[ShardSource]) -> dict[str, s
         record = read_record(layout, src.shard_id)
         if record is None:
             out[src.shard_id] = "failed" if _failed_path(layout, src.shard_id).exists() else "not converted"
-        elif record.get("error"):
+        elif record.damaged:
             out[src.shard_id] = "damaged"
     return out
 
@@ -189,7 +189,7 @@ def clean_leftovers(layout: Layout, settings: Settings) -> None:
             fs.unlink(tmp)
     records = all_records(layout)
     for sid, rec in records.items():  # a --flat shard published just before a crash: its staged folder
-        if rec.get("published"):
+        if rec.published:
             fs.remove_tree(layout.flat_files(sid))
     for sid in sorted(_state_ids(layout) - set(records), key=natural_key):
         forget_shard(layout, sid, settings)  # reads a part still staged by a commit cut short

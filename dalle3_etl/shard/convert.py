@@ -32,7 +32,7 @@ from dalle3_etl.shard.sinks import NEW_FILE, FileTree, PartWriter, caption_relpa
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.crash import crash_point, sync_filesystem
 from dalle3_etl.store.layout import Layout
-from dalle3_etl.store.records import write_record
+from dalle3_etl.store.records import ShardRecord, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 #: Folders a member name may go down. Deeper trees break tools that walk or delete folders recursively
@@ -383,10 +383,10 @@ class ShardConverter:
         )
         sync_filesystem(layout.state)  # the record must never reach the disk before the files it describes
         crash_point("committed", self.shard_id)
-        write_record(layout, self.shard_id, {
-            "shard": self.shard_id, "source": source_fingerprint(self.src), "settings": self.settings.output_fingerprint(),
-            "samples": self.samples, "rejects": result.rejects, "notes": result.notes, "error": error, "published": not self.settings.flat,
-        })
+        write_record(layout, ShardRecord(
+            shard=self.shard_id, source=source_fingerprint(self.src), settings=self.settings.output_fingerprint(),
+            samples=self.samples, rejects=result.rejects, notes=result.notes, error=error, published=not self.settings.flat,
+        ))
         crash_point("recorded", self.shard_id)
         return result
 
