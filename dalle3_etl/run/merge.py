@@ -29,8 +29,6 @@ from dalle3_etl.store.crash import crash_point, fsync_file
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import read_record, write_record
 
-CLASHES_NAME = ".dalle3-etl-clashes.json"  # inside flat/<shard>/: the clash decision of an unfinished publish
-
 
 def _shard_files(filename: str, settings: Settings) -> list[str]:
     return written_names(filename, settings.images, settings.captions)
@@ -59,7 +57,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     if record is None or record.published:
         return
     src_root = layout.flat_files(shard_id)
-    journal = src_root / CLASHES_NAME
+    journal = layout.flat_clashes(shard_id)
     table = pq.read_table(layout.part(shard_id))
     filenames = table.column("filename").to_pylist()
     if journal.exists():
@@ -93,7 +91,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     if clashes:
         keep = [f not in clashes for f in filenames]
         if not all(keep):  # not yet filtered by a run that crashed later
-            tmp = layout.part(shard_id).with_name(f".{shard_id}.parquet.tmp")
+            tmp = layout.tmp(layout.part(shard_id))
             pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
             fsync_file(tmp)
             layout.fs.replace(tmp, layout.part(shard_id))
@@ -123,8 +121,8 @@ class PartMerger:
 
     def __init__(self, layout: Layout, settings: Settings):
         self.schema = schema_for(settings)
-        self.final = layout.out / settings.parquet_name
-        self.tmp = self.final.with_name(f".{self.final.name}.tmp")
+        self.final = layout.parquet(settings.parquet_name)
+        self.tmp = layout.tmp(self.final)
         self.layout = layout
         self.group = settings.row_group_rows
         self.rows = 0
@@ -254,8 +252,8 @@ class StreamingMerge:
 
 
 def merge_rejects(layout: Layout, shard_ids: list[str]) -> int:
-    final = layout.out / "rejects.jsonl"
-    tmp = final.with_name(f".{final.name}.tmp")
+    final = layout.merged_rejects
+    tmp = layout.tmp(final)
     count = 0
     with open(tmp, "wb") as out:
         for sid in shard_ids:

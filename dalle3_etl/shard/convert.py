@@ -90,7 +90,7 @@ class ShardConverter:
         self.samples = 0
         self.bytes_out = 0
         self.staging = layout.staging(self.shard_id)
-        self.files = FileTree(self.staging / "files", layout.fs)
+        self.files = FileTree(layout.staged_files(self.shard_id), layout.fs)
         self.prefix = "" if settings.flat else f"{self.shard_id}/"
         self.write_files = settings.images or settings.captions
         self._pending_seq = 0
@@ -123,7 +123,7 @@ class ShardConverter:
             return ImageRef(offset=member.offset, size=member.size)
         if self.settings.images:
             self._pending_seq += 1
-            path = os.path.join(self.staging, "pending", f"{self._pending_seq}")
+            path = os.path.join(self.layout.staged_pending(self.shard_id), f"{self._pending_seq}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
                 fh.write(head)
@@ -358,8 +358,8 @@ class ShardConverter:
         forget_shard(layout, self.shard_id, self.settings)
         self.staging.mkdir(parents=True)
         error = None
-        self._rejects_fh = open(self.staging / "rejects.jsonl", "wb")
-        self.part = PartWriter(self.staging / "part.parquet", self.settings)
+        self._rejects_fh = open(layout.staged_rejects(self.shard_id), "wb")
+        self.part = PartWriter(layout.staged_part(self.shard_id), self.settings)
         try:
             with self.src.open() as fh:
                 try:
@@ -393,16 +393,16 @@ class ShardConverter:
     def commit(self) -> None:
         """Move the staged part, rejects and files into place. The record is written after this."""
         layout, sid, fs = self.layout, self.shard_id, self.layout.fs
-        fs.remove_tree(self.staging / "pending")
-        files = self.staging / "files"
+        fs.remove_tree(layout.staged_pending(sid))
+        files = layout.staged_files(sid)
         if self.settings.flat:
             if files.exists():
                 fs.rename_new(files, layout.flat_files(sid))
         elif self.write_files:
             move_in_shard_files(layout, sid, files / sid)
         crash_point("commit", sid)
-        fs.replace(self.staging / "part.parquet", layout.part(sid))
-        fs.replace(self.staging / "rejects.jsonl", layout.rejects(sid))
+        fs.replace(layout.staged_part(sid), layout.part(sid))
+        fs.replace(layout.staged_rejects(sid), layout.rejects(sid))
         fs.remove_tree(self.staging)
 
 

@@ -65,10 +65,8 @@ def write_record(layout: Layout, record: ShardRecord) -> None:
 def all_records(layout: Layout) -> dict[str, ShardRecord]:
     """Every completed shard's record, by shard id."""
     out = {}
-    folder = layout.state / "shards"
-    if folder.is_dir():
-        for path in folder.glob("*.json"):
-            rec = read_record(layout, path.stem)
-            if rec is not None:
-                out[path.stem] = rec
+    for shard_id in sorted(layout.record_ids()):
+        rec = read_record(layout, shard_id)
+        if rec is not None:
+            out[shard_id] = rec
     return out
