@@ -181,8 +181,9 @@ def synth(
 def status(out: Path = typer.Argument(..., help="An output directory of convert.")) -> None:
     """Shards done / failed / pending (of those seen), with counts."""
     from dalle3_etl.check.status import print_status
+    from dalle3_etl.store.layout import Layout
 
-    if not (out / ".dalle3-etl").is_dir():
+    if not Layout(out).state.is_dir():
         raise UsageError(f"{out} is not a dalle3-etl output directory")
     print_status(out)
 

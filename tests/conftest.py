@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +19,20 @@ def convert(inputs, out: Path, **overrides):
     settings = load_settings(None, **{k: v for k, v in overrides.items() if k not in ("restart_run", "retry_failed", "executor")})
     opts = {k: overrides[k] for k in ("restart_run", "retry_failed", "executor") if k in overrides}
     return run_convert(resolve_inputs([str(i) for i in inputs]), out, settings, **opts)
+
+
+def tree(root: Path) -> dict[str, bytes | str]:
+    """Every file (bytes) and symlink (its target) below root, without following links."""
+    out: dict[str, bytes | str] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(root))
+            if path.is_symlink():
+                out[rel] = "-> " + os.readlink(path)
+            elif path.is_file():
+                out[rel] = path.read_bytes()
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,8 @@ from dalle3_etl.run import merge as merge_mod
 from dalle3_etl.run.merge import PartMerger, StreamingMerge, merge_parquet
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import Layout, all_records
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import all_records
 
 from conftest import convert
 

@@ -365,7 +365,7 @@ def test_an_image_named_like_a_temporary_file_is_not_flagged(out):
 
 
 def test_verify_says_when_a_run_is_in_progress(out):
-    from dalle3_etl.store.layout import RunLock
+    from dalle3_etl.store.locks import RunLock
 
     layout = Layout(out)
     code, report = run_verify(out)

@@ -28,6 +28,7 @@ from dalle3_etl.sources.base import natural_key
 from dalle3_etl.errors import UsageError
 from dalle3_etl.optional import require
 from dalle3_etl.check.verify import Target, is_image_name, is_output_dir, read_target
+from dalle3_etl.store.layout import Layout
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
 MISSING_VALUE = "(none)"
@@ -177,7 +178,7 @@ def compute_stats(out: Path) -> Stats:
             lengths.extend(pc.drop_null(pc.utf8_length(group.column(target.caption))).chunks)
     stats.caption_chars = pa.chunked_array(lengths, pa.int32())
     _disk_usage(stats, target.data_dir)
-    rejects = Path(out) / "rejects.jsonl"
+    rejects = Layout(Path(out)).merged_rejects
     if rejects.exists():
         with open(rejects, "rb") as fh:
             for line in fh:

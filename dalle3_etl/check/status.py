@@ -18,7 +18,10 @@ from rich.text import Text
 
 from dalle3_etl.safetext import safe
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import Layout, all_records, lock_holder, read_manifest
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.locks import lock_holder
+from dalle3_etl.store.manifest import pinned_parquet
+from dalle3_etl.store.records import all_records
 
 
 def shard_states(out: Path) -> dict[str, dict]:
@@ -26,18 +29,14 @@ def shard_states(out: Path) -> dict[str, dict]:
     records = all_records(layout)
     states: dict[str, dict] = {}
     for sid, rec in records.items():
-        states[sid] = {"state": "damaged" if rec.get("error") else "done", "samples": rec.get("samples", 0),
-                       "rejects": sum(rec.get("rejects", {}).values()), "detail": rec.get("error") or ""}
-    failed_dir = layout.state / "failed"
-    if failed_dir.is_dir():
-        for path in failed_dir.glob("*.json"):
-            if path.stem not in states:
-                info = orjson.loads(path.read_bytes())
-                states[path.stem] = {"state": "failed", "samples": 0, "rejects": 0, "detail": info.get("failure") or ""}
-    seen_dir = layout.state / "seen"
-    if seen_dir.is_dir():
-        for path in seen_dir.iterdir():
-            states.setdefault(path.name, {"state": "pending", "samples": 0, "rejects": 0, "detail": ""})
+        states[sid] = {"state": "damaged" if rec.damaged else "done", "samples": rec.samples,
+                       "rejects": sum(rec.rejects.values()), "detail": rec.error or ""}
+    for sid in layout.failed_ids():
+        if sid not in states:
+            info = orjson.loads(layout.failed(sid).read_bytes())
+            states[sid] = {"state": "failed", "samples": 0, "rejects": 0, "detail": info.get("failure") or ""}
+    for sid in layout.seen_ids():
+        states.setdefault(sid, {"state": "pending", "samples": 0, "rejects": 0, "detail": ""})
     return dict(sorted(states.items(), key=lambda kv: natural_key(kv[0])))
 
 
@@ -69,13 +68,12 @@ def _dataset_lines(out: Path, samples: int) -> list[str]:
     holder = lock_holder(layout)
     if holder is not None:
         lines.append(f"A convert run is in progress (lock held by {holder}).")
-    manifest = read_manifest(layout) or {}
-    parquet = out / manifest.get("settings", {}).get("parquet_name", "dalle3.parquet")
+    parquet = pinned_parquet(layout)
     if parquet.exists():
         import pyarrow.parquet as pq
 
         rows = pq.ParquetFile(parquet).metadata.num_rows
-        newest = max((p.stat().st_mtime_ns for p in (layout.state / "shards").glob("*.json")), default=0)
+        newest = max((layout.record(sid).stat().st_mtime_ns for sid in layout.record_ids()), default=0)
         fresh = rows == samples and parquet.stat().st_mtime_ns >= newest  # merged after the last shard completed
         state = "up to date" if fresh else "out of date: run convert again to merge"
         lines.append(f"{parquet.name}: {rows:,} rows ({state}).")

@@ -42,16 +42,16 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.shard import imageheader
 from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
-from dalle3_etl.run.entry import CONFIG_NAME
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import STATE_DIRNAME, Layout, all_records, lock_holder, read_manifest
+from dalle3_etl.store.layout import TMP_GLOB, Layout
+from dalle3_etl.store.locks import lock_holder
+from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
+from dalle3_etl.store.records import all_records
 
 MAX_EXAMPLES = 10
 BATCH_ROWS = 65_536
-TEMP_PATTERNS = (".*.tmp*",)  # write_atomic / merge temporaries (beside the tool's own files only)
+TEMP_PATTERNS = (TMP_GLOB,)  # write_atomic / merge temporaries (beside the tool's own files only)
 CAPTION_STRATEGIES = ("textfile", "parquet")
-# Folders of OUT/.dalle3-etl that are empty after a completed run, and what an entry in them means.
-LEFTOVER_FOLDERS = {"staging": "unfinished shard", "flat": "unpublished --flat files", "trash": "left by --restart"}
 
 CHECKS: dict[str, str] = {
     "dataloader": "multidatabackend.json valid, paths absolute and existing",
@@ -74,7 +74,7 @@ CAPTION_FILE_CHECKS = ("missing_caption_file", "empty_caption_file", "multiline_
 
 
 def is_output_dir(out: Path) -> bool:
-    return (Path(out) / STATE_DIRNAME).is_dir()
+    return Layout(Path(out)).state.is_dir()
 
 
 def is_image_name(name: str) -> bool:
@@ -135,13 +135,13 @@ def read_target(out: Path) -> tuple[Target, list[str]]:
     Every value that cannot be used falls back to what convert writes, so the other checks still run.
     """
     layout = Layout(Path(out))
-    settings = (read_manifest(layout) or {}).get("settings", {})
+    settings = pinned_settings(layout)
     target = Target(
-        data_dir=layout.data, parquet=layout.out / settings.get("parquet_name", "dalle3.parquet"),
+        data_dir=layout.data, parquet=pinned_parquet(layout, settings),
         caption_strategy="textfile" if settings.get("captions", True) else "parquet",
     )
     problems: list[str] = []
-    path = layout.out / CONFIG_NAME
+    path = layout.dataloader_config
     try:
         entries = orjson.loads(path.read_bytes())
     except FileNotFoundError:
@@ -252,14 +252,14 @@ def _check_state(layout: Layout, check: Check) -> None:
     """Temporaries beside OUT's files and in the state folder; anything in a folder a run leaves empty.
 
     At the top of OUT only temporaries of the tool's own files count (a user's file there is theirs)."""
-    own = {p.name for p in (layout.out / CONFIG_NAME, layout.out / "rejects.jsonl")}
-    own.add((read_manifest(layout) or {}).get("settings", {}).get("parquet_name", "dalle3.parquet"))
-    for entry in sorted(layout.out.iterdir()):
-        if is_temp_name(entry.name) and any(entry.name.startswith(f".{name}.tmp") for name in own):
-            check.fail(str(entry))
+    for entry in layout.own_temporaries({pinned_parquet(layout).name}):
+        check.fail(str(entry))
+    # folders of OUT/.dalle3-etl that are empty after a completed run, and what an entry in them means
+    leftover = {layout.staging_dir: "unfinished shard", layout.flat_dir: "unpublished --flat files",
+                layout.trash: "left by --restart"}
     for folder in (layout.state, *(p for p in layout.state.iterdir() if p.is_dir())):
-        if folder.name in LEFTOVER_FOLDERS:
-            check.fail(*(f"{entry} ({LEFTOVER_FOLDERS[folder.name]})" for entry in sorted(folder.iterdir())))
+        if folder in leftover:
+            check.fail(*(f"{entry} ({leftover[folder]})" for entry in sorted(folder.iterdir())))
             continue
         for entry in sorted(folder.iterdir()):
             if is_temp_name(entry.name):
@@ -394,7 +394,7 @@ def _check_rows(pf: pq.ParquetFile, target: Target, disk: set[str], report: Veri
 
 def _check_shard_rows(layout: Layout, per_shard: Counter[str], report: VerifyReport) -> None:
     check = report.checks["shard_rows"]
-    records = {sid: rec.get("samples", 0) for sid, rec in all_records(layout).items()}
+    records = {sid: rec.samples for sid, rec in all_records(layout).items()}
     report.counts["shards"] = len(records)
     for sid in sorted(set(records) | set(per_shard), key=lambda s: natural_key(str(s))):
         if sid not in records:
@@ -450,8 +450,7 @@ def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | N
     else:
         checks["shard_rows"].skip("the parquet has no 'shard' column")
     if checks["missing_image"].status == "failed":
-        settings = (read_manifest(layout) or {}).get("settings", {})
-        if settings.get("images") is False:
+        if pinned_settings(layout).get("images") is False:
             checks["missing_image"].note = ("converted with --no-images: point instance_data_dir at the folder "
                                             "holding the images, laid out as the filename column says")
     return report

@@ -25,7 +25,8 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardResult, convert_shard
 from dalle3_etl.sources.base import ShardSource
-from dalle3_etl.store.layout import Layout, hold_workers_lock
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.locks import hold_workers_lock
 from dalle3_etl.executors.pool import EXECUTORS, mp_context
 
 ProgressCb = Callable[[str, int, int], None]

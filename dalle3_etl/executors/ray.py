@@ -34,7 +34,8 @@ from dalle3_etl.optional import require
 from dalle3_etl.executors.base import ProgressCb, ResultCb, ShardTask, run_task
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.shard.convert import ShardResult
-from dalle3_etl.store.layout import Layout, workers_lock_held
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.locks import workers_lock_held
 
 
 MAX_RETRIES = 3  # reruns of a task whose worker process or node died (OOM killer, lost node)

@@ -10,30 +10,28 @@ import orjson
 from dalle3_etl.settings import Settings
 from dalle3_etl.store.layout import Layout
 
-CONFIG_NAME = "multidatabackend.json"
-
 
 def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any]]:
     """One image dataset like the old recipe's hand-written entry, plus the text-embed cache SimpleTuner requires.
 
     Paths are absolute: SimpleTuner strips `instance_data_dir` from each image path by string replacement.
     """
-    out = layout.out.resolve()
+    out = Layout(layout.out.resolve())
     st = settings.simpletuner
     image = {
         "id": st.id,
         "type": "local",
-        "instance_data_dir": str(out / "data"),
+        "instance_data_dir": str(out.data),
         "resolution": st.resolution,
         "maximum_image_size": st.maximum_image_size,
         "minimum_image_size": st.minimum_image_size,
         "target_downsample_size": st.target_downsample_size,
         "resolution_type": st.resolution_type,
-        "cache_dir_vae": str(out / "cache" / "vae" / st.id),
+        "cache_dir_vae": str(out.cache("vae", st.id)),
         "caption_strategy": "textfile" if settings.captions else "parquet",
         "metadata_backend": "parquet",
         "parquet": {
-            "path": str(out / settings.parquet_name),
+            "path": str(out.parquet(settings.parquet_name)),
             "caption_column": "caption",
             "filename_column": "filename",
             "width_column": "width",
@@ -46,12 +44,12 @@ def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any
         "type": "local",
         "dataset_type": "text_embeds",
         "default": True,
-        "cache_dir": str(out / "cache" / "text" / st.id),
+        "cache_dir": str(out.cache("text", st.id)),
     }
     return [image, text_embeds]
 
 
 def write_dataloader_config(layout: Layout, settings: Settings) -> Path:
-    path = layout.out / CONFIG_NAME
+    path = layout.dataloader_config
     layout.fs.write_atomic(path, orjson.dumps(dataloader_entries(layout, settings), option=orjson.OPT_INDENT_2) + b"\n")
     return path

@@ -13,6 +13,7 @@ the first shard to claim a name keeps it, a later one gets a `name_clash` reject
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -24,9 +25,9 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import same_file as _same_file
 from dalle3_etl.shard.sinks import parquet_writer, schema_for, written_names
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.store.layout import Layout, crash_point, fsync_file, read_record, write_record
-
-CLASHES_NAME = ".dalle3-etl-clashes.json"  # inside flat/<shard>/: the clash decision of an unfinished publish
+from dalle3_etl.store.crash import crash_point, fsync_file
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import read_record, write_record
 
 
 def _shard_files(filename: str, settings: Settings) -> list[str]:
@@ -53,10 +54,10 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     re-run after a crash makes the same decision even though some files already moved.
     """
     record = read_record(layout, shard_id)
-    if record is None or record.get("published"):
+    if record is None or record.published:
         return
     src_root = layout.flat_files(shard_id)
-    journal = src_root / CLASHES_NAME
+    journal = layout.flat_clashes(shard_id)
     table = pq.read_table(layout.part(shard_id))
     filenames = table.column("filename").to_pylist()
     if journal.exists():
@@ -90,7 +91,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     if clashes:
         keep = [f not in clashes for f in filenames]
         if not all(keep):  # not yet filtered by a run that crashed later
-            tmp = layout.part(shard_id).with_name(f".{shard_id}.parquet.tmp")
+            tmp = layout.tmp(layout.part(shard_id))
             pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
             fsync_file(tmp)
             layout.fs.replace(tmp, layout.part(shard_id))
@@ -104,10 +105,9 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
             for name in ordered
         ]
         layout.fs.write_atomic(rejects, b"".join(lines))
-        record["samples"] -= len(clashes)  # the record still holds the counts of the conversion
-        record["rejects"][Reason.NAME_CLASH] = record["rejects"].get(Reason.NAME_CLASH, 0) + len(clashes)
-    record["published"] = True
-    write_record(layout, shard_id, record)
+        record = replace(record, samples=record.samples - len(clashes),  # it still holds the conversion's counts
+                         rejects={**record.rejects, Reason.NAME_CLASH: record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)})
+    write_record(layout, replace(record, published=True))
     layout.fs.remove_tree(src_root)
 
 
@@ -121,8 +121,8 @@ class PartMerger:
 
     def __init__(self, layout: Layout, settings: Settings):
         self.schema = schema_for(settings)
-        self.final = layout.out / settings.parquet_name
-        self.tmp = self.final.with_name(f".{self.final.name}.tmp")
+        self.final = layout.parquet(settings.parquet_name)
+        self.tmp = layout.tmp(self.final)
         self.layout = layout
         self.group = settings.row_group_rows
         self.rows = 0
@@ -252,8 +252,8 @@ class StreamingMerge:
 
 
 def merge_rejects(layout: Layout, shard_ids: list[str]) -> int:
-    final = layout.out / "rejects.jsonl"
-    tmp = final.with_name(f".{final.name}.tmp")
+    final = layout.merged_rejects
+    tmp = layout.tmp(final)
     count = 0
     with open(tmp, "wb") as out:
         for sid in shard_ids:

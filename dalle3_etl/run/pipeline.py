@@ -33,14 +33,13 @@ from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardResult, source_fingerprint
-from dalle3_etl.run.entry import CONFIG_NAME, write_dataloader_config
+from dalle3_etl.run.entry import write_dataloader_config
 from dalle3_etl.sources.base import ShardSource, natural_key
-from dalle3_etl.store.layout import (
-    TMP_GLOB, Layout, RunLock, StateError, all_records, crash_point, read_manifest, read_record,
-    settings_differences, write_manifest,
-)
-#: Files the tool writes at the top of OUT (besides the parquet, whose name is a setting).
-REJECTS_NAME = "rejects.jsonl"
+from dalle3_etl.store.crash import crash_point
+from dalle3_etl.store.layout import TMP_GLOB, Layout, StateError
+from dalle3_etl.store.locks import RunLock
+from dalle3_etl.store.manifest import pinned_settings, read_manifest, settings_differences, write_manifest
+from dalle3_etl.store.records import all_records, read_record
 
 #: How the user sets each output-changing setting (for the refusal message).
 SETTING_FLAGS = {
@@ -111,18 +110,14 @@ class Reporter:
     def finish(self, summary: RunSummary) -> None: ...
 
 
-def _failed_path(layout: Layout, shard_id: str) -> Path:
-    return layout.state / "failed" / f"{shard_id}.json"
-
-
 def plan_run(layout: Layout, sources: list[ShardSource], *, retry_failed: bool) -> Plan:
     plan = Plan([], [], {})
     for src in sources:
         sid = src.shard_id
         record = read_record(layout, sid)
-        failed_before = _failed_path(layout, sid).exists()
-        damaged = record is not None and bool(record.get("error"))
-        if record is not None and record.get("source") != source_fingerprint(src):
+        failed_before = layout.failed(sid).exists()
+        damaged = record is not None and record.damaged
+        if record is not None and record.source != source_fingerprint(src):
             plan.todo.append(src)
             plan.why[sid] = "input changed since it was converted"
         elif record is None and failed_before:
@@ -149,29 +144,10 @@ def incomplete_shards(layout: Layout, sources: list[ShardSource]) -> dict[str, s
     for src in sources:
         record = read_record(layout, src.shard_id)
         if record is None:
-            out[src.shard_id] = "failed" if _failed_path(layout, src.shard_id).exists() else "not converted"
-        elif record.get("error"):
+            out[src.shard_id] = "failed" if layout.failed(src.shard_id).exists() else "not converted"
+        elif record.damaged:
             out[src.shard_id] = "damaged"
     return out
-
-
-def _root_files(layout: Layout, parquet_names: set[str]) -> list[Path]:
-    """The tool's own files at the top of OUT."""
-    return [layout.out / name for name in sorted({*parquet_names, REJECTS_NAME, CONFIG_NAME})]
-
-
-def _state_ids(layout: Layout) -> set[str]:
-    """Every shard id the state folder knows: records, parts, rejects, staged or flat files, claims."""
-    ids = set()
-    for sub, suffix in (("shards", ".json"), ("parts", ".parquet"), ("rejects", ".jsonl")):
-        for path in (layout.state / sub).glob(f"*{suffix}"):
-            if not path.name.startswith("."):
-                ids.add(path.name[: -len(suffix)])
-    for sub in ("flat", "owned", "staging"):
-        folder = layout.state / sub
-        if folder.is_dir():
-            ids.update(p.name for p in folder.iterdir() if not p.name.startswith("."))
-    return ids
 
 
 def clean_leftovers(layout: Layout, settings: Settings) -> None:
@@ -180,19 +156,18 @@ def clean_leftovers(layout: Layout, settings: Settings) -> None:
     Only the tool's own names: temporaries of its own files at the top of OUT and in its state folder,
     and the files of shards it started (a part, staged files, or a claimed OUT/data/<shard>)."""
     fs = layout.fs
-    for folder in (layout.state, *(layout.state / sub for sub in ("shards", "parts", "rejects", "failed"))):
+    for folder in layout.temporary_folders:
         for tmp in folder.glob(TMP_GLOB):
             fs.unlink(tmp)
-    for final in _root_files(layout, {settings.parquet_name}):
-        for tmp in layout.out.glob(f".{final.name}.tmp*"):
-            fs.unlink(tmp)
+    for tmp in layout.own_temporaries({settings.parquet_name}):
+        fs.unlink(tmp)
     records = all_records(layout)
     for sid, rec in records.items():  # a --flat shard published just before a crash: its staged folder
-        if rec.get("published"):
+        if rec.published:
             fs.remove_tree(layout.flat_files(sid))
-    for sid in sorted(_state_ids(layout) - set(records), key=natural_key):
+    for sid in sorted(layout.known_ids() - set(records), key=natural_key):
         forget_shard(layout, sid, settings)  # reads a part still staged by a commit cut short
-    fs.remove_tree(layout.state / "staging")
+    fs.remove_tree(layout.staging_dir)
     fs.remove_tree(layout.trash)  # left by a --restart of an earlier version
 
 
@@ -220,13 +195,13 @@ def restart(layout: Layout, settings: Settings) -> None:
     state, the manifest last, so a run killed here is still refused until `--restart` has finished.
     What a user put in OUT or OUT/data (their images, notes, SimpleTuner's caches) stays."""
     fs = layout.fs
-    old = (read_manifest(layout) or {}).get("settings", {})
+    old = pinned_settings(layout)
     made_with = settings
     if old:  # which files a row stands for, as that output wrote them
         made_with = replace(settings, flat=bool(old.get("flat", settings.flat)),
                             images=bool(old.get("images", settings.images)),
                             captions=bool(old.get("captions", settings.captions)))
-    ids = sorted(_state_ids(layout), key=natural_key)
+    ids = sorted(layout.known_ids(), key=natural_key)
     owned = {sid for sid in ids if layout.owns_shard_data(sid)}
     for sid in ids:
         if sid in owned and not layout.claim(sid).exists():  # an output written before claims existed
@@ -235,11 +210,12 @@ def restart(layout: Layout, settings: Settings) -> None:
     for sid in ids:
         forget_shard(layout, sid, made_with)
         crash_point("restart", sid)
-    for path in _root_files(layout, {settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
+    for path in layout.own_files({settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
         fs.unlink(path)
     # `owned` stays: a shard folder still holding a user's file is still the tool's folder
-    for name in ("parts", "rejects", "staging", "flat", "failed", "seen", "shards", "trash"):
-        fs.remove_tree(layout.state / name)
+    for folder in (layout.parts_dir, layout.rejects_dir, layout.staging_dir, layout.flat_dir, layout.failed_dir,
+                   layout.seen_dir, layout.records_dir, layout.trash):
+        fs.remove_tree(folder)
     fs.unlink(layout.manifest)
 
 
@@ -256,7 +232,7 @@ def check_out_dir(out: Path) -> None:
     try:
         if out.exists() and not out.is_dir():
             raise StateError(f"output {out} exists and is not a directory")
-        if out.is_dir() and any(out.iterdir()) and not (out / ".dalle3-etl").is_dir():
+        if out.is_dir() and any(out.iterdir()) and not Layout(out).state.is_dir():
             raise StateError(f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory")
         there = out  # OUT, or the nearest folder above it that exists: where OUT is created
         while not there.exists() and there != there.parent:
@@ -309,7 +285,7 @@ def run_convert(
         _refuse_foreign_folders(layout, settings, plan)
         summary = RunSummary(out=out, plan=plan)
         for src in plan.todo:  # marks shard ids this output owns, so leftovers can be told from user files
-            (layout.state / "seen" / src.shard_id).touch()
+            layout.seen(src.shard_id).touch()
         workers = settings.workers or default_workers()
         runner = make_executor(executor, workers, ray_address)
         tasks = [ShardTask(src, str(out), settings) for src in plan.todo]
@@ -318,7 +294,7 @@ def run_convert(
         streaming = StreamingMerge(layout, settings, list(all_records(layout)), [src.shard_id for src in plan.todo])
 
         def on_result(result: ShardResult) -> None:
-            failed = _failed_path(layout, result.shard_id)
+            failed = layout.failed(result.shard_id)
             if result.ok:
                 layout.fs.unlink(failed)
             else:
@@ -332,7 +308,7 @@ def run_convert(
             reporter.merging()
             done = sorted(all_records(layout), key=natural_key)
             summary.rows = merge(layout, done, settings, streaming)
-            summary.parquet = out / settings.parquet_name
+            summary.parquet = layout.parquet(settings.parquet_name)
             summary.dataloader = write_dataloader_config(layout, settings)
         except KeyboardInterrupt:
             summary.interrupted = True

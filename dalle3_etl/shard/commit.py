@@ -47,7 +47,7 @@ def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
 
 def part_filenames(layout: Layout, shard_id: str) -> list[str] | None:
     """The `filename` column of a shard's part, committed or still staged (a commit cut short), or None."""
-    for path in (layout.part(shard_id), layout.staging(shard_id) / "part.parquet"):
+    for path in (layout.part(shard_id), layout.staged_part(shard_id)):
         try:
             return pq.read_table(path, columns=["filename"]).column("filename").to_pylist()
         except (OSError, ValueError):  # missing, or not a readable parquet (ArrowInvalid is a ValueError)

@@ -30,7 +30,9 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
 from dalle3_etl.shard.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath
 from dalle3_etl.sources.base import ShardSource
-from dalle3_etl.store.layout import Layout, crash_point, sync_filesystem, write_record
+from dalle3_etl.store.crash import crash_point, sync_filesystem
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import ShardRecord, write_record
 
 PROGRESS_EVERY = 0.25  # seconds between progress reports from a worker
 #: Folders a member name may go down. Deeper trees break tools that walk or delete folders recursively
@@ -88,7 +90,7 @@ class ShardConverter:
         self.samples = 0
         self.bytes_out = 0
         self.staging = layout.staging(self.shard_id)
-        self.files = FileTree(self.staging / "files", layout.fs)
+        self.files = FileTree(layout.staged_files(self.shard_id), layout.fs)
         self.prefix = "" if settings.flat else f"{self.shard_id}/"
         self.write_files = settings.images or settings.captions
         self._pending_seq = 0
@@ -121,7 +123,7 @@ class ShardConverter:
             return ImageRef(offset=member.offset, size=member.size)
         if self.settings.images:
             self._pending_seq += 1
-            path = os.path.join(self.staging, "pending", f"{self._pending_seq}")
+            path = os.path.join(self.layout.staged_pending(self.shard_id), f"{self._pending_seq}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as fh:
                 fh.write(head)
@@ -356,8 +358,8 @@ class ShardConverter:
         forget_shard(layout, self.shard_id, self.settings)
         self.staging.mkdir(parents=True)
         error = None
-        self._rejects_fh = open(self.staging / "rejects.jsonl", "wb")
-        self.part = PartWriter(self.staging / "part.parquet", self.settings)
+        self._rejects_fh = open(layout.staged_rejects(self.shard_id), "wb")
+        self.part = PartWriter(layout.staged_part(self.shard_id), self.settings)
         try:
             with self.src.open() as fh:
                 try:
@@ -381,26 +383,26 @@ class ShardConverter:
         )
         sync_filesystem(layout.state)  # the record must never reach the disk before the files it describes
         crash_point("committed", self.shard_id)
-        write_record(layout, self.shard_id, {
-            "shard": self.shard_id, "source": source_fingerprint(self.src), "settings": self.settings.output_fingerprint(),
-            "samples": self.samples, "rejects": result.rejects, "notes": result.notes, "error": error, "published": not self.settings.flat,
-        })
+        write_record(layout, ShardRecord(
+            shard=self.shard_id, source=source_fingerprint(self.src), settings=self.settings.output_fingerprint(),
+            samples=self.samples, rejects=result.rejects, notes=result.notes, error=error, published=not self.settings.flat,
+        ))
         crash_point("recorded", self.shard_id)
         return result
 
     def commit(self) -> None:
         """Move the staged part, rejects and files into place. The record is written after this."""
         layout, sid, fs = self.layout, self.shard_id, self.layout.fs
-        fs.remove_tree(self.staging / "pending")
-        files = self.staging / "files"
+        fs.remove_tree(layout.staged_pending(sid))
+        files = layout.staged_files(sid)
         if self.settings.flat:
             if files.exists():
                 fs.rename_new(files, layout.flat_files(sid))
         elif self.write_files:
             move_in_shard_files(layout, sid, files / sid)
         crash_point("commit", sid)
-        fs.replace(self.staging / "part.parquet", layout.part(sid))
-        fs.replace(self.staging / "rejects.jsonl", layout.rejects(sid))
+        fs.replace(layout.staged_part(sid), layout.part(sid))
+        fs.replace(layout.staged_rejects(sid), layout.rejects(sid))
         fs.remove_tree(self.staging)
 
 

@@ -98,8 +98,12 @@ class Modes:
         """What the run produced (rows, caption files, image files): proves every mode did its work."""
         out = self.target(mode)
         if mode in CONVERT_MODES:
-            data = out / "data"
-            return {"rows": _parquet_rows(out / "dalle3.parquet"),
+            from dalle3_etl.store.layout import Layout
+            from dalle3_etl.store.manifest import pinned_parquet
+
+            layout = Layout(out)
+            data = layout.data
+            return {"rows": _parquet_rows(pinned_parquet(layout)),
                     "captions": _count(data, (".txt",)) if data.exists() else 0,
                     "images": _count(data, (".jpg", ".jpeg", ".png", ".webp")) if data.exists() else 0}
         if mode == "tar-xf":

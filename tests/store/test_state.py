@@ -1,4 +1,4 @@
-"""Run state in isolation: what a re-run plans for each kind of shard, the run lock, leftover cleanup."""
+"""Run state in isolation: what a re-run plans for each kind of shard, leftover cleanup, status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 from dalle3_etl.run.pipeline import clean_leftovers, plan_run
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import ShardSource
-from dalle3_etl.store.layout import Layout, RunLock, StateError, lock_holder, write_record
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import ShardRecord, write_record
 
 
 def _source(sid: str, size: int = 100) -> ShardSource:
@@ -25,8 +26,8 @@ def layout(tmp_path) -> Layout:
 
 
 def _complete(layout: Layout, src: ShardSource, error: str | None = None) -> None:
-    write_record(layout, src.shard_id, {"shard": src.shard_id, "source": dict(src.fingerprint), "samples": 1,
-                                        "rejects": {}, "error": error, "published": True})
+    write_record(layout, ShardRecord(shard=src.shard_id, source=dict(src.fingerprint), settings=Settings().output_fingerprint(),
+                                     samples=1, rejects={}, notes={}, error=error, published=True))
 
 
 def _failed(layout: Layout, sid: str) -> None:
@@ -52,20 +53,6 @@ def test_what_a_rerun_does_with_each_kind_of_shard(layout):
     assert plan.why["s2"] == "damaged last time"
     assert plan.skipped == ["s0"] and plan.deferred == ["s4"]
     assert plan.notices() == ["--retry-failed: 1 shard(s) never converted are left for a plain run: s4."]
-
-
-def test_a_second_lock_on_the_same_output_is_refused_and_free_after_release(layout):
-    first = RunLock(layout.lock, layout.workers_lock)
-    first.acquire()
-    try:
-        assert lock_holder(layout) == f"{os.uname().nodename} {os.getpid()}"
-        with pytest.raises(StateError, match=f"another dalle3-etl run is using .*{os.getpid()}"):
-            RunLock(layout.lock, layout.workers_lock).acquire()
-    finally:
-        first.release()
-    assert lock_holder(layout) is None
-    with RunLock(layout.lock, layout.workers_lock):
-        pass
 
 
 def _part(layout: Layout, sid: str, filenames: list[str]) -> None:
