@@ -21,7 +21,7 @@ from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 from dalle3_etl.safetext import plain, safe
 from dalle3_etl.settings import load_settings
-from dalle3_etl.sources.base import resolve_inputs
+from dalle3_etl.sources.resolve import resolve_inputs
 
 app = typer.Typer(
     name="dalle3-etl",

@@ -9,7 +9,8 @@ import typer
 from typer.testing import CliRunner
 
 from dalle3_etl.sources import hub
-from dalle3_etl.sources.base import SourceError, resolve_inputs
+from dalle3_etl.sources.base import SourceError
+from dalle3_etl.sources.resolve import resolve_inputs
 from fakehub import FakeHub, fake_hub, hub_env, make_shard  # noqa: F401  (fixtures)
 
 S0, S1, S2 = (f"data/data-{i:06d}.tar" for i in range(3))
