@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 from dalle3_etl.sources.base import ShardSource, SourceError, natural_key, shown
 from dalle3_etl.sources.local import expand_local, local_source
@@ -13,8 +14,10 @@ def _folded(shard_id: str) -> str:
     return unicodedata.normalize("NFD", unicodedata.normalize("NFD", shard_id).casefold())
 
 
-def resolve_inputs(args: list[str]) -> list[ShardSource]:
+def resolve_inputs(args: list[str], *, keep_dir: Path | str | None = None) -> list[ShardSource]:
     """Turn command-line inputs into shard sources, in natural shard-id order, each shard once.
+
+    ``keep_dir`` (``--keep-tars``): where the ``hf://`` sources keep a verified copy of the bytes they read.
 
     Raises SourceError naming the argument for anything that matches nothing, naming the file for a shard id
     that cannot name output (see `shard_id_problem`), and naming both files for two different files whose
@@ -27,9 +30,9 @@ def resolve_inputs(args: list[str]) -> list[ShardSource]:
     found: list[ShardSource] = []
     hub_args = [arg for arg in args if arg.startswith("hf://")]
     if hub_args:
-        from dalle3_etl.sources import hub  # imported lazily: only Hub inputs need the network client
+        from dalle3_etl.sources.hub.resolve import resolve_hub_inputs  # lazily: only Hub inputs need the client
 
-        found.extend(hub.resolve_hub_inputs(hub_args))  # one commit per repo@revision for all arguments
+        found.extend(resolve_hub_inputs(hub_args, keep_dir=keep_dir))  # one commit per repo@revision
     for arg in args:
         if not arg.startswith("hf://"):
             found.extend(local_source(p) for p in expand_local(arg))
