@@ -159,6 +159,23 @@ def test_download_cli_usage_errors(fake_hub, tmp_path):
     assert not (tmp_path / "dl").exists()  # nothing was started
 
 
+def test_an_unreachable_hub_ends_download_with_1_and_convert_with_2(hub_env, tmp_path):
+    """download: the Hub may come back, a transfer failure (1); convert: refused before any work (2)."""
+    from types import SimpleNamespace
+
+    from dalle3_etl.cli import app
+
+    with FakeHub({S0: make_shard(0)}) as gone:
+        endpoint, repo_id, uri = gone.endpoint, gone.repo_id, gone.uri(S0)
+    hub_env.point_to(SimpleNamespace(endpoint=endpoint))  # nothing listens there any more: connection refused
+    runner = CliRunner()
+    res = runner.invoke(app, ["download", "--repo", repo_id, "--local-dir", str(tmp_path / "dl")])
+    assert res.exit_code == 1 and "error: " in res.output and "the Hub could not be reached" in res.output, res.output
+    assert not (tmp_path / "dl").exists()
+    res = runner.invoke(app, ["convert", uri, "-o", str(tmp_path / "out"), "--workers", "1"])
+    assert res.exit_code == 2 and "the Hub could not be reached" in res.output, res.output
+
+
 # -- hf:// sources -----------------------------------------------------------------------------------
 
 def test_resolve_glob_pins_commit(fake_hub):
