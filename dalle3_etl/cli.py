@@ -20,9 +20,11 @@ from rich.text import Text
 from dalle3_etl.devtools.bench.config import ALL_MODES as BENCH_MODES, SCRIPTS_DIR as BENCH_SCRIPTS_DIR
 from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
-from dalle3_etl.safetext import plain, safe
+from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import load_settings
-from dalle3_etl.sources.base import resolve_inputs
+from dalle3_etl.sources.hub.errors import HubUnavailableError, ShardSelectionError
+from dalle3_etl.sources.hub.selection import DEFAULT_REPO, SHARD_DIR, parse_shard_selection
+from dalle3_etl.sources.resolve import resolve_inputs
 
 app = typer.Typer(
     name="dalle3-etl",
@@ -119,11 +121,7 @@ def convert(
     from dalle3_etl.run.report import RichReporter
 
     check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
-    if keep_tars is not None:
-        from dalle3_etl.sources import hub
-
-        hub.set_keep_dir(keep_tars)
-    sources = resolve_inputs(inputs)
+    sources = resolve_inputs(inputs, keep_dir=keep_tars)
     previous = _stop_on_sigterm()
     try:
         summary = run_convert(
@@ -252,24 +250,55 @@ def stats_cmd(
             Console().print(safe(f"plot written to {plot}"))
 
 
-# Commands that live beside the stage they belong to; each module exposes `add_cli(app)`.
-COMMAND_MODULES = ("sources.hub",)
-
-
-def _register_optional() -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
+def _check_shards(value: Optional[str]) -> Optional[str]:
+    if value is not None:
         try:
-            module = importlib.import_module(f"dalle3_etl.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"dalle3_etl.{name}":
-                continue
-            raise
-        module.add_cli(app)
+            parse_shard_selection(value)
+        except ShardSelectionError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+    return value
 
 
-_register_optional()
+@command("download")
+def download_cmd(
+    local_dir: Path = typer.Option(..., "--local-dir", help="Folder to download into (shards land in DIR/data/)."),
+    repo: str = typer.Option(DEFAULT_REPO, "--repo", help="Dataset repo on the Hub."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
+    shards: Optional[str] = typer.Option(None, "--shards", callback=_check_shards,
+                                         help="Shard numbers, e.g. 0-9,12 (default: all data/*.tar)."),
+    workers: int = typer.Option(4, "--workers", min=1, help="Files downloaded at the same time."),
+    reverify: bool = typer.Option(False, "--reverify", help="Hash files again even if verified by an earlier run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only failures."),
+) -> None:
+    """Download shards from the Hub and check each one's size and sha256 against the Hub's LFS metadata.
+
+    A file that does not match is renamed NAME.corrupt and reported.
+    Exit code: 0 all verified, 1 any file failed or did not match, 2 usage error (bad --shards, unknown repo,
+    revision or shard).
+    """
+    from dalle3_etl.sources.hub.download import download  # imports the Hub client: only when downloading
+
+    try:
+        results = download(repo, local_dir, revision=revision, shards=shards, workers=workers,
+                           progress=not quiet, reverify=reverify)
+    except HubUnavailableError as exc:  # a usage error for convert (refused before any work); download exits 1
+        raise EtlError(str(exc)) from None
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        if r.ok and not quiet:
+            note = " (verified earlier)" if r.cached else ""
+            digest = f"sha256 {r.sha256}" if r.sha256 else "git blob ok"
+            typer.echo(f"ok      {plain(r.filename)}  {human_bytes(r.size or 0)}  {digest}{note}")
+        elif not r.ok:
+            typer.echo(f"FAILED  {plain(r.error)}", err=True)
+    where = Path(local_dir).expanduser().resolve() / SHARD_DIR
+    summary = plain(f"{len(results) - len(failed)} of {len(results)} file(s) verified in {where}")
+    if failed:
+        typer.echo(f"{summary}; {len(failed)} failed: {plain(', '.join(r.filename for r in failed))} "
+                   "(run the same command again to retry them)", err=True)
+        raise typer.Exit(EXIT_FAILED)
+    if not quiet:
+        typer.echo(summary)
 
 
 @command("bench")

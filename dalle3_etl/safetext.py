@@ -1,4 +1,6 @@
-"""Untrusted text on the terminal: paths, shard and member names, error messages that quote them.
+"""Text for people on the terminal: untrusted text shown safely, byte counts made readable.
+
+Untrusted text: paths, shard and member names, error messages that quote them.
 
 Such text may hold rich markup (``x[/]y.jpg``, ``data-[red]1.tar``), emoji codes (``:fire:``) and terminal
 control characters (ESC, BEL, CR, C1 codes) that would restyle, crash or rewrite the output. `safe` turns a value
@@ -34,4 +36,13 @@ def safe(value: object, style: str = "") -> Text:
     return Text(plain(value), style=style)
 
 
-__all__ = ["plain", "safe"]
+def human_bytes(n: float) -> str:
+    """A byte count for people: ``1234567`` -> ``1.23 MB`` (powers of 1000, up to TB)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+__all__ = ["plain", "safe", "human_bytes"]

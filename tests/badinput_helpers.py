@@ -17,7 +17,8 @@ from dalle3_etl.devtools import synth
 from dalle3_etl.run.pipeline import RunSummary, run_convert
 from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources.base import ShardSource, local_source
+from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.sources.local import local_source
 
 IMAGE_SUFFIXES = {f".{ext}" for ext in IMAGE_EXTENSIONS}
 _RNG = random.Random(1234)

@@ -10,7 +10,7 @@ import pytest
 
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import load_settings
-from dalle3_etl.sources.base import resolve_inputs
+from dalle3_etl.sources.resolve import resolve_inputs
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 

@@ -6,8 +6,6 @@ Shards are hand-made here; the member cases run from a seekable file and from a 
 
 from __future__ import annotations
 
-import itertools
-import random
 import tarfile
 from pathlib import Path
 
@@ -18,7 +16,7 @@ from badinput_helpers import MODES, convert, img, js, member_offsets, sample, sn
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources.base import natural_key, resolve_inputs
+from dalle3_etl.sources.resolve import resolve_inputs
 from fakehub import FakeHub, hub_env, make_shard  # noqa: F401  (fixtures)
 from test_tarstream import meta_record, pax_data
 
@@ -100,19 +98,6 @@ def test_a_large_global_pax_header_changes_nothing_in_the_output(tmp_path, mode)
 
 
 # -- shard order is total: names equal as numbers do not take the order they were listed in -------------
-
-def test_natural_key_is_a_total_order():
-    names = ["data-1", "data-01", "data-001", "data-2", "data-10", "data-1a", "data-01a", "data", "a1", "a01b2",
-             "a1b02", "\u00b2", "\u0663", "x\u0661\u0660"]  # superscript two; Arabic-Indic 3, 10
-    expected = sorted(names, key=natural_key)
-    assert expected[expected.index("data-001"):][:5] == ["data-001", "data-01", "data-1", "data-01a", "data-1a"]
-    rng = random.Random(5)
-    for _ in range(50):
-        rng.shuffle(names)
-        assert sorted(names, key=natural_key) == expected
-    for a, b in itertools.combinations(names, 2):
-        assert natural_key(a) != natural_key(b), (a, b)
-
 
 def test_shards_equal_as_numbers_come_out_in_one_order_whatever_the_input_order(tmp_path):
     names = ["data-1.tar", "data-01.tar", "data-2.tar", "data-001.tar"]
@@ -241,17 +226,3 @@ def test_hub_shard_names_are_checked_like_local_ones(hub_env, tmp_path):
         assert not (tmp_path / "out").exists()
         assert cli(hub.uri("data/data-000000.tar"), "-o", str(tmp_path / "out"), "--workers", "1").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "out" / "data").iterdir()) == ["data-000000"]
-
-
-def test_hidden_files_in_a_folder_are_not_shards(tmp_path):
-    """macOS leaves `._<name>` resource forks beside files copied from its drives; a folder scan skips hidden
-    names like a shell glob does, instead of refusing the run over them."""
-    from dalle3_etl.sources.base import resolve_inputs
-    from dalle3_etl.devtools.synth import SynthSpec, write_corpus
-
-    folder = tmp_path / "in"
-    write_corpus(folder, SynthSpec(shards=1, per_shard=2, seed=1, image_bytes=200))
-    (folder / "._data-000000.tar").write_bytes(b"\0\5\26\7 AppleDouble")
-    (folder / ".cache" / "x").mkdir(parents=True)
-    (folder / ".cache" / "x" / "data-000009.tar").write_bytes(b"partial")
-    assert [s.shard_id for s in resolve_inputs([str(folder)])] == ["data-000000"]

@@ -125,11 +125,11 @@ def test_failed_and_damaged_lines_print_names_literally():
 
 
 def test_download_progress_prints_hub_file_names_literally():
-    from dalle3_etl.sources.hub import _Tracker
+    from dalle3_etl.sources.hub.progress import DownloadTracker
 
     names = ["data/x[red]y.tar", "data/:fire:[bold].tar", "data/b\x1b]0;owned\x07.tar"]
     files = [SimpleNamespace(path=n, size=10, lfs=None) for n in names]
-    tracker = _Tracker(True, files, Console(file=io.StringIO()))
+    tracker = DownloadTracker(True, files, Console(file=io.StringIO()))
     for n in names[:2]:
         tracker.downloaded(n, 4)
     tracker.hashing(names[2])

@@ -227,7 +227,7 @@ def test_out_in_a_read_only_folder_is_refused(tmp_path, shards):
 
 def test_run_convert_refuses_an_out_it_cannot_create(tmp_path, shards, monkeypatch):
     """What only mkdir can tell (a pseudo filesystem, a race) is a StateError, not a traceback."""
-    from dalle3_etl.sources.base import resolve_inputs
+    from dalle3_etl.sources.resolve import resolve_inputs
     from dalle3_etl.store.layout import StateError
 
     def no_mkdir(self, *args, **kwargs):

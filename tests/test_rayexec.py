@@ -24,7 +24,7 @@ from dalle3_etl.errors import MissingDependency
 from dalle3_etl.cli import app
 from dalle3_etl.run.pipeline import Reporter, run_convert
 from dalle3_etl.settings import load_settings
-from dalle3_etl.sources.base import resolve_inputs
+from dalle3_etl.sources.resolve import resolve_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 CRASH_DIR_VAR = "DALLE3_ETL_TEST_RAY_CRASH_DIR"

@@ -11,7 +11,7 @@ from dalle3_etl.run import report
 from dalle3_etl.shard import convert as shard
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import Settings
-from dalle3_etl.sources.base import resolve_inputs
+from dalle3_etl.sources.resolve import resolve_inputs
 
 
 def test_plain_progress_lines_and_summary_when_output_is_not_a_terminal(corpus, tmp_path, monkeypatch):

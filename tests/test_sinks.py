@@ -76,7 +76,7 @@ def test_converting_a_shard_does_not_import_pandas(corpus, tmp_path):
         from pathlib import Path
         from dalle3_etl.settings import Settings
         from dalle3_etl.shard.convert import convert_shard
-        from dalle3_etl.sources.base import resolve_inputs
+        from dalle3_etl.sources.resolve import resolve_inputs
         from dalle3_etl.store.layout import Layout
         out = Path({str(tmp_path / "out")!r})
         Layout(out).ensure()

@@ -22,8 +22,7 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
-from dalle3_etl.run.report import human_bytes
-from dalle3_etl.safetext import plain, safe
+from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.errors import UsageError
 from dalle3_etl.optional import require

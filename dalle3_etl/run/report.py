@@ -13,18 +13,10 @@ from rich.table import Table
 from rich.text import Text
 
 from dalle3_etl.run.pipeline import Plan, Reporter, RunSummary
-from dalle3_etl.safetext import plain, safe
+from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.shard.convert import ShardResult
 
 LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a terminal
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} TB"
 
 
 class RichReporter(Reporter):
@@ -172,4 +164,4 @@ def summary_table(summary: RunSummary) -> Table:
     return table
 
 
-__all__ = ["RichReporter", "summary_table", "human_bytes"]
+__all__ = ["RichReporter", "summary_table"]

@@ -54,7 +54,7 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
     import pstats
     from dalle3_etl.settings import load_settings
     from dalle3_etl.shard.convert import convert_shard
-    from dalle3_etl.sources.base import resolve_inputs
+    from dalle3_etl.sources.resolve import resolve_inputs
     from dalle3_etl.store.layout import Layout
 
     flags = CONVERT_MODES[mode]

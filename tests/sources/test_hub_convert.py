@@ -16,12 +16,9 @@ from dalle3_etl.cli import app
 @pytest.fixture
 def hub_corpus(corpus, hub_env):  # noqa: F811
     root, truth = corpus
-    from dalle3_etl.sources import hub as hubmod
-
     with FakeHub(files_from_dir(root)) as hub:
         hub_env.point_to(hub)
         yield root, hub
-    hubmod.set_keep_dir(None)  # --keep-tars is process-wide; do not leak it into other tests
 
 
 def test_convert_from_hub_is_byte_identical_to_local(hub_corpus, converted, tmp_path):

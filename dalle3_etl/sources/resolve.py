@@ -1,0 +1,58 @@
+"""Command-line inputs to shard sources: local and ``hf://`` arguments, each shard once, clashing ids refused."""
+
+from __future__ import annotations
+
+import unicodedata
+from pathlib import Path
+
+from dalle3_etl.sources.base import ShardSource, SourceError, natural_key, shown
+from dalle3_etl.sources.local import expand_local, local_source
+
+
+def _folded(shard_id: str) -> str:
+    """The id as a case-insensitive, normalisation-insensitive file system (macOS, Windows) compares it."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", shard_id).casefold())
+
+
+def resolve_inputs(args: list[str], *, keep_dir: Path | str | None = None) -> list[ShardSource]:
+    """Turn command-line inputs into shard sources, in natural shard-id order, each shard once.
+
+    ``keep_dir`` (``--keep-tars``): where the ``hf://`` sources keep a verified copy of the bytes they read.
+
+    Raises SourceError naming the argument for anything that matches nothing, naming the file for a shard id
+    that cannot name output (see `shard_id_problem`), and naming both files for two different files whose
+    shard ids are the same, or differ only in letter case or Unicode normalisation (their outputs would collide,
+    on macOS and Windows in the second case). The same file reached twice (two links to one blob) is one shard.
+    """
+    if not args:
+        raise SourceError("no input given: pass shard files, directories or globs")
+    by_id: dict[str, ShardSource] = {}
+    found: list[ShardSource] = []
+    hub_args = [arg for arg in args if arg.startswith("hf://")]
+    if hub_args:
+        from dalle3_etl.sources.hub.resolve import resolve_hub_inputs  # lazily: only Hub inputs need the client
+
+        found.extend(resolve_hub_inputs(hub_args, keep_dir=keep_dir))  # one commit per repo@revision
+    for arg in args:
+        if not arg.startswith("hf://"):
+            found.extend(local_source(p) for p in expand_local(arg))
+    for src in found:
+        seen = by_id.get(src.shard_id)
+        if seen is not None and seen.uri != src.uri and seen.fingerprint != src.fingerprint:
+            raise SourceError(
+                f"two inputs share shard id {shown(src.shard_id)}: {shown(seen.uri)} and {shown(src.uri)}; "
+                "rename one (outputs are keyed by shard file name)"
+            )
+        if seen is None or natural_key(src.uri) < natural_key(seen.uri):  # the same file: one name, whatever the order
+            by_id[src.shard_id] = src
+    sources = sorted(by_id.values(), key=lambda s: natural_key(s.shard_id))
+    folded: dict[str, ShardSource] = {}
+    for src in sources:
+        seen = folded.setdefault(_folded(src.shard_id), src)
+        if seen is not src:
+            raise SourceError(
+                f"shard ids {shown(seen.shard_id)} ({shown(seen.uri)}) and {shown(src.shard_id)} ({shown(src.uri)}) "
+                "differ only in letter case or Unicode normalisation: their outputs would be the same folder on "
+                "macOS and Windows; rename one"
+            )
+    return sources
