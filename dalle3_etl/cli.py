@@ -195,7 +195,9 @@ def verify_cmd(
     """Check that SimpleTuner can start on OUT and everything is there. Exit 0 only when every check holds."""
     import orjson
 
-    from dalle3_etl.check.verify import is_output_dir, print_report, verify
+    from dalle3_etl.check.report import print_report
+    from dalle3_etl.check.target import is_output_dir
+    from dalle3_etl.check.verify import verify
 
     if not is_output_dir(out):
         raise UsageError(f"{out} is not a dalle3-etl output directory")
@@ -219,7 +221,7 @@ def head_cmd(
     rows: int = typer.Option(10, "-n", "--rows", min=1, help="Number of rows to show."),
 ) -> None:
     """The first rows of the parquet as a table (captions shortened to the terminal width)."""
-    from dalle3_etl.check.stats import head_table
+    from dalle3_etl.check.head import head_table
 
     console = Console()
     console.print(head_table(out, rows, console.width))

@@ -1,7 +1,7 @@
-"""`dalle3-etl head OUT` and `dalle3-etl stats OUT`: what is in a converted output (commands in `cli`).
+"""`dalle3-etl stats OUT`: what is in a converted output, as tables, JSON or a plot (command in `cli`).
 
-Both read the parquet the dataloader entry names (else where convert writes it) row group by row group,
-with only the columns they need; counts are made with pyarrow.compute, so memory stays flat for 1.2 M rows
+Reads the parquet the dataloader entry names (else where convert writes it) row group by row group,
+with only the columns it needs; counts are made with pyarrow.compute, so memory stays flat for 1.2 M rows
 (the caption lengths, one int32 per row, are the largest thing kept).
 """
 
@@ -11,86 +11,22 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from rich.console import Console
-from rich.cells import cell_len
 from rich.table import Table
-from rich.text import Text
 
+from dalle3_etl.check.target import is_image_name, open_output
+from dalle3_etl.optional import require
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.sources.base import natural_key
-from dalle3_etl.errors import UsageError
-from dalle3_etl.optional import require
-from dalle3_etl.check.verify import Target, is_image_name, is_output_dir, read_target
 from dalle3_etl.store.layout import Layout
 
 PERCENTILES = (5, 25, 50, 75, 95, 99)
 MISSING_VALUE = "(none)"
-HEAD_MIN_CAPTION = 20  # cells; below this, head drops the shard and source columns
-
-
-def _usage(message: str) -> NoReturn:
-    raise UsageError(message)
-
-
-def _open(out: Path) -> tuple[Target, pq.ParquetFile]:
-    if not is_output_dir(out):
-        _usage(f"{out} is not a dalle3-etl output directory")
-    target, _ = read_target(out)
-    try:
-        return target, pq.ParquetFile(target.parquet)
-    except (OSError, pa.ArrowException) as exc:
-        _usage(f"cannot read {target.parquet}: {exc} (has convert finished? `dalle3-etl verify {out}` tells more)")
-
-
-# --- head -------------------------------------------------------------------------------------------
-
-
-def head_table(out: Path, rows: int, width: int) -> Table:
-    """The first rows in a table `width` cells wide: every column at full width but the caption, which is
-    cut to what is left (shard and source, which the filename repeats or can spare, go first when narrow)."""
-    target, pf = _open(out)
-    batch = next(pf.iter_batches(batch_size=rows), None)
-    names = [n for n in pf.schema_arrow.names if n != "key"]
-    cells = {name: [plain(" ".join(str(v).split())) if v is not None else "" for v in batch.column(name).to_pylist()]
-             if batch is not None else [] for name in names}
-    caption = cells.pop(target.caption, None)
-    widths = {name: max([cell_len(plain(name)), *map(cell_len, values)]) for name, values in cells.items()}
-    for optional in ("shard", "source"):
-        if _caption_room(widths, width) < HEAD_MIN_CAPTION and optional in widths:
-            del widths[optional]
-    table = Table(title=safe(f"{target.parquet} ({pf.metadata.num_rows:,} rows)"), title_justify="left")
-    for name in widths:
-        table.add_column(safe(name), no_wrap=True, justify="right" if name in (target.width, target.height) else "left")
-    columns = [cells[name] for name in widths]
-    if caption is not None:
-        table.add_column(safe(target.caption), no_wrap=True)
-        room = max(_caption_room(widths, width), HEAD_MIN_CAPTION)
-        columns.append([_shorten(c, room) for c in caption])
-    for values in zip(*columns):
-        table.add_row(*(Text(v) for v in values))
-    return table
-
-
-def _caption_room(widths: dict[str, int], total: int) -> int:
-    """Cells left for the caption once the other columns, their padding and the borders are drawn."""
-    return total - sum(widths.values()) - 3 * (len(widths) + 1) - 1
-
-
-def _shorten(text: str, width: int) -> str:
-    if cell_len(text) <= width:
-        return text
-    cut = Text(text)
-    cut.truncate(width, overflow="ellipsis")
-    return cut.plain
-
-
-# --- stats ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -157,7 +93,7 @@ def _disk_usage(stats: Stats, root: Path) -> None:
 
 
 def compute_stats(out: Path) -> Stats:
-    target, pf = _open(out)
+    target, pf = open_output(out)
     stats = Stats(out=Path(out).absolute(), parquet=target.parquet, samples=pf.metadata.num_rows,
                   parquet_bytes=target.parquet.stat().st_size)
     names = pf.schema_arrow.names
@@ -257,4 +193,4 @@ def plot_stats(stats: Stats, path: Path, top: int) -> None:
     fig.savefig(path, dpi=100)
 
 
-__all__ = ["compute_stats", "head_table", "plot_stats", "print_stats", "Stats"]
+__all__ = ["Stats", "compute_stats", "plot_stats", "print_stats", "require_matplotlib"]

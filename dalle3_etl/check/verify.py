@@ -23,6 +23,8 @@ Every check below is named; the report gives, per check, how many things fail it
 Memory stays bounded whatever the size: the parquet is streamed in batches of the needed columns, and the
 one thing that grows with the dataset is the set of image paths found on disk. Each row removes its own
 path from that set; what remains at the end has no row.
+
+What the entry says is read in `check.target`; the results and their printing are in `check.report`.
 """
 
 from __future__ import annotations
@@ -31,218 +33,32 @@ import fnmatch
 import heapq
 import os
 from collections import Counter
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dalle3_etl.check.report import MAX_EXAMPLES, Check, VerifyReport
+from dalle3_etl.check.target import Target, is_image_name, read_target
 from dalle3_etl.shard import imageheader
-from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import TMP_GLOB, Layout
 from dalle3_etl.store.locks import lock_holder
 from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
 from dalle3_etl.store.records import all_records
 
-MAX_EXAMPLES = 10
 BATCH_ROWS = 65_536
 TEMP_PATTERNS = (TMP_GLOB,)  # write_atomic / merge temporaries (beside the tool's own files only)
-CAPTION_STRATEGIES = ("textfile", "parquet")
 
-CHECKS: dict[str, str] = {
-    "dataloader": "multidatabackend.json valid, paths absolute and existing",
-    "parquet": "one readable parquet file with the entry's columns and at least one row",
-    "missing_image": "every row's image is on disk",
-    "duplicate_row": "at most one row per image",
-    "image_without_row": "every image on disk has a row",
-    "missing_caption_file": "every image has its <stem>.txt",
-    "empty_caption_file": "no empty caption file",
-    "multiline_caption_file": "no newline in a caption file",
-    "empty_caption": "no null or empty caption in the parquet",
-    "bad_size": "width and height positive",
-    "shard_rows": "rows per shard = its completion record",
-    "stray_file": "no temporary files or staging leftovers",
-    "header_size": "width/height = image header (--deep)",
-}
 ROW_CHECKS = ("missing_image", "duplicate_row", "image_without_row", "empty_caption", "bad_size", "shard_rows",
               "header_size")
 CAPTION_FILE_CHECKS = ("missing_caption_file", "empty_caption_file", "multiline_caption_file")
 
 
-def is_output_dir(out: Path) -> bool:
-    return Layout(Path(out)).state.is_dir()
-
-
-def is_image_name(name: str) -> bool:
-    stem, dot, ext = name.rpartition(".")
-    return bool(dot) and bool(stem) and not stem.endswith("/") and ext.lower() in IMAGE_EXTENSIONS
-
-
 def is_temp_name(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in TEMP_PATTERNS)
-
-
-# --- where the dataset is ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """What SimpleTuner will read: from the dataloader entry where usable, else where convert writes it."""
-
-    data_dir: Path
-    parquet: Path
-    caption_strategy: str
-    filename: str = "filename"
-    caption: str = "caption"
-    width: str = "width"
-    height: str = "height"
-
-    @property
-    def columns(self) -> list[str]:
-        return [self.filename, self.caption, self.width, self.height]
-
-
-def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> Path | None:
-    if not isinstance(value, str) or not value:
-        problems.append(f"{what} is missing")
-        return None
-    if not os.path.isabs(value):
-        problems.append(f"{what} {value!r} is not absolute (SimpleTuner strips it from image paths by string replacement)")
-        return None
-    path = Path(value)
-    if not (path.is_dir() if want_dir else path.exists()):
-        problems.append(f"{what} {value} does not exist" if not path.exists()
-                        else f"{what} {value} is not a {'directory' if want_dir else 'file'}")
-        return path if path.exists() else None
-    return path
-
-
-def _elsewhere(path: Path, expected: Path) -> bool:
-    """Whether `path` is another folder than `expected` (the same folder reached through a link is not)."""
-    try:
-        return not os.path.samefile(path, expected)
-    except OSError:
-        return True
-
-
-def read_target(out: Path) -> tuple[Target, list[str]]:
-    """The dataset as the dataloader entry describes it, and what is wrong with that entry.
-
-    Every value that cannot be used falls back to what convert writes, so the other checks still run.
-    """
-    layout = Layout(Path(out))
-    settings = pinned_settings(layout)
-    target = Target(
-        data_dir=layout.data, parquet=pinned_parquet(layout, settings),
-        caption_strategy="textfile" if settings.get("captions", True) else "parquet",
-    )
-    problems: list[str] = []
-    path = layout.dataloader_config
-    try:
-        entries = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        return target, [f"{path} is missing (convert writes it when a run completes)"]
-    except orjson.JSONDecodeError as exc:
-        return target, [f"{path} is not valid JSON: {exc}"]
-    if not isinstance(entries, list):
-        return target, [f"{path} must hold a JSON list of datasets, not a {type(entries).__name__}"]
-    images = [e for e in entries if isinstance(e, dict) and e.get("dataset_type", "image") == "image"]
-    if not images:
-        return target, [f"{path} has no image dataset entry"]
-    if not any(isinstance(e, dict) and e.get("dataset_type") == "text_embeds" for e in entries):
-        problems.append("no text_embeds entry (SimpleTuner needs one, with \"default\": true)")
-    entry = images[0]
-    data_dir = _abs_path(entry.get("instance_data_dir"), "instance_data_dir", want_dir=True, problems=problems)
-    if data_dir is not None and data_dir.is_dir():
-        if _elsewhere(data_dir, layout.data):
-            problems.append(f"instance_data_dir {data_dir} is not this output's {layout.data} (a copied or moved "
-                            f"output?); SimpleTuner would read the other one. Write the entry again for this "
-                            f"place: run the same `dalle3-etl convert ... -o {layout.out}`")
-        else:
-            target = replace(target, data_dir=data_dir)
-    strategy = entry.get("caption_strategy")
-    if strategy in CAPTION_STRATEGIES:
-        target = replace(target, caption_strategy=strategy)
-    else:
-        problems.append(f"caption_strategy {strategy!r} is not one of {', '.join(CAPTION_STRATEGIES)}")
-    if entry.get("metadata_backend") != "parquet":
-        problems.append(f"metadata_backend is {entry.get('metadata_backend')!r}, not 'parquet'")
-    spec = entry.get("parquet")
-    if not isinstance(spec, dict):
-        problems.append("the image entry has no \"parquet\" object")
-        return target, problems
-    parquet = _abs_path(spec.get("path"), "parquet.path", want_dir=False, problems=problems)
-    if parquet is not None and parquet.exists():
-        if _elsewhere(parquet.parent, layout.out):
-            problems.append(f"parquet.path {parquet} is not in this output {layout.out} (a copied or moved output?)")
-        else:
-            target = replace(target, parquet=parquet)
-    for role in ("filename", "caption", "width", "height"):
-        name = spec.get(f"{role}_column")
-        if isinstance(name, str) and name:
-            target = replace(target, **{role: name})
-        else:
-            problems.append(f"parquet.{role}_column is missing")
-    if spec.get("identifier_includes_extension") is not True:
-        problems.append("parquet.identifier_includes_extension must be true: the filename column keeps the extension")
-    return target, problems
-
-
-# --- the report -------------------------------------------------------------------------------------
-
-
-@dataclass
-class Check:
-    code: str
-    title: str
-    status: str = "ok"  # ok | failed | skipped
-    count: int = 0
-    examples: list[str] = field(default_factory=list)
-    note: str = ""
-
-    def fail(self, *examples: str, count: int | None = None) -> None:
-        """Record problems: `count` of them (default: one per example), keeping the first examples."""
-        count = len(examples) if count is None else count
-        if count == 0:
-            return
-        self.status = "failed"
-        self.count += count
-        self.examples.extend(examples[: MAX_EXAMPLES - len(self.examples)])
-
-    def skip(self, note: str) -> None:
-        if self.status == "ok":
-            self.status = "skipped"
-            self.note = note
-
-    def to_json(self) -> dict[str, Any]:
-        return {"check": self.code, "title": self.title, "status": self.status, "count": self.count,
-                "examples": self.examples, "note": self.note}
-
-
-@dataclass
-class VerifyReport:
-    out: Path
-    deep: bool
-    checks: dict[str, Check] = field(default_factory=lambda: {c: Check(c, t) for c, t in CHECKS.items()})
-    counts: dict[str, int] = field(default_factory=Counter)
-    running: str | None = None  # `host pid` of a convert run working on this output now
-
-    @property
-    def failed(self) -> list[Check]:
-        return [c for c in self.checks.values() if c.status == "failed"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
-
-    def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "out": str(self.out), "deep": self.deep, "running": self.running,
-                "counts": dict(self.counts),
-                "problems": [c.code for c in self.failed], "checks": [c.to_json() for c in self.checks.values()]}
 
 
 # --- the checks -------------------------------------------------------------------------------------
@@ -456,43 +272,4 @@ def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | N
     return report
 
 
-# --- showing it -------------------------------------------------------------------------------------
-
-
-def print_report(report: VerifyReport, console) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
-    from dalle3_etl.safetext import safe
-
-    table = Table(title=safe(f"dalle3-etl verify: {report.out}"), title_justify="left")
-    table.add_column("check")
-    table.add_column("what")
-    table.add_column("result")
-    table.add_column("count", justify="right")
-    shown = {"ok": Text("ok", "green"), "failed": Text("FAILED", "red"), "skipped": Text("skipped", "dim")}
-    for check in report.checks.values():
-        table.add_row(check.code, Text(check.title), shown[check.status], f"{check.count:,}" if check.count else "")
-    console.print(table)
-    for check in report.failed:
-        console.print(Text.assemble((check.code, "red"), f": {check.count:,} problem(s)"))
-        for example in check.examples:
-            console.print(safe(f"  {example}"))
-        if check.count > len(check.examples):
-            console.print(f"  ... and {check.count - len(check.examples):,} more", highlight=False)
-        if check.note:
-            console.print(safe(f"  note: {check.note}"))
-    counts = report.counts
-    summary = (f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
-               f"{counts.get('caption_files', 0):,} caption files, {counts.get('shards', 0):,} shards")
-    if report.running:
-        console.print(Text.assemble(("note", "yellow"), safe(f": a convert run is in progress on this output (lock "
-                                                            f"held by {report.running}); checks may change when it "
-                                                            "finishes.")))
-    if report.ok:
-        console.print(f"[green]OK[/green]: SimpleTuner can start on this output ({summary}).", highlight=False)
-    else:
-        console.print(f"[red]FAILED[/red]: {len(report.failed)} check(s) failed ({summary}).", highlight=False)
-
-
-__all__ = ["verify", "VerifyReport", "Check", "Target", "read_target", "print_report", "is_output_dir", "CHECKS"]
+__all__ = ["is_temp_name", "verify"]

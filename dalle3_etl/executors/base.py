@@ -1,21 +1,15 @@
-"""Run shard conversions: in this process, in a local process pool, or (see `rayexec`) on Ray.
+"""What every executor shares: the task (`ShardTask`), the `Executor` protocol, its callbacks, and `run_task`.
 
 Every executor runs the same function, `run_task`, on the same `ShardTask`, so their outputs are the
 same bytes. Executors report progress `(shard id, bytes, samples)` and each finished `ShardResult`
-through callbacks; the driver (`pipeline`) decides what to run and merges afterwards.
+through callbacks; the driver (`pipeline`) decides what to run and merges afterwards. The executors
+themselves are in `local` (this process, a local process pool) and `ray`; `choose` picks one.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-from concurrent.futures.process import BrokenProcessPool
 import os
-import queue
-import select
-import signal
 import sys
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +20,6 @@ from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardResult, convert_shard
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.layout import Layout
-from dalle3_etl.store.locks import hold_workers_lock
-from dalle3_etl.executors.pool import EXECUTORS, mp_context
 
 ProgressCb = Callable[[str, int, int], None]
 ResultCb = Callable[[ShardResult], None]
@@ -45,6 +37,14 @@ class ShardTask:
 #: few milliseconds can slip between two samples of /proc, but not this.
 RSS_LOG_ENV = "DALLE3_ETL_RSS_LOG"
 
+_process_kind = "inline"  # what the RSS log calls this process: "pool" once `mark_pool_worker` ran in it
+
+
+def mark_pool_worker() -> None:
+    """Called by a local pool worker's initializer: its RSS log lines say "pool"."""
+    global _process_kind
+    _process_kind = "pool"
+
 
 def _log_peak_rss() -> None:
     path = os.environ.get(RSS_LOG_ENV)
@@ -55,7 +55,7 @@ def _log_peak_rss() -> None:
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if sys.platform == "darwin":
         kb //= 1024  # bytes there
-    kind = "pool" if _progress_queue is not None else "inline"
+    kind = _process_kind
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, f"{os.getpid()} {kind} {kb}\n".encode())
@@ -85,145 +85,4 @@ class Executor(Protocol):
     def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None: ...
 
 
-class InlineExecutor:
-    """Runs shards one after another in this process (`--workers 1`)."""
-
-    def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None:
-        for task in tasks:
-            on_result(run_task(task, on_progress))
-
-
-_progress_queue = None
-
-
-def _init_worker(progress_queue, driver_pid: int, workers_lock: str) -> None:
-    global _progress_queue
-    _progress_queue = progress_queue
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; no tracebacks from each
-    # SIGTERM keeps its default (die): a broken pool stops its other workers with SIGTERM.
-    _die_with_driver(driver_pid)
-    hold_workers_lock(workers_lock)
-
-
-def _die_with_driver(driver_pid: int) -> None:
-    """Kill this worker as soon as the driver process is gone.
-
-    Pool workers are children of the multiprocessing fork server, not of the driver: when the driver
-    is killed (SIGKILL, OOM killer) they would otherwise finish and commit their shard, orphaned,
-    while a new run may already be converting it.
-    """
-    def suicide() -> None:
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    try:
-        pidfd = os.pidfd_open(driver_pid)
-    except ProcessLookupError:
-        suicide()
-    except (AttributeError, OSError):  # no pidfd (not Linux, old kernel): poll
-        def watch() -> None:
-            while True:
-                time.sleep(0.2)
-                try:
-                    os.kill(driver_pid, 0)
-                except ProcessLookupError:
-                    suicide()
-                except PermissionError:
-                    pass
-    else:
-        def watch() -> None:
-            select.select([pidfd], [], [])  # readable once the driver has exited
-            suicide()
-    threading.Thread(target=watch, name="dalle3-etl-driver-watch", daemon=True).start()
-
-
-def _queue_progress(shard_id: str, nbytes: int, samples: int) -> None:
-    try:
-        _progress_queue.put_nowait((shard_id, nbytes, samples))
-    except Exception:
-        pass  # progress is best effort
-
-
-def _pool_task(task: ShardTask) -> ShardResult:
-    return run_task(task, _queue_progress)
-
-
-MAX_POOL_RESTARTS = 8  # pools started again after a worker died, per run
-
-
-class LocalExecutor:
-    """A process pool over shards. Ctrl-C kills the workers at once; their shards stay incomplete and
-    are redone by the next run.
-
-    A worker that dies (OOM killer, segfault) breaks the whole pool. The shards that were being
-    converted then are reported failed (which one killed its worker cannot be told); shards that had
-    not started yet (no staging folder) go on in a new pool.
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-
-    def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None:
-        restarts = 0
-        while tasks:
-            tasks = self._run_pool(tasks, on_progress, on_result, may_retry=restarts < MAX_POOL_RESTARTS)
-            restarts += 1
-
-    def _run_pool(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb,
-                  may_retry: bool) -> list[ShardTask]:
-        """Run tasks in one pool. Returns the tasks to run in a new pool because a worker died first."""
-        ctx = mp_context()
-        progress_queue = ctx.Queue()
-        pool = cf.ProcessPoolExecutor(
-            max_workers=min(self.workers, len(tasks)), mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(progress_queue, os.getpid(), str(Layout(Path(tasks[0].out)).workers_lock)),
-        )
-        retry: list[ShardTask] = []
-        try:
-            pending = {pool.submit(_pool_task, task): task for task in tasks}
-            while pending:
-                done, _ = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-                _drain(progress_queue, on_progress)
-                for fut in done:
-                    task = pending.pop(fut)
-                    try:
-                        result = fut.result()
-                    except Exception as exc:  # the worker process died (OOM killer, segfault)
-                        sid = task.source.shard_id
-                        if (may_retry and isinstance(exc, BrokenProcessPool)
-                                and not Layout(Path(task.out)).staging(sid).exists()):
-                            retry.append(task)  # had not started
-                            continue
-                        result = ShardResult(shard_id=sid, ok=False, failure=(
-                            f"worker process died while converting it or another shard (killed by a signal, "
-                            f"e.g. the OOM killer?): {type(exc).__name__}: {exc}"))
-                    on_result(result)
-        except BaseException:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.kill()
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
-        else:
-            pool.shutdown(wait=True)
-        finally:
-            progress_queue.close()
-        return sorted(retry, key=tasks.index)
-
-
-def _drain(progress_queue, on_progress: ProgressCb) -> None:
-    while True:
-        try:
-            item = progress_queue.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            return
-        on_progress(*item)
-
-
-def make_executor(name: str, workers: int, ray_address: str | None = None) -> Executor:
-    if name == "local":
-        return InlineExecutor() if workers == 1 else LocalExecutor(workers)
-    if name == "ray":
-        from dalle3_etl.executors.ray import RayExecutor  # optional dependency
-
-        return RayExecutor(address=ray_address)
-    raise ValueError(f"unknown executor {name!r} (use one of: {', '.join(EXECUTORS)})")
+__all__ = ["RSS_LOG_ENV", "Executor", "ProgressCb", "ResultCb", "ShardTask", "mark_pool_worker", "run_task"]

@@ -1,6 +1,6 @@
 """How many pool workers, how they are started, and starting them early.
 
-Kept apart from `executors` and light to import (no pyarrow): the CLI starts the fork server from
+Kept apart from the executors and light to import (no pyarrow): the CLI starts the fork server from
 here before it imports the conversion code, so the two imports overlap.
 """
 
@@ -10,14 +10,15 @@ import multiprocessing as mp
 import os
 import sys
 
-#: The executors `executors.make_executor` builds (`convert --executor`); here so the CLI can check a
+#: The executors `executors.choose.make_executor` builds (`convert --executor`); here so the CLI can check a
 #: name before it imports the conversion code.
 EXECUTORS = ("local", "ray")
 
-#: Imported once by the fork server, so every pool worker starts with them loaded: `executors` brings
-#: the whole conversion (shard, pyarrow, Pillow); `cli` is what a worker's re-import of the main script
+#: Imported once by the fork server, so every pool worker starts with them loaded: `executors.local`
+#: holds what a worker runs (its initializer and task) and brings, through `executors.base`, the whole
+#: conversion (shard, pyarrow, Pillow); `cli` is what a worker's re-import of the main script
 #: (`dalle3-etl`) needs. Missing modules are skipped by multiprocessing.
-WORKER_PRELOAD = ("dalle3_etl.cli", "dalle3_etl.executors.base")
+WORKER_PRELOAD = ("dalle3_etl.cli", "dalle3_etl.executors.local")
 
 
 def mp_context():

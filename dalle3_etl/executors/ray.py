@@ -1,6 +1,6 @@
 """Run shard conversions as Ray tasks: `convert --executor ray [--ray-address ADDR]`.
 
-Each shard is one Ray task that runs the same `executors.run_task` as the local pool, so the output
+Each shard is one Ray task that runs the same `executors.base.run_task` as the local pool, so the output
 bytes are the same. The driver (this process) submits every shard, waits on them with `ray.wait`,
 hands each finished `ShardResult` to `on_result` and, like with any executor, merges afterwards
 (`pipeline`). Workers write straight into OUT: OUT and the input shards must be reachable at the same

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import orjson
 
-from dalle3_etl.executors.base import ShardTask, make_executor
+from dalle3_etl.executors.base import ShardTask
+from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.settings import Settings

@@ -26,7 +26,7 @@ from dalle3_etl.run.pipeline import Reporter, run_convert
 from dalle3_etl.settings import load_settings
 from dalle3_etl.sources.resolve import resolve_inputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CRASH_DIR_VAR = "DALLE3_ETL_TEST_RAY_CRASH_DIR"
 HINT = "the ray executor needs the ray package: pip install 'dalle3-etl[ray]'"
 

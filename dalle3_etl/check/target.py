@@ -1,0 +1,160 @@
+"""What SimpleTuner will read from an output: the dataloader entry's dataset (`Target`, `read_target`).
+
+`verify` checks the entry and the dataset it names; `head` and `stats` read that dataset (`open_output`).
+Every value of the entry that cannot be used falls back to where convert writes it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dalle3_etl.errors import UsageError
+from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
+
+CAPTION_STRATEGIES = ("textfile", "parquet")
+
+
+def is_output_dir(out: Path) -> bool:
+    return Layout(Path(out)).state.is_dir()
+
+
+def is_image_name(name: str) -> bool:
+    stem, dot, ext = name.rpartition(".")
+    return bool(dot) and bool(stem) and not stem.endswith("/") and ext.lower() in IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class Target:
+    """What SimpleTuner will read: from the dataloader entry where usable, else where convert writes it."""
+
+    data_dir: Path
+    parquet: Path
+    caption_strategy: str
+    filename: str = "filename"
+    caption: str = "caption"
+    width: str = "width"
+    height: str = "height"
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.filename, self.caption, self.width, self.height]
+
+
+def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> Path | None:
+    if not isinstance(value, str) or not value:
+        problems.append(f"{what} is missing")
+        return None
+    if not os.path.isabs(value):
+        problems.append(f"{what} {value!r} is not absolute (SimpleTuner strips it from image paths by string replacement)")
+        return None
+    path = Path(value)
+    if not (path.is_dir() if want_dir else path.exists()):
+        problems.append(f"{what} {value} does not exist" if not path.exists()
+                        else f"{what} {value} is not a {'directory' if want_dir else 'file'}")
+        return path if path.exists() else None
+    return path
+
+
+def _elsewhere(path: Path, expected: Path) -> bool:
+    """Whether `path` is another folder than `expected` (the same folder reached through a link is not)."""
+    try:
+        return not os.path.samefile(path, expected)
+    except OSError:
+        return True
+
+
+def read_target(out: Path) -> tuple[Target, list[str]]:
+    """The dataset as the dataloader entry describes it, and what is wrong with that entry.
+
+    Every value that cannot be used falls back to what convert writes, so the other checks still run.
+    """
+    layout = Layout(Path(out))
+    settings = pinned_settings(layout)
+    target = Target(
+        data_dir=layout.data, parquet=pinned_parquet(layout, settings),
+        caption_strategy="textfile" if settings.get("captions", True) else "parquet",
+    )
+    problems: list[str] = []
+    path = layout.dataloader_config
+    try:
+        entries = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return target, [f"{path} is missing (convert writes it when a run completes)"]
+    except orjson.JSONDecodeError as exc:
+        return target, [f"{path} is not valid JSON: {exc}"]
+    if not isinstance(entries, list):
+        return target, [f"{path} must hold a JSON list of datasets, not a {type(entries).__name__}"]
+    images = [e for e in entries if isinstance(e, dict) and e.get("dataset_type", "image") == "image"]
+    if not images:
+        return target, [f"{path} has no image dataset entry"]
+    if not any(isinstance(e, dict) and e.get("dataset_type") == "text_embeds" for e in entries):
+        problems.append("no text_embeds entry (SimpleTuner needs one, with \"default\": true)")
+    entry = images[0]
+    target = _read_image_entry(entry, layout, target, problems)
+    spec = entry.get("parquet")
+    if not isinstance(spec, dict):
+        problems.append("the image entry has no \"parquet\" object")
+        return target, problems
+    return _read_parquet_spec(spec, layout, target, problems), problems
+
+
+def _read_image_entry(entry: dict, layout: Layout, target: Target, problems: list[str]) -> Target:
+    """The image folder and caption strategy of the image entry (problems appended to `problems`)."""
+    data_dir = _abs_path(entry.get("instance_data_dir"), "instance_data_dir", want_dir=True, problems=problems)
+    if data_dir is not None and data_dir.is_dir():
+        if _elsewhere(data_dir, layout.data):
+            problems.append(f"instance_data_dir {data_dir} is not this output's {layout.data} (a copied or moved "
+                            f"output?); SimpleTuner would read the other one. Write the entry again for this "
+                            f"place: run the same `dalle3-etl convert ... -o {layout.out}`")
+        else:
+            target = replace(target, data_dir=data_dir)
+    strategy = entry.get("caption_strategy")
+    if strategy in CAPTION_STRATEGIES:
+        target = replace(target, caption_strategy=strategy)
+    else:
+        problems.append(f"caption_strategy {strategy!r} is not one of {', '.join(CAPTION_STRATEGIES)}")
+    if entry.get("metadata_backend") != "parquet":
+        problems.append(f"metadata_backend is {entry.get('metadata_backend')!r}, not 'parquet'")
+    return target
+
+
+def _read_parquet_spec(spec: dict, layout: Layout, target: Target, problems: list[str]) -> Target:
+    """The parquet file and its column names, from the image entry's "parquet" object."""
+    parquet = _abs_path(spec.get("path"), "parquet.path", want_dir=False, problems=problems)
+    if parquet is not None and parquet.exists():
+        if _elsewhere(parquet.parent, layout.out):
+            problems.append(f"parquet.path {parquet} is not in this output {layout.out} (a copied or moved output?)")
+        else:
+            target = replace(target, parquet=parquet)
+    for role in ("filename", "caption", "width", "height"):
+        name = spec.get(f"{role}_column")
+        if isinstance(name, str) and name:
+            target = replace(target, **{role: name})
+        else:
+            problems.append(f"parquet.{role}_column is missing")
+    if spec.get("identifier_includes_extension") is not True:
+        problems.append("parquet.identifier_includes_extension must be true: the filename column keeps the extension")
+    return target
+
+
+def open_output(out: Path) -> tuple[Target, pq.ParquetFile]:
+    """The target of an output and its parquet opened, for `head` and `stats`; a UsageError when unreadable."""
+    if not is_output_dir(out):
+        raise UsageError(f"{out} is not a dalle3-etl output directory")
+    target, _ = read_target(out)
+    try:
+        return target, pq.ParquetFile(target.parquet)
+    except (OSError, pa.ArrowException) as exc:
+        raise UsageError(f"cannot read {target.parquet}: {exc} (has convert finished? `dalle3-etl verify {out}` tells more)")
+
+
+__all__ = ["CAPTION_STRATEGIES", "Target", "is_image_name", "is_output_dir", "open_output", "read_target"]
