@@ -155,7 +155,7 @@ class Layout:
     @property
     def temporary_folders(self) -> tuple[Path, ...]:
         """The state folders the tool writes files into atomically, so where its temporaries may be left."""
-        return (self.state, self.records_dir, self.parts_dir, self.rejects_dir, self.failed_dir)
+        return (self.state, self.records_dir, self.parts_dir, self.rejects_dir, self.failed_dir, self.owned_dir)
 
     # -- one shard's state ---------------------------------------------------------------------------
 

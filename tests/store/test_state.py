@@ -114,3 +114,15 @@ def test_status_tells_whether_dalle3_parquet_is_up_to_date(tmp_path):
     later = (out / "dalle3.parquet").stat().st_mtime_ns + 1_000_000_000
     os.utime(record, ns=(later, later))  # a shard completed after the last merge
     assert "out of date: run convert again" in status(out)
+
+
+def test_cleanup_removes_a_claim_cut_short_by_a_kill(layout):
+    """A worker killed while writing its claim (`owned/.<id>.tmp-<pid>`) leaves a temporary: the next run
+    removes it, so nothing of the killed run is left (it made tests/test_resume.py fail now and then)."""
+    from dalle3_etl.run.pipeline import clean_leftovers
+
+    tmp = layout.owned_dir / ".data-000002.tmp-4242"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(b"")
+    clean_leftovers(layout, Settings())
+    assert not tmp.exists()
