@@ -688,7 +688,7 @@ class TarReader:
         regular file ('0' or NUL type) with a plain ASCII name (see `_PLAIN_NAME_RE`), octal size and a
         valid checksum.
 
-        Gives exactly what `_next` + `_make_member` would (tests/test_tarstream.py checks both paths
+        Gives exactly what `_next` + `_make_member` would (tests/shard/test_tarstream.py checks both paths
         against tarfile); returns None, having consumed nothing, for anything else."""
         hoff = self._cur
         block = self._window_read(hoff, BLOCK)  # consumes nothing: `_cur` moves only on success

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from badinput_helpers import meta_record, pax_data
 from dalle3_etl.shard import tarstream
 from dalle3_etl.shard.tarstream import Member, TarFormatError, TarReader, open_tar
 
@@ -449,26 +450,6 @@ def test_meta_record_over_limit(tmp_path):
 
 
 # -- meta records are capped in total: per member (a chain) and per archive (global headers) ---------
-
-def pax_data(records) -> bytes:
-    """pax records '<len> <key>=<value>\\n' for (key, value) byte pairs."""
-    out = []
-    for key, value in records:
-        body = b" %s=%s\n" % (key, value)
-        n = len(body) + 1
-        while n != len(body) + len(str(n)):
-            n = len(body) + len(str(n))
-        out.append(b"%d%s" % (n, body))
-    return b"".join(out)
-
-
-def meta_record(type_: bytes, data: bytes) -> bytes:
-    """A meta header (pax 'x'/'X'/'g', GNU 'L'/'K') and its data, padded to whole blocks."""
-    ti = tarfile.TarInfo("././@LongLink" if type_ in (b"L", b"K") else "././@PaxHeader")
-    ti.type = type_
-    ti.size = len(data)
-    return ti.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)
-
 
 def insert_before(raw: bytes, index: int, blocks: bytes) -> bytes:
     """`raw` with `blocks` inserted right before member number `index` (its first header)."""
