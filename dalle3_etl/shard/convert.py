@@ -24,6 +24,7 @@ import orjson
 from dalle3_etl.shard import imageheader
 
 from dalle3_etl.shard import tarstream
+from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.rows import JsonInfo, Reason, Reject, parse_json
 from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.settings import Settings
@@ -361,7 +362,7 @@ class ShardConverter:
         try:
             with self.src.open() as fh:
                 try:
-                    self._reader = reader = tarstream.open_tar(fh)
+                    self._reader = reader = open_tar(fh)
                     self._convert_members(reader)
                 except tarstream.TarFormatError as exc:
                     error = f"{self.src.uri}: {exc}"
