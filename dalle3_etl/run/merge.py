@@ -105,7 +105,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
         ]
         layout.fs.write_atomic(rejects, b"".join(lines))
         record["samples"] -= len(clashes)  # the record still holds the counts of the conversion
-        record["rejects"][Reason.NAME_CLASH] = record["rejects"].get(Reason.NAME_CLASH, 0) + len(clashes)
+        record["rejects"][str(Reason.NAME_CLASH)] = record["rejects"].get(Reason.NAME_CLASH, 0) + len(clashes)
     record["published"] = True
     write_record(layout, shard_id, record)
     layout.fs.remove_tree(src_root)

@@ -192,7 +192,7 @@ class ShardConverter:
                     self._convert_members(reader)
                 except tarstream.TarFormatError as exc:
                     error = f"{self.src.uri}: {exc}"
-                    writer.reject(exc.member or f"@{exc.offset}", "shard_unreadable", str(exc))
+                    writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))
             writer.close()
             crash_point("staged", self.shard_id)
             self.commit()

@@ -76,8 +76,8 @@ class SampleWriter:
         self._rejects_fh.close()
         self.part.abort()
 
-    def reject(self, member: str, reason: str, detail: str) -> None:
-        self.counts[reason] += 1
+    def reject(self, member: str, reason: Reason, detail: str) -> None:
+        self.counts[str(reason)] += 1  # the plain code: the counts are written as JSON keys (see Reason)
         line = {"shard": self.shard_id, "member": _printable(member), "reason": reason, "detail": _printable(detail)}
         self._rejects_fh.write(orjson.dumps(line) + b"\n")
 
