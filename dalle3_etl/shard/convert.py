@@ -71,15 +71,15 @@ class ShardConverter:
 
     def _report_unpaired(self, entry: Entry, where: str) -> None:
         """Report the members of an entry that never got its partner (`where`: "in this shard"...)."""
-        for part, reason, missing in ((entry.image, Reason.IMAGE_WITHOUT_JSON, "JSON"),
+        for half, reason, missing in ((entry.image, Reason.IMAGE_WITHOUT_JSON, "JSON"),
                                       (entry.json, Reason.JSON_WITHOUT_IMAGE, "image")):
-            if part is None:
+            if half is None:
                 continue
             detail = entry.why or f"no {missing} member with key {entry.key!r} {where}"
-            if isinstance(part.payload, Reject):  # the member was bad itself: that is the reason
-                self.writer.reject(part.member, part.payload.reason, f"{part.payload.detail} (also: {detail})")
+            if isinstance(half.payload, Reject):  # the member was bad itself: that is the reason
+                self.writer.reject(half.member, half.payload.reason, f"{half.payload.detail} (also: {detail})")
             else:
-                self.writer.reject(part.member, reason, detail)
+                self.writer.reject(half.member, reason, detail)
         if entry.image is not None:
             self.writer.discard(entry.image.payload)
 
@@ -159,9 +159,9 @@ class ShardConverter:
                             payload = parse_json(data, settings)
                     else:
                         waiting = pairing.pending.get(key)
-                        json_part = waiting.json if waiting is not None else None
-                        need_size = not (json_part is not None and (isinstance(json_part.payload, Reject)
-                                                                    or json_part.payload.width is not None))
+                        json_half = waiting.json if waiting is not None else None
+                        need_size = not (json_half is not None and (isinstance(json_half.payload, Reject)
+                                                                    or json_half.payload.width is not None))
                         payload = self.writer.image_ref(reader, member, ext.lower(), need_size)
                     done, problems = pairing.add(key, role, member.name, payload, weight)
                     self._settle(done, problems)

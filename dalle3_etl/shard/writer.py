@@ -119,9 +119,9 @@ class SampleWriter:
         image_member = entry.image.member
         if type(info) is not JsonInfo or type(ref) is not ImageRef:  # a member at fault: one line for each
             self.discard(ref)
-            for part in (entry.image, entry.json):
-                if isinstance(part.payload, Reject):
-                    self.reject(part.member, part.payload.reason, part.payload.detail)
+            for half in (entry.image, entry.json):
+                if isinstance(half.payload, Reject):
+                    self.reject(half.member, half.payload.reason, half.payload.detail)
             return
         if info.caption is None:
             self.discard(ref)
