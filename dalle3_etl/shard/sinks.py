@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dalle3_etl.store.fsio import Root
-from dalle3_etl.settings import BASE_COLUMNS, LIST_FIELDS, Settings
+from dalle3_etl.settings import LIST_FIELDS, Settings
 
 #: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
