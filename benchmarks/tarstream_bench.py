@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dalle3_etl.shard import tarstream  # noqa: E402
+from dalle3_etl.shard import tarbytes  # noqa: E402
 from dalle3_etl.shard.tarstream import TarReader  # noqa: E402
 
 
@@ -107,12 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json-bytes", type=int, default=1_500)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dir", type=Path, default=None, help="where to build the tar (default /dev/shm or TMPDIR)")
-    ap.add_argument("--seek-window", type=int, default=None, help="override tarstream.SEEK_WINDOW (bytes)")
+    ap.add_argument("--seek-window", type=int, default=None, help="override tarbytes.SEEK_WINDOW (bytes)")
     ap.add_argument("--no-tarfile-stream", action="store_true", help="skip the tarfile 'r|' reference run")
     args = ap.parse_args(argv)
 
     if args.seek_window:
-        tarstream.SEEK_WINDOW = args.seek_window
+        tarbytes.SEEK_WINDOW = args.seek_window
     base = args.dir or (Path("/dev/shm") if Path("/dev/shm").is_dir() else None)
     tmp = Path(tempfile.mkdtemp(prefix="tarstream-bench-", dir=base))
     try:

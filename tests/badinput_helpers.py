@@ -1,4 +1,5 @@
-"""Helpers for the bad-input, fuzz and disk-full tests: hand-made shards, stream sources, output checks."""
+"""Helpers for the bad-input, fuzz and disk-full tests: hand-made shards, stream sources, output checks; tar meta
+records (pax, GNU long names) for the tar reader's tests too."""
 
 from __future__ import annotations
 
@@ -230,3 +231,23 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]
 
 def part_rows(out: Path, shard_id: str) -> int:
     return pq.read_metadata(out / ".dalle3-etl" / "parts" / f"{shard_id}.parquet").num_rows
+
+
+def pax_data(records) -> bytes:
+    """pax records '<len> <key>=<value>\\n' for (key, value) byte pairs."""
+    out = []
+    for key, value in records:
+        body = b" %s=%s\n" % (key, value)
+        n = len(body) + 1
+        while n != len(body) + len(str(n)):
+            n = len(body) + len(str(n))
+        out.append(b"%d%s" % (n, body))
+    return b"".join(out)
+
+
+def meta_record(type_: bytes, data: bytes) -> bytes:
+    """A meta header (pax 'x'/'X'/'g', GNU 'L'/'K') and its data, padded to whole blocks."""
+    ti = tarfile.TarInfo("././@LongLink" if type_ in (b"L", b"K") else "././@PaxHeader")
+    ti.type = type_
+    ti.size = len(data)
+    return ti.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)

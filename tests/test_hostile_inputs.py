@@ -12,13 +12,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from badinput_helpers import MODES, convert, img, js, member_offsets, sample, snapshot, tar_bytes, write_shards
+from badinput_helpers import (
+    MODES, convert, img, js, member_offsets, meta_record, pax_data, sample, snapshot, tar_bytes, write_shards,
+)
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources.resolve import resolve_inputs
 from fakehub import FakeHub, hub_env, make_shard  # noqa: F401  (fixtures)
-from test_tarstream import meta_record, pax_data
 
 
 def good(*keys: str) -> list:

@@ -28,6 +28,7 @@ from dalle3_etl.shard import convert as shard
 from dalle3_etl.shard import sinks
 from dalle3_etl.devtools import synth
 from dalle3_etl.shard import tarstream
+from dalle3_etl.shard import writer
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.shard.rows import parse_json as real_parse_json
@@ -63,7 +64,7 @@ def test_name_1500_folders_deep_is_rejected_and_the_shard_is_converted(tmp_path,
 
 
 def test_a_name_at_the_depth_limit_is_converted(tmp_path):
-    name = "d/" * shard.MAX_FOLDER_DEPTH + "x"
+    name = "d/" * writer.MAX_FOLDER_DEPTH + "x"
     (path,) = write_shards(tmp_path / "in", {"s.tar": [(f"{name}.jpg", img()), (f"{name}.json", js())]})
     res = convert([path], tmp_path / "out")
     assert res.filenames == [f"s/{name}.jpg"] and res.rejects == []

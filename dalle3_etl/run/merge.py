@@ -106,7 +106,7 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
         ]
         layout.fs.write_atomic(rejects, b"".join(lines))
         record = replace(record, samples=record.samples - len(clashes),  # it still holds the conversion's counts
-                         rejects={**record.rejects, Reason.NAME_CLASH: record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)})
+                         rejects={**record.rejects, str(Reason.NAME_CLASH): record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)})
     write_record(layout, replace(record, published=True))
     layout.fs.remove_tree(src_root)
 

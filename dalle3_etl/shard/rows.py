@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -19,8 +20,11 @@ import orjson
 from dalle3_etl.settings import LIST_FIELDS, Settings
 
 
-class Reason:
-    """Reject reason codes, as written to rejects.jsonl and counted in the summary."""
+class Reason(StrEnum):
+    """Reject reason codes, as written to rejects.jsonl and counted in the summary: the one spelling of each.
+
+    A member is a `str` equal to its code, and orjson writes it as its code; as a dict KEY orjson refuses a
+    str subclass, so counts are keyed by `str(reason)` (the plain code)."""
 
     UNSAFE_MEMBER = "unsafe_member"
     DUPLICATE_MEMBER = "duplicate_member"
@@ -40,7 +44,7 @@ class Reason:
 
 
 #: Every reason code with what it means (README table, `--help` texts, tests).
-REASONS: dict[str, str] = {
+REASONS: dict[Reason, str] = {
     Reason.UNSAFE_MEMBER: "member name or type is unsafe: absolute, '..', backslash, control character, "
                           "not UTF-8, over 4096 bytes; symlink, hardlink, device, fifo, sparse",
     Reason.DUPLICATE_MEMBER: "another member for a key that already has one (the first one is kept)",
@@ -70,7 +74,7 @@ REASONS: dict[str, str] = {
 
 @dataclass(frozen=True, slots=True)
 class Reject:
-    reason: str
+    reason: Reason
     detail: str
 
 

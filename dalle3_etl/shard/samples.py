@@ -36,7 +36,9 @@ def classify(name: str) -> tuple[str, str | None, str]:
 
 
 @dataclass(slots=True)
-class Part:
+class Half:
+    """One half of a sample (its image or its JSON member): the member's name and what was read of it."""
+
     member: str
     payload: Any
 
@@ -44,8 +46,8 @@ class Part:
 @dataclass(slots=True)
 class Entry:
     key: str
-    image: Part | None = None
-    json: Part | None = None
+    image: Half | None = None
+    json: Half | None = None
     weight: int = 0  # payload bytes held in memory while waiting
     why: str = ""  # for an entry handed back unpaired: why its partner is missing (a full sentence)
 
@@ -91,7 +93,7 @@ class Pairing:
             entry = Entry(key, why=f"its partner {member_gone!r} came earlier and was given up when more than "
                                    f"{bound} were waiting for a partner; the shard's samples are far apart "
                                    f"(raise max_pending)")
-            setattr(entry, role, Part(member, payload))
+            setattr(entry, role, Half(member, payload))
             self.completed.add(key)  # a third member for this key is a duplicate
             return None, [entry]
         entry = self.pending.get(key)
@@ -101,7 +103,7 @@ class Pairing:
         elif getattr(entry, role) is not None:
             first = getattr(entry, role).member
             return None, [Duplicate(member, f"second {role} member for key {key!r} (first: {first!r})", payload)]
-        setattr(entry, role, Part(member, payload))
+        setattr(entry, role, Half(member, payload))
         entry.weight += weight
         self.pending_bytes += weight
         if entry.image is not None and entry.json is not None:

@@ -7,7 +7,7 @@ The part's Arrow arrays are assembled from buffers (`column_array`) rather than 
 runs), which costs every pool worker ~0.2 s and ~47 MB of RSS. Building from buffers costs ~0.4 µs
 per row more than `pa.array` (measured: ~5 ms vs ~2 ms per 8,192-row batch of the base columns), i.e.
 ~7 ms per real 17,000-sample shard against 0.2 s per worker. The arrays are the same as `pa.array`'s
-(tests/test_sinks.py holds them to it); past the 32-bit offset range, or for a type not handled here,
+(tests/shard/test_sinks.py holds them to it); past the 32-bit offset range, or for a type not handled here,
 `pa.array` itself is used.
 """
 
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dalle3_etl.store.fsio import Root
-from dalle3_etl.settings import BASE_COLUMNS, LIST_FIELDS, Settings
+from dalle3_etl.settings import LIST_FIELDS, Settings
 
 #: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL

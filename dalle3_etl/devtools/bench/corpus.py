@@ -61,7 +61,7 @@ def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int,
 
 def existing_corpus(folder: Path) -> Corpus:
     """Shards the user already has: count samples (JSON members) by walking the tar headers."""
-    from dalle3_etl.shard import tarstream
+    from dalle3_etl.shard.tarcompress import open_tar
     from dalle3_etl.shard.samples import classify
 
     paths = sorted(folder.glob("*.tar"))
@@ -70,7 +70,7 @@ def existing_corpus(folder: Path) -> Corpus:
     samples = 0
     for path in paths:
         with open(path, "rb") as fh:
-            for member in tarstream.open_tar(fh):
+            for member in open_tar(fh):
                 if member.problem is None and classify(member.name)[1] == "json":
                     samples += 1
     return Corpus(path=folder, shards=paths, samples=samples, bytes=sum(p.stat().st_size for p in paths),

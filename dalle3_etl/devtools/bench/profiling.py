@@ -35,15 +35,15 @@ def _stage_of(filename: str, func: str) -> str:
         return "parquet write"
     if "PIL" in filename or base == "imageheader.py":
         return "image header probe"
-    if base == "tarstream.py":
+    if base in ("tarstream.py", "tarheader.py", "tarbytes.py", "tarcompress.py"):
         return "tar header walk"
-    if base == "records.py":
+    if base in ("rows.py", "records.py"):  # rows: JSON to row; records: completion records
         return "record building"
     if base == "sinks.py":
         return "file creation" if func in ("path", "write_text") else "parquet write"
-    if base in ("os.py", "shutil.py", "state.py") or "posixpath" in filename:
+    if base in ("os.py", "shutil.py", "fsio.py", "crash.py") or "posixpath" in filename:
         return "file creation"
-    if base in ("shard.py", "samples.py"):
+    if base in ("convert.py", "writer.py", "samples.py"):
         return "pairing + driver"
     return "other"
 

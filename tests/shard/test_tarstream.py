@@ -17,8 +17,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dalle3_etl.shard import tarstream
-from dalle3_etl.shard.tarstream import Member, TarFormatError, TarReader, open_tar
+from badinput_helpers import meta_record, pax_data
+from dalle3_etl.shard import tarbytes, tarheader
+from dalle3_etl.shard.tarcompress import open_tar
+from dalle3_etl.shard.tarstream import Member, TarFormatError, TarReader
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 TYPE_KIND = {
@@ -215,8 +217,8 @@ def test_position_and_bounded_buffers(tmp_path):
             assert m.offset - 512 <= reader.position + reader._start <= m.offset
             assert reader.position >= last
             last = reader.position
-            assert len(reader._win) <= tarstream.SEEK_WINDOW
-            assert len(reader._sbuf) <= tarstream.STREAM_CHUNK
+            assert len(reader._win) <= tarbytes.SEEK_WINDOW
+            assert len(reader._sbuf) <= tarbytes.STREAM_CHUNK
         assert last < reader.position <= len(raw)
 
 
@@ -233,7 +235,7 @@ def test_seekable_mode_does_not_read_skipped_bodies(tmp_path, monkeypatch):
         calls.append(len(data))
         return data
 
-    monkeypatch.setattr(tarstream.os, "pread", counting_pread)
+    monkeypatch.setattr(tarbytes.os, "pread", counting_pread)
     with open(path, "rb") as fh:
         reader = TarReader(fh)
         jsons = [reader.read() for m in reader if m.name.endswith(".json")]
@@ -288,9 +290,9 @@ def test_v7_headers_and_signed_checksums(tmp_path):
 def test_nti_matches_tarfile():
     for field in (b"0000644\0", b"   17 \0", b"\0" * 8, b"00000001750\0",
                   b"\x80" + (9 * 1024**3).to_bytes(11, "big"), b"\xff" + b"\xff" * 10 + b"\xfe"):
-        assert tarstream._nti(field) == tarfile.nti(field)
+        assert tarheader.nti(field) == tarfile.nti(field)
     with pytest.raises(ValueError):
-        tarstream._nti(b"12x4\0")
+        tarheader.nti(b"12x4\0")
 
 
 # -- hypothesis: random member lists ---------------------------------------------------------------
@@ -450,26 +452,6 @@ def test_meta_record_over_limit(tmp_path):
 
 # -- meta records are capped in total: per member (a chain) and per archive (global headers) ---------
 
-def pax_data(records) -> bytes:
-    """pax records '<len> <key>=<value>\\n' for (key, value) byte pairs."""
-    out = []
-    for key, value in records:
-        body = b" %s=%s\n" % (key, value)
-        n = len(body) + 1
-        while n != len(body) + len(str(n)):
-            n = len(body) + len(str(n))
-        out.append(b"%d%s" % (n, body))
-    return b"".join(out)
-
-
-def meta_record(type_: bytes, data: bytes) -> bytes:
-    """A meta header (pax 'x'/'X'/'g', GNU 'L'/'K') and its data, padded to whole blocks."""
-    ti = tarfile.TarInfo("././@LongLink" if type_ in (b"L", b"K") else "././@PaxHeader")
-    ti.type = type_
-    ti.size = len(data)
-    return ti.tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)
-
-
 def insert_before(raw: bytes, index: int, blocks: bytes) -> bytes:
     """`raw` with `blocks` inserted right before member number `index` (its first header)."""
     hoff = offsets(raw)[index][0]
@@ -574,7 +556,7 @@ def test_a_large_global_header_is_not_carried_to_every_member(honoured, tmp_path
         assert got == [(n, s, o, k, "sparse member (not supported)" if honoured else None)
                        for n, s, o, k, _ in expected], mode
         # what is kept of the header is the presence of the one record that is honoured, not the header
-        assert reader._global_pax == ({tarstream._SPARSE: b""} if honoured else {}), mode
+        assert reader._global_pax == ({tarheader.SPARSE: b""} if honoured else {}), mode
     # a header with nothing honoured in it leaves the fast path open; one with a record in force closes it
     # (the first member comes through the general path, which reads the global header before it)
     assert set(hits) == (set() if honoured else {name for name, _ in files[1:]})
@@ -754,7 +736,7 @@ def test_copy_range_fast_path_and_fallback_agree(tmp_path, monkeypatch):
     expected = [b"HEAD" + e[4] + (e[4][3:10] if len(e[4]) > 10 else b"") for e in tarfile_view(raw)]
     with open(path, "rb") as fh:
         fast = copy_all(TarReader(fh), tmp_path, "fast")
-    monkeypatch.setattr(tarstream, "USE_COPY_FILE_RANGE", False)
+    monkeypatch.setattr(tarbytes, "USE_COPY_FILE_RANGE", False)
     with open(path, "rb") as fh:
         slow = copy_all(TarReader(fh), tmp_path, "slow")
     assert fast == slow == expected
@@ -772,8 +754,8 @@ def test_copy_range_falls_back_on_exdev(tmp_path, monkeypatch):
         calls.append(args)
         raise OSError(errno.EXDEV, "cross-device")
 
-    monkeypatch.setattr(tarstream, "USE_COPY_FILE_RANGE", True)
-    monkeypatch.setattr(tarstream.os, "copy_file_range", exdev)
+    monkeypatch.setattr(tarbytes, "USE_COPY_FILE_RANGE", True)
+    monkeypatch.setattr(tarbytes.os, "copy_file_range", exdev)
     with open(path, "rb") as fh:
         out = copy_all(TarReader(fh), tmp_path, "x")
     assert out == [b"HEAD" + e[4] + e[4][3:10] for e in tarfile_view(raw)]
