@@ -117,7 +117,8 @@ def convert(
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
-    from dalle3_etl.run.pipeline import check_out_dir, run_convert
+    from dalle3_etl.run.pipeline import run_convert
+    from dalle3_etl.run.preflight import check_out_dir
     from dalle3_etl.run.report import RichReporter
 
     check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them

@@ -5,110 +5,23 @@ bytes depend only on the rows: not on worker count, executor, or which run conve
 Both outputs are written to a temporary name and renamed into place. During a run, `StreamingMerge`
 merges each part as soon as every shard before it is settled, so little is left to merge at the end.
 
-With `--flat` every image lives directly in OUT/data, so two shards may carry the same name. Files of
-a flat shard wait under the state folder until `publish_flat` moves them in, here, in shard order:
-the first shard to claim a name keeps it, a later one gets a `name_clash` reject and no row.
+With `--flat`, `merge` first publishes each shard's files into OUT/data in shard order (`run.flat`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
-from pathlib import Path
 
-import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dalle3_etl.shard.rows import Reason
+from dalle3_etl.run.flat import publish_flat
 from dalle3_etl.settings import Settings
-from dalle3_etl.shard.commit import same_file as _same_file
-from dalle3_etl.shard.sinks import parquet_writer, schema_for, written_names
+from dalle3_etl.shard.sinks import parquet_writer, schema_for
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.crash import crash_point, fsync_file
 from dalle3_etl.store.layout import Layout
-from dalle3_etl.store.records import read_record, write_record
-
-
-def _shard_files(filename: str, settings: Settings) -> list[str]:
-    return written_names(filename, settings.images, settings.captions)
-
-
-def _taken(path: Path) -> bool:
-    """The name exists, or cannot be created because a folder on its way is a file (another shard's)."""
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except NotADirectoryError:
-        return True
-    return True
-
-
-def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
-    """Move a committed flat shard's files into OUT/data without overwriting; idempotent after a crash.
-
-    Each file is hard-linked into OUT/data, then its staged name removed, so a crash leaves it in one
-    place or both (the same inode, recognised on the next run). Which names clash is decided once
-    and kept in `flat/<shard>/.dalle3-etl-clashes.json` until the record says `published`, so a
-    re-run after a crash makes the same decision even though some files already moved.
-    """
-    record = read_record(layout, shard_id)
-    if record is None or record.published:
-        return
-    src_root = layout.flat_files(shard_id)
-    journal = layout.flat_clashes(shard_id)
-    table = pq.read_table(layout.part(shard_id))
-    filenames = table.column("filename").to_pylist()
-    if journal.exists():
-        ordered = orjson.loads(journal.read_bytes())  # decided before a crash; the part may be filtered already
-    else:
-        ordered = []
-        for filename in filenames:
-            for name in _shard_files(filename, settings):
-                src, dst = src_root / name, layout.data / name
-                if src.exists() and _taken(dst) and not _same_file(src, dst):
-                    ordered.append(filename)
-                    break
-        if ordered:
-            src_root.mkdir(parents=True, exist_ok=True)
-            layout.fs.write_atomic(journal, orjson.dumps(ordered))
-    clashes = set(ordered)
-    moved = 0
-    for filename in filenames:
-        if filename in clashes:
-            continue
-        for name in _shard_files(filename, settings):
-            src, dst = src_root / name, layout.data / name
-            if not src.exists():
-                continue  # moved before a crash
-            if not _same_file(src, dst):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                layout.fs.link_new(src, dst)  # fails rather than overwrite
-            moved += 1
-            crash_point("publish", shard_id, moved)
-            layout.fs.unlink(src)
-    if clashes:
-        keep = [f not in clashes for f in filenames]
-        if not all(keep):  # not yet filtered by a run that crashed later
-            tmp = layout.tmp(layout.part(shard_id))
-            pq.write_table(table.filter(pa.array(keep)), tmp, compression="zstd")
-            fsync_file(tmp)
-            layout.fs.replace(tmp, layout.part(shard_id))
-            crash_point("publish_part", shard_id)
-        rejects = layout.rejects(shard_id)
-        lines = [line for line in rejects.read_bytes().splitlines(keepends=True)
-                 if orjson.loads(line).get("reason") != Reason.NAME_CLASH]  # drop lines of a crashed publish
-        lines += [
-            orjson.dumps({"shard": shard_id, "member": name, "reason": Reason.NAME_CLASH,
-                          "detail": f"data/{name} (or its caption file) is taken by an earlier shard (--flat)"}) + b"\n"
-            for name in ordered
-        ]
-        layout.fs.write_atomic(rejects, b"".join(lines))
-        record = replace(record, samples=record.samples - len(clashes),  # it still holds the conversion's counts
-                         rejects={**record.rejects, str(Reason.NAME_CLASH): record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)})
-    write_record(layout, replace(record, published=True))
-    layout.fs.remove_tree(src_root)
+from dalle3_etl.store.records import read_record
 
 
 class PartMerger:
@@ -283,4 +196,4 @@ def merge(layout: Layout, shard_ids: list[str], settings: Settings, streaming: S
     return merge_parquet(layout, shard_ids, settings)
 
 
-__all__ = ["merge", "merge_parquet", "merge_rejects", "publish_flat", "PartMerger", "StreamingMerge"]
+__all__ = ["merge", "merge_parquet", "merge_rejects", "PartMerger", "StreamingMerge"]

@@ -12,7 +12,8 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from dalle3_etl.run.pipeline import Plan, Reporter, RunSummary
+from dalle3_etl.run.pipeline import Reporter, RunSummary
+from dalle3_etl.run.plan import Plan
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.shard.convert import ShardResult
 

@@ -74,7 +74,7 @@ def _libc():
 #   merge:parquet        dalle3.parquet is fully written under its temporary name, not renamed (run/merge.py)
 #   publish:<shard>:<n>  --flat: n-th file of a shard linked into OUT/data, its staged copy not yet removed (run/merge.py)
 #   publish_part:<shard> --flat: the part without clashing rows is written, the record is not updated (run/merge.py)
-#   restart:<shard>      --restart has removed every record, then this shard's files (run/pipeline.py)
+#   restart:<shard>      --restart has removed every record, then this shard's files (run/cleanup.py)
 # Unset (always, outside these tests) the hook costs one comparison.
 
 _CRASH = os.environ.get("DALLE3_ETL_TEST_CRASH") or None

@@ -7,7 +7,8 @@ import os
 import orjson
 import pytest
 
-from dalle3_etl.run.pipeline import clean_leftovers, plan_run
+from dalle3_etl.run.cleanup import clean_leftovers
+from dalle3_etl.run.plan import plan_run
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.layout import Layout
@@ -119,7 +120,6 @@ def test_status_tells_whether_dalle3_parquet_is_up_to_date(tmp_path):
 def test_cleanup_removes_a_claim_cut_short_by_a_kill(layout):
     """A worker killed while writing its claim (`owned/.<id>.tmp-<pid>`) leaves a temporary: the next run
     removes it, so nothing of the killed run is left (it made tests/test_resume.py fail now and then)."""
-    from dalle3_etl.run.pipeline import clean_leftovers
 
     tmp = layout.owned_dir / ".data-000002.tmp-4242"
     tmp.parent.mkdir(parents=True, exist_ok=True)

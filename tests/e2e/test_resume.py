@@ -1,7 +1,7 @@
 """Resumable, crash-safe runs (issue 3).
 
 Real `python -m dalle3_etl convert` processes, each in its own session, are stopped at named points by
-the test hook `DALLE3_ETL_TEST_CRASH` (see `state.crash_point`): SIGKILL of the whole process tree,
+the test hook `DALLE3_ETL_TEST_CRASH` (see `store.crash.crash_point`): SIGKILL of the whole process tree,
 of one worker, of the driver alone, or a stall that keeps a run busy. Then the same command is run
 again and the output must be exactly that of an uninterrupted run, with nothing temporary left.
 """
@@ -28,7 +28,7 @@ from dalle3_etl.store.layout import Layout
 from dalle3_etl.check.status import shard_states
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus, write_shard
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SPEC = SynthSpec(shards=4, per_shard=25, seed=11, image_bytes=1000)
 SHARDS = [f"data-00000{i}" for i in range(4)]
 runner = CliRunner()
@@ -91,7 +91,7 @@ def session_processes(sid: int) -> list[int]:
 
 
 def records(out: Path) -> list[str]:
-    folder = Layout(out).state / "shards"
+    folder = Layout(out).records_dir
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 

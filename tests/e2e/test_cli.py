@@ -47,7 +47,7 @@ def test_real_subprocess_with_config_and_no_terminal(tmp_path, corpus):
     proc = subprocess.run(
         [sys.executable, "-m", "dalle3_etl", "convert", str(root), "-o", str(out), "--config", "config/default.toml",
          "--workers", "2", "--no-images"],
-        capture_output=True, text=True, cwd=__import__("pathlib").Path(__file__).parent.parent,
+        capture_output=True, text=True, cwd=__import__("pathlib").Path(__file__).parents[2],
     )
     assert proc.returncode == 0, proc.stderr
     assert "SimpleTuner-ready output" in proc.stdout

@@ -26,7 +26,7 @@ from dalle3_etl.shard import tarstream
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def corpus(root: Path) -> list[Path]:

@@ -21,11 +21,11 @@ import pytest
 from typer.testing import CliRunner
 
 from badinput_helpers import sample, write_shards
-from dalle3_etl.run import pipeline
+from dalle3_etl.run import pipeline, preflight
 from dalle3_etl.cli import app
 from dalle3_etl.settings import PARQUET_CODECS, Settings, SettingsError, SimpleTunerSettings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOML = ROOT / "config" / "default.toml"
 
 
@@ -205,7 +205,7 @@ def test_out_in_a_folder_without_write_permission_is_refused_through_access(tmp_
     locked = tmp_path / "locked"
     locked.mkdir()
     real_access = os.access
-    monkeypatch.setattr(pipeline.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    monkeypatch.setattr(preflight.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     _refused(_convert(tmp_path / "missing.tar", "-o", locked / "new" / "out"),
              f"no write permission in {locked}")
     assert list(locked.iterdir()) == []

@@ -1,0 +1,66 @@
+"""Whether a run may start at all, checked before any work: OUT usable, settings the same as OUT's.
+
+Settings that change the output are pinned in OUT's manifest; a run with other settings is refused
+rather than mixing two settings in one dataset (`--restart` starts over).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dalle3_etl.settings import Settings
+from dalle3_etl.store.layout import Layout, StateError
+from dalle3_etl.store.manifest import read_manifest, settings_differences
+
+#: How the user sets each output-changing setting (for the refusal message).
+SETTING_FLAGS = {
+    "caption_field": "--caption-field", "caption_fallbacks": "--caption-fallbacks", "fields": "--fields",
+    "images": "--images/--no-images", "captions": "--captions/--no-captions", "flat": "--flat/--subfolders",
+    "max_json_bytes": "--max-json-bytes",
+}
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an OUT that cannot become a dalle3-etl output, before any input is read or anything written:
+    a file, a folder holding other things, a path under a file, a folder this process cannot write in.
+    (What only creating it can tell, e.g. OUT in /proc, is refused by `run_convert` when it creates OUT.)"""
+    out = Path(out).absolute()
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise StateError(f"output {out} is not a valid UTF-8 path: the parquet writer and SimpleTuner's JSON "
+                         "entry cannot name it; choose another folder name") from None
+    try:
+        if out.exists() and not out.is_dir():
+            raise StateError(f"output {out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not Layout(out).state.is_dir():
+            raise StateError(f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory")
+        there = out  # OUT, or the nearest folder above it that exists: where OUT is created
+        while not there.exists() and there != there.parent:
+            there = there.parent
+        if not there.is_dir():
+            raise StateError(f"output {out} cannot be created: {there} is a file, not a directory")
+        if not os.access(there, os.W_OK | os.X_OK):
+            raise StateError(f"output {out} cannot be written: no write permission in {there} (or read-only filesystem)")
+    except OSError as exc:
+        raise StateError(f"output {out} cannot be used: {exc.strerror or exc}") from None
+
+
+def check_settings(layout: Layout, settings: Settings) -> None:
+    manifest = read_manifest(layout)
+    if manifest is None:
+        return
+    diffs = settings_differences(manifest.get("settings", {}), settings.output_fingerprint())
+    if diffs:
+        named = [f"{line}  ({SETTING_FLAGS[line.split(':')[0]]})" if line.split(":")[0] in SETTING_FLAGS else line
+                 for line in diffs]
+        raise StateError(
+            f"{layout.out} was converted with other settings that change the output:\n  - "
+            + "\n  - ".join(named)
+            + "\nRun again with the original settings to resume, or add --restart to start over "
+            "(this deletes the converted output in that directory)."
+        )
+
+
+__all__ = ["SETTING_FLAGS", "check_out_dir", "check_settings"]
