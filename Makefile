@@ -19,7 +19,11 @@ run: venv
 	$(PY) -m dalle3_etl synth $(SAMPLE) --shards 4 --per-shard 250 --seed 0
 	$(PY) -m dalle3_etl convert $(SAMPLE) -o $(OUT) --config config/default.toml
 
+# The README's test command: the import layers (stages import only downward, no cycles), ruff, the suite.
 test: venv
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check dalle3_etl tests benchmarks
+	$(VENV)/bin/ruff format --check dalle3_etl tests benchmarks
 	$(PY) -m pytest -q
 
 bench: venv

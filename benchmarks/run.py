@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Run the benchmark: the same as `dalle3-etl bench` (all logic lives in `dalle3_etl/devtools/bench/`).
 
-    python benchmarks/run.py --samples 200000 --shards 12 --image-bytes 4000 --location /dev/shm --reps 3 -w 2
-    python benchmarks/run.py --help
+python benchmarks/run.py --samples 200000 --shards 12 --image-bytes 4000 --location /dev/shm --reps 3 -w 2
+python benchmarks/run.py --help
 """
 
 import sys

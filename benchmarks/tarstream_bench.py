@@ -43,7 +43,7 @@ def build(path: Path, samples: int, image_bytes: int, json_bytes: int, seed: int
         for i in range(samples):
             key = f"{i:09d}"
             start = rng.randrange(65536)
-            body = pool[start:start + image_bytes]
+            body = pool[start : start + image_bytes]
             ti = tarfile.TarInfo(f"{key}.jpg")
             ti.size = len(body)
             ti.mtime = 1700000000
@@ -120,12 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         build(path, args.samples, args.image_bytes, args.json_bytes, seed=0)
         size = path.stat().st_size
-        print(f"built {path} ({args.samples} samples, {2 * args.samples} members, {size / 1e6:.1f} MB) "
-              f"in {time.perf_counter() - t0:.1f}s; python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-              f"best of {args.repeat}")
-        runs = [("tarfile r:", lambda: run_tarfile(path)),
-                ("tarstream seekable", lambda: run_tarstream(path, True)),
-                ("tarstream stream", lambda: run_tarstream(path, False))]
+        print(
+            f"built {path} ({args.samples} samples, {2 * args.samples} members, {size / 1e6:.1f} MB) "
+            f"in {time.perf_counter() - t0:.1f}s; python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+            f"best of {args.repeat}"
+        )
+        runs = [
+            ("tarfile r:", lambda: run_tarfile(path)),
+            ("tarstream seekable", lambda: run_tarstream(path, True)),
+            ("tarstream stream", lambda: run_tarstream(path, False)),
+        ]
         if not args.no_tarfile_stream:
             runs.insert(1, ("tarfile r| (stream)", lambda: run_tarfile_stream(path)))
         base_rate = None

@@ -11,13 +11,14 @@ import functools
 import signal
 import threading
 from pathlib import Path
-from typing import List, NoReturn, Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from dalle3_etl.devtools.bench.config import ALL_MODES as BENCH_MODES, SCRIPTS_DIR as BENCH_SCRIPTS_DIR
+from dalle3_etl.devtools.bench.config import ALL_MODES as BENCH_MODES
+from dalle3_etl.devtools.bench.config import SCRIPTS_DIR as BENCH_SCRIPTS_DIR
 from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 from dalle3_etl.safetext import human_bytes, plain, safe
@@ -69,35 +70,51 @@ def command(name: str | None = None):
     return register
 
 
-def _csv(value: Optional[str]) -> Optional[tuple[str, ...]]:
+def _csv(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+# Over 60 lines: one line per option declaration (typer); the body is about 30 lines.
 @command()
 def convert(
-    inputs: List[str] = typer.Argument(..., help="Shard files, directories, globs, or hf://datasets/<repo>[@rev]/<path>."),
+    inputs: list[str] = typer.Argument(
+        ..., help="Shard files, directories, globs, or hf://datasets/<repo>[@rev]/<path>."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
-    workers: Optional[int] = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
-    caption_field: Optional[str] = typer.Option(None, help="JSON field used as the caption."),
-    caption_fallbacks: Optional[str] = typer.Option(None, help="Comma-separated fields tried in order when the caption is empty."),
-    fields: Optional[str] = typer.Option(None, help="Comma-separated extra JSON fields to copy into the parquet."),
-    images: Optional[bool] = typer.Option(None, "--images/--no-images", help="Copy image bytes into OUT/data."),
-    captions: Optional[bool] = typer.Option(None, "--captions/--no-captions", help="Write <image stem>.txt caption files."),
-    flat: Optional[bool] = typer.Option(None, "--flat/--subfolders", help="All images directly in OUT/data (refuses clashing names)."),
-    max_json_bytes: Optional[int] = typer.Option(None, help="Reject JSON members larger than this."),
+    config: Path | None = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
+    workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
+    caption_field: str | None = typer.Option(None, help="JSON field used as the caption."),
+    caption_fallbacks: str | None = typer.Option(
+        None, help="Comma-separated fields tried in order when the caption is empty."
+    ),
+    fields: str | None = typer.Option(None, help="Comma-separated extra JSON fields to copy into the parquet."),
+    images: bool | None = typer.Option(None, "--images/--no-images", help="Copy image bytes into OUT/data."),
+    captions: bool | None = typer.Option(
+        None, "--captions/--no-captions", help="Write <image stem>.txt caption files."
+    ),
+    flat: bool | None = typer.Option(
+        None, "--flat/--subfolders", help="All images directly in OUT/data (refuses clashing names)."
+    ),
+    max_json_bytes: int | None = typer.Option(None, help="Reject JSON members larger than this."),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
-    ray_address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)."),
-    restart: bool = typer.Option(False, "--restart", help="Delete previous output in OUT and start over (needed to change a setting that changes the output)."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+    restart: bool = typer.Option(
+        False,
+        "--restart",
+        help="Delete previous output in OUT and start over (needed to change a setting that changes the output).",
+    ),
     retry_failed: bool = typer.Option(
-        False, "--retry-failed",
+        False,
+        "--retry-failed",
         help="Redo only shards that failed (nothing committed) or were damaged (read error; samples before it kept) "
         "in an earlier run; shards never converted are left for a plain run. A plain re-run skips complete shards, "
         "redoes failed and unfinished ones, and keeps damaged ones unless their input changed.",
     ),
-    keep_tars: Optional[Path] = typer.Option(None, "--keep-tars", help="With hf:// inputs: also save the downloaded tars here."),
+    keep_tars: Path | None = typer.Option(
+        None, "--keep-tars", help="With hf:// inputs: also save the downloaded tars here."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
 ) -> None:
     """Convert shards into OUT/dalle3.parquet, OUT/data/<shard>/<image> + .txt captions and OUT/multidatabackend.json.
@@ -112,8 +129,15 @@ def convert(
     if workers is not None and workers < 1:  # in a config file, workers = 0 means all cores
         raise UsageError(f"--workers {workers}: must be at least 1 (leave --workers out to use all cores)")
     settings = load_settings(
-        config, workers=workers, caption_field=caption_field, caption_fallbacks=_csv(caption_fallbacks),
-        fields=_csv(fields), images=images, captions=captions, flat=flat, max_json_bytes=max_json_bytes,
+        config,
+        workers=workers,
+        caption_field=caption_field,
+        caption_fallbacks=_csv(caption_fallbacks),
+        fields=_csv(fields),
+        images=images,
+        captions=captions,
+        flat=flat,
+        max_json_bytes=max_json_bytes,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
@@ -126,13 +150,19 @@ def convert(
     previous = _stop_on_sigterm()
     try:
         summary = run_convert(
-            sources, out, settings, executor=executor, ray_address=ray_address, restart_run=restart,
-            retry_failed=retry_failed, reporter=RichReporter(quiet=quiet),
+            sources,
+            out,
+            settings,
+            executor=executor,
+            ray_address=ray_address,
+            restart_run=restart,
+            retry_failed=retry_failed,
+            reporter=RichReporter(quiet=quiet),
         )
     except Terminated:
-        raise typer.Exit(EXIT_TERMINATED)
+        raise typer.Exit(EXIT_TERMINATED) from None
     except KeyboardInterrupt:
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -169,8 +199,14 @@ def synth(
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
     from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
-    spec = SynthSpec(shards=shards, per_shard=per_shard, seed=seed, image_bytes=image_bytes,
-                     fallback_ratio=fallback_ratio, no_caption_ratio=no_caption_ratio)
+    spec = SynthSpec(
+        shards=shards,
+        per_shard=per_shard,
+        seed=seed,
+        image_bytes=image_bytes,
+        fallback_ratio=fallback_ratio,
+        no_caption_ratio=no_caption_ratio,
+    )
     rows = write_corpus(out, spec)
     if not quiet:
         Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
@@ -232,7 +268,9 @@ def head_cmd(
 def stats_cmd(
     out: Path = typer.Argument(..., help="An output directory of convert."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw resolution and caption-length histograms to this PNG."),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw resolution and caption-length histograms to this PNG."
+    ),
     top: int = typer.Option(10, "--top", min=1, help="How many sources and resolutions to list."),
 ) -> None:
     """Samples, bytes, rows by shard / source / resolution, caption lengths, rejects by reason."""
@@ -253,7 +291,7 @@ def stats_cmd(
             Console().print(safe(f"plot written to {plot}"))
 
 
-def _check_shards(value: Optional[str]) -> Optional[str]:
+def _check_shards(value: str | None) -> str | None:
     if value is not None:
         try:
             parse_shard_selection(value)
@@ -266,9 +304,10 @@ def _check_shards(value: Optional[str]) -> Optional[str]:
 def download_cmd(
     local_dir: Path = typer.Option(..., "--local-dir", help="Folder to download into (shards land in DIR/data/)."),
     repo: str = typer.Option(DEFAULT_REPO, "--repo", help="Dataset repo on the Hub."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
-    shards: Optional[str] = typer.Option(None, "--shards", callback=_check_shards,
-                                         help="Shard numbers, e.g. 0-9,12 (default: all data/*.tar)."),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit (default: main)."),
+    shards: str | None = typer.Option(
+        None, "--shards", callback=_check_shards, help="Shard numbers, e.g. 0-9,12 (default: all data/*.tar)."
+    ),
     workers: int = typer.Option(4, "--workers", min=1, help="Files downloaded at the same time."),
     reverify: bool = typer.Option(False, "--reverify", help="Hash files again even if verified by an earlier run."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars; print only failures."),
@@ -282,8 +321,9 @@ def download_cmd(
     from dalle3_etl.sources.hub.download import download  # imports the Hub client: only when downloading
 
     try:
-        results = download(repo, local_dir, revision=revision, shards=shards, workers=workers,
-                           progress=not quiet, reverify=reverify)
+        results = download(
+            repo, local_dir, revision=revision, shards=shards, workers=workers, progress=not quiet, reverify=reverify
+        )
     except HubUnavailableError as exc:  # a usage error for convert (refused before any work); download exits 1
         raise EtlError(str(exc)) from None
     failed = [r for r in results if not r.ok]
@@ -297,8 +337,11 @@ def download_cmd(
     where = Path(local_dir).expanduser().resolve() / SHARD_DIR
     summary = plain(f"{len(results) - len(failed)} of {len(results)} file(s) verified in {where}")
     if failed:
-        typer.echo(f"{summary}; {len(failed)} failed: {plain(', '.join(r.filename for r in failed))} "
-                   "(run the same command again to retry them)", err=True)
+        typer.echo(
+            f"{summary}; {len(failed)} failed: {plain(', '.join(r.filename for r in failed))} "
+            "(run the same command again to retry them)",
+            err=True,
+        )
         raise typer.Exit(EXIT_FAILED)
     if not quiet:
         typer.echo(summary)
@@ -313,11 +356,14 @@ def bench_cmd(
     reps: int = typer.Option(3, help="Repetitions of every mode (alternated within the run)."),
     workers: int = typer.Option(2, "--workers", "-w", help="Worker processes for convert, webdataset and tar."),
     modes: str = typer.Option(",".join(BENCH_MODES), help="Comma-separated modes to run."),
-    out: Path = typer.Option(Path("benchmarks/results"), "--out", "-o", help="Folder for the JSON result and PNG chart."),
+    out: Path = typer.Option(
+        Path("benchmarks/results"), "--out", "-o", help="Folder for the JSON result and PNG chart."
+    ),
     corpus: Path = typer.Option(None, help="Benchmark these existing shards (*.tar) instead of a generated corpus."),
     keep_corpus: bool = typer.Option(False, help="Keep the generated corpus for the next run."),
-    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check",
-                                      help="Peak RSS at 1x vs 10x shard size and shard count."),
+    memory_check: bool = typer.Option(
+        True, "--memory-check/--no-memory-check", help="Peak RSS at 1x vs 10x shard size and shard count."
+    ),
     memory_base: str = typer.Option("2x2000", help="SHARDSxSAMPLES of the 1x memory-check corpus."),
     profile: bool = typer.Option(False, help="Also cProfile one shard conversion, time per stage."),
     scripts_dir: Path = typer.Option(BENCH_SCRIPTS_DIR, help="Folder holding old_recipe/ and wds_baseline.py."),
@@ -330,10 +376,20 @@ def bench_cmd(
     except ValueError:
         raise UsageError("--memory-base must look like 2x2000") from None
     cfg = BenchConfig(
-        samples=samples, shards=shards, image_bytes=image_bytes, location=location, reps=reps, workers=workers,
-        modes=tuple(m.strip() for m in modes.split(",") if m.strip()), out_dir=out, corpus=corpus,
-        keep_corpus=keep_corpus, memory_check=memory_check, memory_base=(base_shards, base_per),
-        profile=profile, scripts_dir=scripts_dir,
+        samples=samples,
+        shards=shards,
+        image_bytes=image_bytes,
+        location=location,
+        reps=reps,
+        workers=workers,
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+        out_dir=out,
+        corpus=corpus,
+        keep_corpus=keep_corpus,
+        memory_check=memory_check,
+        memory_base=(base_shards, base_per),
+        profile=profile,
+        scripts_dir=scripts_dir,
     )
     run_bench(cfg)
 

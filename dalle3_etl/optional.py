@@ -15,8 +15,9 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         if exc.name is not None and exc.name != module and not module.startswith(exc.name + "."):
             raise  # the package is there but broken: its own error says more
-        raise MissingDependency(f"{purpose} needs the {module.split('.')[0]} package: "
-                                f"pip install 'dalle3-etl[{extra}]'") from None
+        raise MissingDependency(
+            f"{purpose} needs the {module.split('.')[0]} package: pip install 'dalle3-etl[{extra}]'"
+        ) from None
 
 
 __all__ = ["require"]

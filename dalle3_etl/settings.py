@@ -70,7 +70,8 @@ class SimpleTunerSettings:
 class Settings:
     caption_field: str = "short_caption"
     caption_fallbacks: tuple[str, ...] = _setting(
-        ("long_caption", "short_caption2", "long_caption2", "original_prompt"), unique="dedupe")
+        ("long_caption", "short_caption2", "long_caption2", "original_prompt"), unique="dedupe"
+    )
     fields: tuple[str, ...] = _setting((), unique="refuse", reserved=_always_written)
     images: bool = True
     captions: bool = True
@@ -82,7 +83,9 @@ class Settings:
     max_json_bytes: int = _setting(1 << 20, min=2)  # "{}"
     max_pending: int = _setting(10_000, min=1)
     max_dimension: int = _setting(65535, min=1, max=2**31 - 1)  # width/height are int32 columns
-    parquet_name: str = _setting("dalle3.parquet", pattern=(_NAME + r"\.parquet", "a plain file name ending in .parquet"))
+    parquet_name: str = _setting(
+        "dalle3.parquet", pattern=(_NAME + r"\.parquet", "a plain file name ending in .parquet")
+    )
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
@@ -102,8 +105,18 @@ class Settings:
 
 
 OUTPUT_KEYS = (
-    "caption_field", "caption_fallbacks", "fields", "images", "captions", "flat",
-    "row_group_rows", "compression", "max_json_bytes", "max_pending", "max_dimension", "parquet_name",
+    "caption_field",
+    "caption_fallbacks",
+    "fields",
+    "images",
+    "captions",
+    "flat",
+    "row_group_rows",
+    "compression",
+    "max_json_bytes",
+    "max_pending",
+    "max_dimension",
+    "parquet_name",
 )
 
 

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.devtools import synth
 from dalle3_etl.run.pipeline import RunSummary, run_convert
-from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.sources.local import local_source
 
@@ -77,6 +77,7 @@ def special(name: str, kind: bytes, linkname: str = "") -> tarfile.TarInfo:
 
 # -- sources that read as streams ---------------------------------------------------------------------
 
+
 class _ReadOnly(io.RawIOBase):
     """A file seen through a non-seekable, read-only window (like an HTTP body)."""
 
@@ -134,6 +135,7 @@ def source(path: Path, mode: str = "file") -> ShardSource:
 
 
 # -- running and checking -----------------------------------------------------------------------------
+
 
 @dataclass
 class Outcome:
@@ -225,7 +227,9 @@ def snapshot(root: Path, skip: Path | None = None) -> dict[str, tuple[int, int]]
                 continue
             st = os.lstat(path)
             # folders: existence only (creating OUT changes its parent's mtime); files: size and mtime
-            out[str(path)] = (0, 0) if os.path.isdir(path) and not os.path.islink(path) else (st.st_size, st.st_mtime_ns)
+            out[str(path)] = (
+                (0, 0) if os.path.isdir(path) and not os.path.islink(path) else (st.st_size, st.st_mtime_ns)
+            )
     return out
 
 

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import load_settings
 from dalle3_etl.sources.resolve import resolve_inputs
-from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 
 def convert(inputs, out: Path, **overrides):
     """Run a conversion the way the CLI does, returning the RunSummary."""
-    settings = load_settings(None, **{k: v for k, v in overrides.items() if k not in ("restart_run", "retry_failed", "executor")})
+    settings = load_settings(
+        None, **{k: v for k, v in overrides.items() if k not in ("restart_run", "retry_failed", "executor")}
+    )
     opts = {k: overrides[k] for k in ("restart_run", "retry_failed", "executor") if k in overrides}
     return run_convert(resolve_inputs([str(i) for i in inputs]), out, settings, **opts)
 

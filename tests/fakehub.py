@@ -57,6 +57,7 @@ LFS_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".parquet", ".png", ".jpg", ".jpeg")
 
 # -- shards ----------------------------------------------------------------------------------------
 
+
 def _png(width: int, height: int, rng: random.Random) -> bytes:
     """A valid, incompressible RGB PNG (stored deflate blocks of random pixels)."""
     raw = b"".join(b"\x00" + rng.randbytes(width * 3) for _ in range(height))
@@ -78,9 +79,14 @@ def make_shard(index: int, samples: int = 12, side: int = 48, seed: int = 0) -> 
             w, h = side + rng.randrange(0, 16), side + rng.randrange(0, 16)
             image = _png(w, h, rng)
             meta = {
-                "image_name": f"{key}.png", "width": w, "height": h, "resolution": f"{w}x{h}",
-                "short_caption": f"sample {i} of shard {index}", "long_caption": f"a longer caption for {key}",
-                "md5_file_hash": hashlib.md5(image).hexdigest(), "source": "fakehub",
+                "image_name": f"{key}.png",
+                "width": w,
+                "height": h,
+                "resolution": f"{w}x{h}",
+                "short_caption": f"sample {i} of shard {index}",
+                "long_caption": f"a longer caption for {key}",
+                "md5_file_hash": hashlib.md5(image).hexdigest(),
+                "source": "fakehub",
             }
             for name, data in ((f"{key}.json", json.dumps(meta).encode()), (f"{key}.png", image)):
                 info = tarfile.TarInfo(name)
@@ -101,6 +107,7 @@ def files_from_dir(root: Path, prefix: str = "data/", pattern: str = "*.tar") ->
 
 
 # -- the server ------------------------------------------------------------------------------------
+
 
 def git_blob_sha1(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -125,8 +132,14 @@ class Logged:
 class FakeHub:
     """Serves one dataset repo. ``files`` = ``{path: bytes}`` of the first commit (on ``main``)."""
 
-    def __init__(self, files: dict[str, bytes] | None = None, *, repo_id: str = DEFAULT_REPO,
-                 lfs_suffixes: tuple[str, ...] = LFS_SUFFIXES, cdn: bool = False):
+    def __init__(
+        self,
+        files: dict[str, bytes] | None = None,
+        *,
+        repo_id: str = DEFAULT_REPO,
+        lfs_suffixes: tuple[str, ...] = LFS_SUFFIXES,
+        cdn: bool = False,
+    ):
         self.repo_id = repo_id
         self.cdn = cdn  # redirect LFS files to a "CDN" on another origin, as the Hub does
         self.lfs_suffixes = lfs_suffixes
@@ -146,7 +159,9 @@ class FakeHub:
         parent = self.refs.get(branch)
         tree = {} if replace or parent is None else dict(self.commits[parent])
         tree.update(files)
-        sha = hashlib.sha1(repr((parent, message, sorted((p, hashlib.sha256(b).hexdigest()) for p, b in tree.items()))).encode()).hexdigest()
+        sha = hashlib.sha1(
+            repr((parent, message, sorted((p, hashlib.sha256(b).hexdigest()) for p, b in tree.items()))).encode()
+        ).hexdigest()
         with self._lock:
             self.commits[sha] = tree
             self.refs[branch] = sha
@@ -195,8 +210,11 @@ class FakeHub:
         """Logged GETs that were answered with file bytes (not redirects), optionally of one repo path only."""
         with self._lock:
             entries = list(self.log)
-        return [e for e in entries if e.method == "GET" and e.file is not None and e.status != 302
-                and (path is None or e.file == path)]
+        return [
+            e
+            for e in entries
+            if e.method == "GET" and e.file is not None and e.status != 302 and (path is None or e.file == path)
+        ]
 
     def clear_log(self) -> None:
         with self._lock:
@@ -213,7 +231,7 @@ class FakeHub:
         rev = f"@{revision}" if revision else ""
         return f"hf://datasets/{self.repo_id}{rev}/{path}"
 
-    def start(self) -> "FakeHub":
+    def start(self) -> FakeHub:
         hub = self
 
         class Handler(_Handler):
@@ -221,8 +239,9 @@ class FakeHub:
 
         self._server = _Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="fakehub", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fakehub", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -232,7 +251,7 @@ class FakeHub:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -276,10 +295,10 @@ class FakeHub:
         prefix = base + "/" if base else ""
         out = []
         for d in sorted(dirs):
-            if d.startswith(prefix) and (recursive or "/" not in d[len(prefix):]):
+            if d.startswith(prefix) and (recursive or "/" not in d[len(prefix) :]):
                 out.append(self._dir_entry(d))
         for p in sorted(tree):
-            if p.startswith(prefix) and (recursive or "/" not in p[len(prefix):]):
+            if p.startswith(prefix) and (recursive or "/" not in p[len(prefix) :]):
                 out.append(self._entry(p, tree[p]))
         return out
 
@@ -315,13 +334,20 @@ class _Handler(BaseHTTPRequestHandler):
     # -- plumbing ------------------------------------------------------------------------------
     def _begin(self) -> tuple[str, dict]:
         parts = urlsplit(self.path)
-        self._logged = Logged(self.command, unquote(parts.path), parse_qs(parts.query), self.headers.get("Range"),
-                              headers={k.lower(): v for k, v in self.headers.items()})
+        self._logged = Logged(
+            self.command,
+            unquote(parts.path),
+            parse_qs(parts.query),
+            self.headers.get("Range"),
+            headers={k.lower(): v for k, v in self.headers.items()},
+        )
         with self.fake._lock:
             self.fake.log.append(self._logged)
         return parts.path, parse_qs(parts.query)
 
-    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "application/json") -> None:
+    def _send(
+        self, status: int, body: bytes = b"", headers: dict | None = None, content_type: str = "application/json"
+    ) -> None:
         self._logged.status = status
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -375,11 +401,19 @@ class _Handler(BaseHTTPRequestHandler):
         if kind in (None, "revision"):
             if self.command != "GET":
                 return self._error(405, "MethodNotAllowed", "GET only")
-            return self._json({
-                "id": hub.repo_id, "author": hub.repo_id.split("/")[0], "sha": sha, "private": False, "gated": False,
-                "disabled": False, "tags": [], "lastModified": "2024-06-01T00:00:00.000Z",
-                "siblings": [{"rfilename": p} for p in sorted(tree)],
-            })
+            return self._json(
+                {
+                    "id": hub.repo_id,
+                    "author": hub.repo_id.split("/")[0],
+                    "sha": sha,
+                    "private": False,
+                    "gated": False,
+                    "disabled": False,
+                    "tags": [],
+                    "lastModified": "2024-06-01T00:00:00.000Z",
+                    "siblings": [{"rfilename": p} for p in sorted(tree)],
+                }
+            )
         if kind == "tree":
             recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
             listing = hub._listing(tree, sub.strip("/"), recursive)
@@ -485,6 +519,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- pointing the real client at the fake hub -------------------------------------------------------
 
+
 class HubEnv:
     """Points huggingface_hub (already imported) at a fake hub: env vars AND the constants read at import."""
 
@@ -494,18 +529,33 @@ class HubEnv:
         self._mp = monkeypatch
         self._C = C
         home.mkdir(parents=True, exist_ok=True)
-        for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                    "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_XET_CACHE", "HF_TOKEN_PATH"):
+        for var in (
+            "HF_TOKEN",
+            "HUGGING_FACE_HUB_TOKEN",
+            "HF_OIDC_RESOURCE",
+            "HF_HUB_OFFLINE",
+            "TRANSFORMERS_OFFLINE",
+            "HF_HUB_CACHE",
+            "HUGGINGFACE_HUB_CACHE",
+            "HF_XET_CACHE",
+            "HF_TOKEN_PATH",
+        ):
             monkeypatch.delenv(var, raising=False)
         monkeypatch.setenv("HF_HOME", str(home))
         monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
         monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         for name, value in {
-            "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HUGGINGFACE_HUB_CACHE": str(home / "hub"),
-            "HF_ASSETS_CACHE": str(home / "assets"), "HF_XET_CACHE": str(home / "xet"),
-            "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(home / "hub"),
+            "HUGGINGFACE_HUB_CACHE": str(home / "hub"),
+            "HF_ASSETS_CACHE": str(home / "assets"),
+            "HF_XET_CACHE": str(home / "xet"),
+            "HF_TOKEN_PATH": str(home / "token"),
+            "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
             "AGENT_HARNESSES_PATH": str(home / "agent_harnesses.json"),
-            "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_PROGRESS_BARS": True,
+            "HF_HUB_OFFLINE": False,
+            "HF_HUB_DISABLE_TELEMETRY": True,
+            "HF_HUB_DISABLE_PROGRESS_BARS": True,
         }.items():
             if hasattr(C, name):
                 monkeypatch.setattr(C, name, value)
@@ -544,7 +594,11 @@ def fake_hub(hub_env, request) -> FakeHub:
 
     ``@pytest.mark.parametrize("fake_hub", ["direct", "cdn"], indirect=True)`` runs a test in both serving modes.
     """
-    files = {"README.md": b"# fake dalle3\n", ".gitattributes": b"*.tar filter=lfs diff=lfs merge=lfs -text\n", **make_shards(3)}
+    files = {
+        "README.md": b"# fake dalle3\n",
+        ".gitattributes": b"*.tar filter=lfs diff=lfs merge=lfs -text\n",
+        **make_shards(3),
+    }
     with FakeHub(files, cdn=getattr(request, "param", "direct") == "cdn") as hub:
         hub_env.point_to(hub)
         yield hub

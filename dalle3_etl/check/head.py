@@ -23,8 +23,12 @@ def head_table(out: Path, rows: int, width: int) -> Table:
     target, pf = open_output(out)
     batch = next(pf.iter_batches(batch_size=rows), None)
     names = [n for n in pf.schema_arrow.names if n != "key"]
-    cells = {name: [plain(" ".join(str(v).split())) if v is not None else "" for v in batch.column(name).to_pylist()]
-             if batch is not None else [] for name in names}
+    cells = {
+        name: [plain(" ".join(str(v).split())) if v is not None else "" for v in batch.column(name).to_pylist()]
+        if batch is not None
+        else []
+        for name in names
+    }
     caption = cells.pop(target.caption, None)
     widths = {name: max([cell_len(plain(name)), *map(cell_len, values)]) for name, values in cells.items()}
     for optional in ("shard", "source"):

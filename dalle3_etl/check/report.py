@@ -53,8 +53,14 @@ class Check:
             self.note = note
 
     def to_json(self) -> dict[str, Any]:
-        return {"check": self.code, "title": self.title, "status": self.status, "count": self.count,
-                "examples": self.examples, "note": self.note}
+        return {
+            "check": self.code,
+            "title": self.title,
+            "status": self.status,
+            "count": self.count,
+            "examples": self.examples,
+            "note": self.note,
+        }
 
 
 @dataclass
@@ -74,9 +80,15 @@ class VerifyReport:
         return not self.failed
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "out": str(self.out), "deep": self.deep, "running": self.running,
-                "counts": dict(self.counts),
-                "problems": [c.code for c in self.failed], "checks": [c.to_json() for c in self.checks.values()]}
+        return {
+            "ok": self.ok,
+            "out": str(self.out),
+            "deep": self.deep,
+            "running": self.running,
+            "counts": dict(self.counts),
+            "problems": [c.code for c in self.failed],
+            "checks": [c.to_json() for c in self.checks.values()],
+        }
 
 
 def print_report(report: VerifyReport, console) -> None:
@@ -103,12 +115,21 @@ def print_report(report: VerifyReport, console) -> None:
         if check.note:
             console.print(safe(f"  note: {check.note}"))
     counts = report.counts
-    summary = (f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
-               f"{counts.get('caption_files', 0):,} caption files, {counts.get('shards', 0):,} shards")
+    summary = (
+        f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
+        f"{counts.get('caption_files', 0):,} caption files, {counts.get('shards', 0):,} shards"
+    )
     if report.running:
-        console.print(Text.assemble(("note", "yellow"), safe(f": a convert run is in progress on this output (lock "
-                                                            f"held by {report.running}); checks may change when it "
-                                                            "finishes.")))
+        console.print(
+            Text.assemble(
+                ("note", "yellow"),
+                safe(
+                    f": a convert run is in progress on this output (lock "
+                    f"held by {report.running}); checks may change when it "
+                    "finishes."
+                ),
+            )
+        )
     if report.ok:
         console.print(f"[green]OK[/green]: SimpleTuner can start on this output ({summary}).", highlight=False)
     else:

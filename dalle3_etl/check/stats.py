@@ -21,7 +21,7 @@ from rich.table import Table
 
 from dalle3_etl.check.target import is_image_name, open_output
 from dalle3_etl.optional import require
-from dalle3_etl.safetext import human_bytes, plain, safe
+from dalle3_etl.safetext import human_bytes, safe
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import Layout
 
@@ -61,8 +61,12 @@ class Stats:
             "out": str(self.out),
             "parquet": str(self.parquet),
             "samples": self.samples,
-            "bytes": {"images": self.image_bytes, "captions": self.caption_bytes, "parquet": self.parquet_bytes,
-                      "total": self.image_bytes + self.caption_bytes + self.parquet_bytes},
+            "bytes": {
+                "images": self.image_bytes,
+                "captions": self.caption_bytes,
+                "parquet": self.parquet_bytes,
+                "total": self.image_bytes + self.caption_bytes + self.parquet_bytes,
+            },
             "files": {"images": self.images, "captions": self.captions},
             "shards": dict(sorted(self.shards.items(), key=lambda kv: natural_key(kv[0]))),
             "sources": dict(self.sources.most_common(top)),
@@ -94,8 +98,12 @@ def _disk_usage(stats: Stats, root: Path) -> None:
 
 def compute_stats(out: Path) -> Stats:
     target, pf = open_output(out)
-    stats = Stats(out=Path(out).absolute(), parquet=target.parquet, samples=pf.metadata.num_rows,
-                  parquet_bytes=target.parquet.stat().st_size)
+    stats = Stats(
+        out=Path(out).absolute(),
+        parquet=target.parquet,
+        samples=pf.metadata.num_rows,
+        parquet_bytes=target.parquet.stat().st_size,
+    )
     names = pf.schema_arrow.names
     wanted = [c for c in (target.caption, target.width, target.height, "shard", "source") if c in names]
     lengths = []
@@ -107,7 +115,8 @@ def compute_stats(out: Path) -> Stats:
             _count_into(stats.sources, group.column("source"))
         if target.width in names and target.height in names:
             resolution = pc.binary_join_element_wise(
-                pc.cast(group.column(target.width), pa.string()), pc.cast(group.column(target.height), pa.string()), "x")
+                pc.cast(group.column(target.width), pa.string()), pc.cast(group.column(target.height), pa.string()), "x"
+            )
             _count_into(stats.resolutions, resolution)
         if target.caption in names:
             lengths.extend(pc.drop_null(pc.utf8_length(group.column(target.caption))).chunks)
@@ -148,8 +157,9 @@ def print_stats(stats: Stats, top: int, console: Console) -> None:
     console.print(summary)
     console.print(_counts_table("rows by shard", data["shards"], stats.samples, "shard"))
     console.print(_counts_table("rows by source", data["sources"], stats.samples, "source", len(stats.sources)))
-    console.print(_counts_table("rows by resolution", data["resolutions"], stats.samples, "resolution",
-                                len(stats.resolutions)))
+    console.print(
+        _counts_table("rows by resolution", data["resolutions"], stats.samples, "resolution", len(stats.resolutions))
+    )
     dist = data["caption_chars"]
     if dist:
         table = Table(title="caption length (characters)", title_justify="left")

@@ -29,8 +29,12 @@ def shard_states(out: Path) -> dict[str, dict]:
     records = all_records(layout)
     states: dict[str, dict] = {}
     for sid, rec in records.items():
-        states[sid] = {"state": "damaged" if rec.damaged else "done", "samples": rec.samples,
-                       "rejects": sum(rec.rejects.values()), "detail": rec.error or ""}
+        states[sid] = {
+            "state": "damaged" if rec.damaged else "done",
+            "samples": rec.samples,
+            "rejects": sum(rec.rejects.values()),
+            "detail": rec.error or "",
+        }
     for sid in layout.failed_ids():
         if sid not in states:
             info = orjson.loads(layout.failed(sid).read_bytes())
@@ -44,12 +48,19 @@ def print_status(out: Path, console: Console | None = None) -> None:
     console = console or Console()
     states = shard_states(out)
     table = Table(title=safe(f"dalle3-etl status: {out}"), title_justify="left")
-    for col, justify in (("shard", "left"), ("state", "left"), ("samples", "right"), ("rejects", "right"), ("detail", "left")):
+    for col, justify in (
+        ("shard", "left"),
+        ("state", "left"),
+        ("samples", "right"),
+        ("rejects", "right"),
+        ("detail", "left"),
+    ):
         table.add_column(col, justify=justify)
     for sid, st in states.items():
         color = {"done": "green", "damaged": "yellow", "failed": "red", "pending": "cyan"}[st["state"]]
-        table.add_row(safe(sid), Text(st["state"], style=color), f"{st['samples']:,}", f"{st['rejects']:,}",
-                      safe(st["detail"]))
+        table.add_row(
+            safe(sid), Text(st["state"], style=color), f"{st['samples']:,}", f"{st['rejects']:,}", safe(st["detail"])
+        )
     console.print(table)
     counts = Counter(st["state"] for st in states.values())
     samples = sum(st["samples"] for st in states.values())

@@ -54,12 +54,17 @@ def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> 
         problems.append(f"{what} is missing")
         return None
     if not os.path.isabs(value):
-        problems.append(f"{what} {value!r} is not absolute (SimpleTuner strips it from image paths by string replacement)")
+        problems.append(
+            f"{what} {value!r} is not absolute (SimpleTuner strips it from image paths by string replacement)"
+        )
         return None
     path = Path(value)
     if not (path.is_dir() if want_dir else path.exists()):
-        problems.append(f"{what} {value} does not exist" if not path.exists()
-                        else f"{what} {value} is not a {'directory' if want_dir else 'file'}")
+        problems.append(
+            f"{what} {value} does not exist"
+            if not path.exists()
+            else f"{what} {value} is not a {'directory' if want_dir else 'file'}"
+        )
         return path if path.exists() else None
     return path
 
@@ -80,7 +85,8 @@ def read_target(out: Path) -> tuple[Target, list[str]]:
     layout = Layout(Path(out))
     settings = pinned_settings(layout)
     target = Target(
-        data_dir=layout.data, parquet=pinned_parquet(layout, settings),
+        data_dir=layout.data,
+        parquet=pinned_parquet(layout, settings),
         caption_strategy="textfile" if settings.get("captions", True) else "parquet",
     )
     problems: list[str] = []
@@ -97,12 +103,12 @@ def read_target(out: Path) -> tuple[Target, list[str]]:
     if not images:
         return target, [f"{path} has no image dataset entry"]
     if not any(isinstance(e, dict) and e.get("dataset_type") == "text_embeds" for e in entries):
-        problems.append("no text_embeds entry (SimpleTuner needs one, with \"default\": true)")
+        problems.append('no text_embeds entry (SimpleTuner needs one, with "default": true)')
     entry = images[0]
     target = _read_image_entry(entry, layout, target, problems)
     spec = entry.get("parquet")
     if not isinstance(spec, dict):
-        problems.append("the image entry has no \"parquet\" object")
+        problems.append('the image entry has no "parquet" object')
         return target, problems
     return _read_parquet_spec(spec, layout, target, problems), problems
 
@@ -112,9 +118,11 @@ def _read_image_entry(entry: dict, layout: Layout, target: Target, problems: lis
     data_dir = _abs_path(entry.get("instance_data_dir"), "instance_data_dir", want_dir=True, problems=problems)
     if data_dir is not None and data_dir.is_dir():
         if _elsewhere(data_dir, layout.data):
-            problems.append(f"instance_data_dir {data_dir} is not this output's {layout.data} (a copied or moved "
-                            f"output?); SimpleTuner would read the other one. Write the entry again for this "
-                            f"place: run the same `dalle3-etl convert ... -o {layout.out}`")
+            problems.append(
+                f"instance_data_dir {data_dir} is not this output's {layout.data} (a copied or moved "
+                f"output?); SimpleTuner would read the other one. Write the entry again for this "
+                f"place: run the same `dalle3-etl convert ... -o {layout.out}`"
+            )
         else:
             target = replace(target, data_dir=data_dir)
     strategy = entry.get("caption_strategy")
@@ -154,7 +162,9 @@ def open_output(out: Path) -> tuple[Target, pq.ParquetFile]:
     try:
         return target, pq.ParquetFile(target.parquet)
     except (OSError, pa.ArrowException) as exc:
-        raise UsageError(f"cannot read {target.parquet}: {exc} (has convert finished? `dalle3-etl verify {out}` tells more)")
+        raise UsageError(
+            f"cannot read {target.parquet}: {exc} (has convert finished? `dalle3-etl verify {out}` tells more)"
+        ) from None
 
 
 __all__ = ["CAPTION_STRATEGIES", "Target", "is_image_name", "is_output_dir", "open_output", "read_target"]

@@ -33,8 +33,8 @@ import fnmatch
 import heapq
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,8 +52,15 @@ from dalle3_etl.store.records import all_records
 BATCH_ROWS = 65_536
 TEMP_PATTERNS = (TMP_GLOB,)  # write_atomic / merge temporaries (beside the tool's own files only)
 
-ROW_CHECKS = ("missing_image", "duplicate_row", "image_without_row", "empty_caption", "bad_size", "shard_rows",
-              "header_size")
+ROW_CHECKS = (
+    "missing_image",
+    "duplicate_row",
+    "image_without_row",
+    "empty_caption",
+    "bad_size",
+    "shard_rows",
+    "header_size",
+)
 CAPTION_FILE_CHECKS = ("missing_caption_file", "empty_caption_file", "multiline_caption_file")
 
 
@@ -71,8 +78,11 @@ def _check_state(layout: Layout, check: Check) -> None:
     for entry in layout.own_temporaries({pinned_parquet(layout).name}):
         check.fail(str(entry))
     # folders of OUT/.dalle3-etl that are empty after a completed run, and what an entry in them means
-    leftover = {layout.staging_dir: "unfinished shard", layout.flat_dir: "unpublished --flat files",
-                layout.trash: "left by --restart"}
+    leftover = {
+        layout.staging_dir: "unfinished shard",
+        layout.flat_dir: "unpublished --flat files",
+        layout.trash: "left by --restart",
+    }
     for folder in (layout.state, *(p for p in layout.state.iterdir() if p.is_dir())):
         if folder in leftover:
             check.fail(*(f"{entry} ({leftover[folder]})" for entry in sorted(folder.iterdir())))
@@ -141,8 +151,12 @@ def _open_parquet(target: Target, check: Check) -> pq.ParquetFile | None:
         return None
     schema = pf.schema_arrow
     usable = True
-    for name, want in ((target.filename, _is_text), (target.caption, _is_text),
-                       (target.width, pa.types.is_integer), (target.height, pa.types.is_integer)):
+    for name, want in (
+        (target.filename, _is_text),
+        (target.caption, _is_text),
+        (target.width, pa.types.is_integer),
+        (target.height, pa.types.is_integer),
+    ):
         if name not in schema.names:
             check.fail(f"{path}: no column {name!r} (columns: {', '.join(schema.names)})")
             usable = False
@@ -170,8 +184,9 @@ def _fail_where(check: Check, mask: pa.Array, filenames: pa.Array, why: str) -> 
     check.fail(*(f"{name}: {why}" for name in names), count=len(hits))
 
 
-def _check_rows(pf: pq.ParquetFile, target: Target, disk: set[str], report: VerifyReport,
-                progress: Callable[[int], None]) -> Counter[str]:
+def _check_rows(
+    pf: pq.ParquetFile, target: Target, disk: set[str], report: VerifyReport, progress: Callable[[int], None]
+) -> Counter[str]:
     """Stream the rows: caption and size checks per batch, then match each row with an image on disk.
 
     Returns the rows per shard (empty when the parquet has no `shard` column).
@@ -267,8 +282,10 @@ def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | N
         checks["shard_rows"].skip("the parquet has no 'shard' column")
     if checks["missing_image"].status == "failed":
         if pinned_settings(layout).get("images") is False:
-            checks["missing_image"].note = ("converted with --no-images: point instance_data_dir at the folder "
-                                            "holding the images, laid out as the filename column says")
+            checks["missing_image"].note = (
+                "converted with --no-images: point instance_data_dir at the folder "
+                "holding the images, laid out as the filename column says"
+            )
     return report
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
@@ -76,7 +77,8 @@ def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult
             pass
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return ShardResult(
-            shard_id=task.source.shard_id, ok=False,
+            shard_id=task.source.shard_id,
+            ok=False,
             failure=f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
         )
 

@@ -56,6 +56,7 @@ def _die_with_driver(driver_pid: int) -> None:
     is killed (SIGKILL, OOM killer) they would otherwise finish and commit their shard, orphaned,
     while a new run may already be converting it.
     """
+
     def suicide() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -64,6 +65,7 @@ def _die_with_driver(driver_pid: int) -> None:
     except ProcessLookupError:
         suicide()
     except (AttributeError, OSError):  # no pidfd (not Linux, old kernel): poll
+
         def watch() -> None:
             while True:
                 time.sleep(0.2)
@@ -74,9 +76,11 @@ def _die_with_driver(driver_pid: int) -> None:
                 except PermissionError:
                     pass
     else:
+
         def watch() -> None:
             select.select([pidfd], [], [])  # readable once the driver has exited
             suicide()
+
     threading.Thread(target=watch, name="dalle3-etl-driver-watch", daemon=True).start()
 
 
@@ -112,13 +116,15 @@ class LocalExecutor:
             tasks = self._run_pool(tasks, on_progress, on_result, may_retry=restarts < MAX_POOL_RESTARTS)
             restarts += 1
 
-    def _run_pool(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb,
-                  may_retry: bool) -> list[ShardTask]:
+    def _run_pool(
+        self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb, may_retry: bool
+    ) -> list[ShardTask]:
         """Run tasks in one pool. Returns the tasks to run in a new pool because a worker died first."""
         ctx = mp_context()
         progress_queue = ctx.Queue()
         pool = cf.ProcessPoolExecutor(
-            max_workers=min(self.workers, len(tasks)), mp_context=ctx,
+            max_workers=min(self.workers, len(tasks)),
+            mp_context=ctx,
             initializer=_init_worker,
             initargs=(progress_queue, os.getpid(), str(Layout(Path(tasks[0].out)).workers_lock)),
         )
@@ -134,13 +140,21 @@ class LocalExecutor:
                         result = fut.result()
                     except Exception as exc:  # the worker process died (OOM killer, segfault)
                         sid = task.source.shard_id
-                        if (may_retry and isinstance(exc, BrokenProcessPool)
-                                and not Layout(Path(task.out)).staging(sid).exists()):
+                        if (
+                            may_retry
+                            and isinstance(exc, BrokenProcessPool)
+                            and not Layout(Path(task.out)).staging(sid).exists()
+                        ):
                             retry.append(task)  # had not started
                             continue
-                        result = ShardResult(shard_id=sid, ok=False, failure=(
-                            f"worker process died while converting it or another shard (killed by a signal, "
-                            f"e.g. the OOM killer?): {type(exc).__name__}: {exc}"))
+                        result = ShardResult(
+                            shard_id=sid,
+                            ok=False,
+                            failure=(
+                                f"worker process died while converting it or another shard (killed by a signal, "
+                                f"e.g. the OOM killer?): {type(exc).__name__}: {exc}"
+                            ),
+                        )
                     on_result(result)
         except BaseException:
             for proc in list((getattr(pool, "_processes", None) or {}).values()):

@@ -30,13 +30,12 @@ from typing import Any
 
 from dalle3_etl import __version__
 from dalle3_etl.errors import UsageError
-from dalle3_etl.optional import require
 from dalle3_etl.executors.base import ProgressCb, ResultCb, ShardTask, run_task
 from dalle3_etl.executors.pool import default_workers
+from dalle3_etl.optional import require
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import workers_lock_held
-
 
 MAX_RETRIES = 3  # reruns of a task whose worker process or node died (OOM killer, lost node)
 # Exceptions that escape a task and are worth another try. `run_task` reports a shard's own errors as a
@@ -58,8 +57,10 @@ def _ctrl_c_deferred():
     """Hold Ctrl-C while `ray.init` runs: interrupted half-way, it leaves Ray's threads in a state that
     crashes the interpreter at exit (SIGSEGV instead of exit code 130). Yields `interrupted()`."""
     hits: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield lambda: False
         return
     signal.signal(signal.SIGINT, lambda signum, frame: hits.append(signum))
@@ -104,7 +105,8 @@ def _shard_task(task: ShardTask, board: Any, driver_version: str) -> ShardResult
     """The body of one Ray task, on a worker: the same `run_task` as the local pool."""
     if __version__ != driver_version:  # another version could write other bytes into the same dataset
         return ShardResult(
-            shard_id=task.source.shard_id, ok=False,
+            shard_id=task.source.shard_id,
+            ok=False,
             failure=f"this Ray node has dalle3-etl {__version__}, the driver {driver_version}: "
             "install the same version on every node",
         )
@@ -171,15 +173,22 @@ class RayExecutor:
                 else:
                     cpus = self.workers or tasks[0].settings.workers or default_workers()
                     with _quiet_token_notice():
-                        ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-                                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, logging_level=logging.WARNING)
+                        ray.init(
+                            address="local",
+                            num_cpus=cpus,
+                            include_dashboard=False,
+                            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                            logging_level=logging.WARNING,
+                        )
         except (ConnectionError, TimeoutError, ValueError, RuntimeError) as exc:
             if not address:
                 raise RayConnectError(f"could not start a local Ray instance: {exc}") from exc
             hint = ""
             if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-                hint = ("; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
-                        "(RAY_AUTH_TOKEN or ~/.ray/auth_token) for this command too")
+                hint = (
+                    "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and its token "
+                    "(RAY_AUTH_TOKEN or ~/.ray/auth_token) for this command too"
+                )
             raise RayConnectError(f"could not connect to the Ray cluster at {address}: {exc}{hint}") from exc
         if interrupted():
             ray.shutdown()
@@ -258,7 +267,8 @@ class RayExecutor:
         except Exception as exc:  # retries used up: the worker or its node kept dying, or the task raised
             detail = (str(exc).strip().splitlines() or [""])[0]
             return ShardResult(
-                shard_id=task.source.shard_id, ok=False,
+                shard_id=task.source.shard_id,
+                ok=False,
                 failure=f"Ray task failed (after up to {MAX_RETRIES} retries): {type(exc).__name__}: {detail}",
             )
 

@@ -49,9 +49,12 @@ def restart(layout: Layout, settings: Settings) -> None:
     old = pinned_settings(layout)
     made_with = settings
     if old:  # which files a row stands for, as that output wrote them
-        made_with = replace(settings, flat=bool(old.get("flat", settings.flat)),
-                            images=bool(old.get("images", settings.images)),
-                            captions=bool(old.get("captions", settings.captions)))
+        made_with = replace(
+            settings,
+            flat=bool(old.get("flat", settings.flat)),
+            images=bool(old.get("images", settings.images)),
+            captions=bool(old.get("captions", settings.captions)),
+        )
     ids = sorted(layout.known_ids(), key=natural_key)
     owned = {sid for sid in ids if layout.owns_shard_data(sid)}
     for sid in ids:
@@ -64,8 +67,16 @@ def restart(layout: Layout, settings: Settings) -> None:
     for path in layout.own_files({settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
         fs.unlink(path)
     # `owned` stays: a shard folder still holding a user's file is still the tool's folder
-    for folder in (layout.parts_dir, layout.rejects_dir, layout.staging_dir, layout.flat_dir, layout.failed_dir,
-                   layout.seen_dir, layout.records_dir, layout.trash):
+    for folder in (
+        layout.parts_dir,
+        layout.rejects_dir,
+        layout.staging_dir,
+        layout.flat_dir,
+        layout.failed_dir,
+        layout.seen_dir,
+        layout.records_dir,
+        layout.trash,
+    ):
         fs.remove_tree(folder)
     fs.unlink(layout.manifest)
 

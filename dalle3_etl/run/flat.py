@@ -57,9 +57,11 @@ def publish_flat(layout: Layout, shard_id: str, settings: Settings) -> None:
     if clashes:
         _drop_clashing_rows(layout, shard_id, table, [f not in clashes for f in filenames])
         _write_clash_rejects(layout, shard_id, ordered)
-        record = replace(record, samples=record.samples - len(clashes),  # it still holds the conversion's counts
-                         rejects={**record.rejects,
-                                  str(Reason.NAME_CLASH): record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)})
+        record = replace(
+            record,
+            samples=record.samples - len(clashes),  # it still holds the conversion's counts
+            rejects={**record.rejects, str(Reason.NAME_CLASH): record.rejects.get(Reason.NAME_CLASH, 0) + len(clashes)},
+        )
     write_record(layout, replace(record, published=True))
     layout.fs.remove_tree(layout.flat_files(shard_id))
 
@@ -112,11 +114,21 @@ def _drop_clashing_rows(layout: Layout, shard_id: str, table: pa.Table, keep: li
 
 def _write_clash_rejects(layout: Layout, shard_id: str, ordered: list[str]) -> None:
     rejects = layout.rejects(shard_id)
-    lines = [line for line in rejects.read_bytes().splitlines(keepends=True)
-             if orjson.loads(line).get("reason") != Reason.NAME_CLASH]  # drop lines of a crashed publish
+    lines = [
+        line
+        for line in rejects.read_bytes().splitlines(keepends=True)
+        if orjson.loads(line).get("reason") != Reason.NAME_CLASH
+    ]  # drop lines of a crashed publish
     lines += [
-        orjson.dumps({"shard": shard_id, "member": name, "reason": Reason.NAME_CLASH,
-                      "detail": f"data/{name} (or its caption file) is taken by an earlier shard (--flat)"}) + b"\n"
+        orjson.dumps(
+            {
+                "shard": shard_id,
+                "member": name,
+                "reason": Reason.NAME_CLASH,
+                "detail": f"data/{name} (or its caption file) is taken by an earlier shard (--flat)",
+            }
+        )
+        + b"\n"
         for name in ordered
     ]
     layout.fs.write_atomic(rejects, b"".join(lines))

@@ -70,8 +70,9 @@ class PartMerger:
         On an error the temporary file is removed (`abort`) before the error goes on."""
         try:
             if self._pending_rows:
-                self._writer.write_table(pa.Table.from_batches(self._pending, schema=self.schema),
-                                         row_group_size=self.group)
+                self._writer.write_table(
+                    pa.Table.from_batches(self._pending, schema=self.schema), row_group_size=self.group
+                )
                 self.rows += self._pending_rows
                 self._pending = []
                 self._pending_rows = 0
@@ -147,8 +148,7 @@ class StreamingMerge:
 
     def finish(self, done: list[str]) -> int:
         """The parquet of the completed shards `done` (in shard order). Returns the row count."""
-        if self.active and self._merger is not None and self._next == len(self._order) \
-                and self._merger.merged == done:
+        if self.active and self._merger is not None and self._next == len(self._order) and self._merger.merged == done:
             merger, self._merger = self._merger, None
             return merger.finish()
         self.abort()

@@ -56,9 +56,11 @@ class RunSummary:
         earlier = {sid: state for sid, state in self.incomplete.items() if sid not in now}
         if not earlier:
             return []
-        return [f"{len(earlier)} input shard(s) incomplete from earlier runs: "
-                + ", ".join(f"{sid} ({state})" for sid, state in earlier.items())
-                + ". See `dalle3-etl status`; --retry-failed redoes failed and damaged shards."]
+        return [
+            f"{len(earlier)} input shard(s) incomplete from earlier runs: "
+            + ", ".join(f"{sid} ({state})" for sid, state in earlier.items())
+            + ". See `dalle3-etl status`; --retry-failed redoes failed and damaged shards."
+        ]
 
 
 class Reporter:
@@ -72,8 +74,14 @@ class Reporter:
 
 
 def run_convert(
-    sources: list[ShardSource], out: Path, settings: Settings, *, executor: str = "local",
-    ray_address: str | None = None, restart_run: bool = False, retry_failed: bool = False,
+    sources: list[ShardSource],
+    out: Path,
+    settings: Settings,
+    *,
+    executor: str = "local",
+    ray_address: str | None = None,
+    restart_run: bool = False,
+    retry_failed: bool = False,
     reporter: Reporter | None = None,
 ) -> RunSummary:
     """Convert `sources` into OUT: plan, convert what is to (re)do, merge, write the SimpleTuner entry."""
@@ -107,8 +115,9 @@ def _open_out(out: Path) -> Layout:
     return Layout(out)
 
 
-def _prepare(layout: Layout, sources: list[ShardSource], settings: Settings, *, restart_run: bool,
-             retry_failed: bool) -> Plan:
+def _prepare(
+    layout: Layout, sources: list[ShardSource], settings: Settings, *, restart_run: bool, retry_failed: bool
+) -> Plan:
     """Under OUT's lock: settle the output's state, then decide what this run converts."""
     if restart_run:
         restart(layout, settings)
@@ -123,8 +132,15 @@ def _prepare(layout: Layout, sources: list[ShardSource], settings: Settings, *, 
     return plan
 
 
-def _convert_and_merge(layout: Layout, plan: Plan, settings: Settings, summary: RunSummary, reporter: Reporter,
-                       executor: str, ray_address: str | None) -> None:
+def _convert_and_merge(
+    layout: Layout,
+    plan: Plan,
+    settings: Settings,
+    summary: RunSummary,
+    reporter: Reporter,
+    executor: str,
+    ray_address: str | None,
+) -> None:
     runner = make_executor(executor, settings.workers or default_workers(), ray_address)
     tasks = [ShardTask(src, str(layout.out), settings) for src in plan.todo]
     reporter.start(plan, sum(src.size for src in plan.todo))

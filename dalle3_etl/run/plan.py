@@ -39,11 +39,15 @@ class Plan:
         """What the user should know about the shards this run does not convert."""
         out = []
         if self.damaged:
-            out.append(f"{len(self.damaged)} of them damaged in an earlier run (kept up to the damage): "
-                       f"{', '.join(self.damaged)}; add --retry-failed to read them again.")
+            out.append(
+                f"{len(self.damaged)} of them damaged in an earlier run (kept up to the damage): "
+                f"{', '.join(self.damaged)}; add --retry-failed to read them again."
+            )
         if self.deferred:
-            out.append(f"--retry-failed: {len(self.deferred)} shard(s) never converted are left for a plain run: "
-                       f"{', '.join(self.deferred)}.")
+            out.append(
+                f"--retry-failed: {len(self.deferred)} shard(s) never converted are left for a plain run: "
+                f"{', '.join(self.deferred)}."
+            )
         return out
 
 
@@ -92,14 +96,19 @@ def refuse_foreign_folders(layout: Layout, settings: Settings, plan: Plan) -> No
     nor removed: refuse before any work, naming it."""
     if settings.flat or not (settings.images or settings.captions):
         return
-    taken = [src for src in plan.todo
-             if os.path.lexists(layout.shard_data(src.shard_id)) and not layout.owns_shard_data(src.shard_id)]
+    taken = [
+        src
+        for src in plan.todo
+        if os.path.lexists(layout.shard_data(src.shard_id)) and not layout.owns_shard_data(src.shard_id)
+    ]
     if taken:
         names = ", ".join(str(layout.shard_data(src.shard_id)) for src in taken[:5])
         more = f" and {len(taken) - 5} more" if len(taken) > 5 else ""
-        raise StateError(f"{names}{more} already exist(s) and were not written by dalle3-etl (same name as the "
-                         f"shard{'s' if len(taken) > 1 else ''} to convert); move or rename "
-                         f"{'them' if len(taken) > 1 else 'it'}: nothing was converted or removed")
+        raise StateError(
+            f"{names}{more} already exist(s) and were not written by dalle3-etl (same name as the "
+            f"shard{'s' if len(taken) > 1 else ''} to convert); move or rename "
+            f"{'them' if len(taken) > 1 else 'it'}: nothing was converted or removed"
+        )
 
 
 __all__ = ["Plan", "plan_run", "incomplete_shards", "refuse_foreign_folders"]

@@ -15,8 +15,12 @@ from dalle3_etl.store.manifest import read_manifest, settings_differences
 
 #: How the user sets each output-changing setting (for the refusal message).
 SETTING_FLAGS = {
-    "caption_field": "--caption-field", "caption_fallbacks": "--caption-fallbacks", "fields": "--fields",
-    "images": "--images/--no-images", "captions": "--captions/--no-captions", "flat": "--flat/--subfolders",
+    "caption_field": "--caption-field",
+    "caption_fallbacks": "--caption-fallbacks",
+    "fields": "--fields",
+    "images": "--images/--no-images",
+    "captions": "--captions/--no-captions",
+    "flat": "--flat/--subfolders",
     "max_json_bytes": "--max-json-bytes",
 }
 
@@ -29,20 +33,26 @@ def check_out_dir(out: Path) -> None:
     try:
         str(out).encode("utf-8")
     except UnicodeEncodeError:
-        raise StateError(f"output {out} is not a valid UTF-8 path: the parquet writer and SimpleTuner's JSON "
-                         "entry cannot name it; choose another folder name") from None
+        raise StateError(
+            f"output {out} is not a valid UTF-8 path: the parquet writer and SimpleTuner's JSON "
+            "entry cannot name it; choose another folder name"
+        ) from None
     try:
         if out.exists() and not out.is_dir():
             raise StateError(f"output {out} exists and is not a directory")
         if out.is_dir() and any(out.iterdir()) and not Layout(out).state.is_dir():
-            raise StateError(f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory")
+            raise StateError(
+                f"output {out} is not empty and is not a dalle3-etl output; choose an empty or new directory"
+            )
         there = out  # OUT, or the nearest folder above it that exists: where OUT is created
         while not there.exists() and there != there.parent:
             there = there.parent
         if not there.is_dir():
             raise StateError(f"output {out} cannot be created: {there} is a file, not a directory")
         if not os.access(there, os.W_OK | os.X_OK):
-            raise StateError(f"output {out} cannot be written: no write permission in {there} (or read-only filesystem)")
+            raise StateError(
+                f"output {out} cannot be written: no write permission in {there} (or read-only filesystem)"
+            )
     except OSError as exc:
         raise StateError(f"output {out} cannot be used: {exc.strerror or exc}") from None
 
@@ -53,8 +63,10 @@ def check_settings(layout: Layout, settings: Settings) -> None:
         return
     diffs = settings_differences(manifest.get("settings", {}), settings.output_fingerprint())
     if diffs:
-        named = [f"{line}  ({SETTING_FLAGS[line.split(':')[0]]})" if line.split(":")[0] in SETTING_FLAGS else line
-                 for line in diffs]
+        named = [
+            f"{line}  ({SETTING_FLAGS[line.split(':')[0]]})" if line.split(":")[0] in SETTING_FLAGS else line
+            for line in diffs
+        ]
         raise StateError(
             f"{layout.out} was converted with other settings that change the output:\n  - "
             + "\n  - ".join(named)

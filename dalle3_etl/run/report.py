@@ -7,7 +7,13 @@ from collections import Counter
 
 from rich.console import Console
 from rich.progress import (
-    BarColumn, DownloadColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn,
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
 )
 from rich.table import Table
 from rich.text import Text
@@ -50,9 +56,15 @@ class RichReporter(Reporter):
             self.console.print(f"Converting {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
         if self.live and plan.todo:
             self.bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(), DownloadColumn(),
-                TransferSpeedColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
-                console=self.console, transient=False,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
             )
             self.task = self.bar.add_task(self._desc(), total=total_bytes or None, rate="")
             self.bar.start()
@@ -76,8 +88,14 @@ class RichReporter(Reporter):
             if not result.ok:
                 self._print(Text.assemble(("FAILED", "red"), " ", plain(f"{result.shard_id}: {result.failure}")))
             elif result.error:
-                self._print(Text.assemble(("DAMAGED", "yellow"), " ", plain(f"{result.shard_id}: {result.error}"),
-                                          f" ({result.samples} samples before the damage were kept)"))
+                self._print(
+                    Text.assemble(
+                        ("DAMAGED", "yellow"),
+                        " ",
+                        plain(f"{result.shard_id}: {result.error}"),
+                        f" ({result.samples} samples before the damage were kept)",
+                    )
+                )
         self._update()
 
     def _print(self, text: str | Text) -> None:
@@ -94,8 +112,10 @@ class RichReporter(Reporter):
             self.last_log = time.monotonic()
             pct = 100 * done / self.total_bytes if self.total_bytes else 100.0
             eta = (self.total_bytes - done) / (done / elapsed) if done else float("nan")
-            self._print(f"progress: {self._desc()}, {human_bytes(done)}/{human_bytes(self.total_bytes)} "
-                        f"({pct:.1f}%), {rate:,.0f} samples/s, ETA {eta:,.0f}s")
+            self._print(
+                f"progress: {self._desc()}, {human_bytes(done)}/{human_bytes(self.total_bytes)} "
+                f"({pct:.1f}%), {rate:,.0f} samples/s, ETA {eta:,.0f}s"
+            )
 
     def merging(self) -> None:
         self._stop()
@@ -121,15 +141,23 @@ class RichReporter(Reporter):
         damaged = [r.shard_id for r in summary.failed if r.ok]  # read error in the input: kept up to it
         failed = [r.shard_id for r in summary.failed if not r.ok]  # nothing committed (output error, crash)
         if damaged:
-            self._print(Text.assemble(
-                (f"{len(damaged)} shard(s) could not be read completely", "red"), " (samples before the damage "
-                f"are kept): {plain(', '.join(damaged))}. See above; fix or download the input again and run with "
-                "--retry-failed to read them again."))
+            self._print(
+                Text.assemble(
+                    (f"{len(damaged)} shard(s) could not be read completely", "red"),
+                    " (samples before the damage "
+                    f"are kept): {plain(', '.join(damaged))}. See above; fix or download the input again and run with "
+                    "--retry-failed to read them again.",
+                )
+            )
         if failed:
-            self._print(Text.assemble(
-                (f"{len(failed)} shard(s) failed, nothing of them was committed", "red"), f": {plain(', '.join(failed))}. "
-                "See above (e.g. disk full, a worker killed); fix the cause and run the same command again: they "
-                "are redone."))
+            self._print(
+                Text.assemble(
+                    (f"{len(failed)} shard(s) failed, nothing of them was committed", "red"),
+                    f": {plain(', '.join(failed))}. "
+                    "See above (e.g. disk full, a worker killed); fix the cause and run the same command again: they "
+                    "are redone.",
+                )
+            )
         for line in summary.notices():
             self._print(safe(line, "yellow"))
         self._print(safe(f"SimpleTuner-ready output in {summary.out}:"))

@@ -33,9 +33,15 @@ def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
         filenames = part_filenames(layout, shard_id)
         if filenames is not None:
             prefix = f"{shard_id}/"
-            fs.remove_files(layout.shard_data(shard_id), [
-                name[len(prefix):] for f in filenames for name in written_names(f, settings.images, settings.captions)
-                if name.startswith(prefix)])
+            fs.remove_files(
+                layout.shard_data(shard_id),
+                [
+                    name[len(prefix) :]
+                    for f in filenames
+                    for name in written_names(f, settings.images, settings.captions)
+                    if name.startswith(prefix)
+                ],
+            )
         # else: the files cannot be listed; the folder stays and the next commit says so
     if not os.path.lexists(layout.shard_data(shard_id)):
         fs.unlink(layout.claim(shard_id))
@@ -69,8 +75,12 @@ def move_in_shard_files(layout: Layout, shard_id: str, staged: Path) -> None:
         else:
             target.mkdir()
     elif not layout.owns_shard_data(shard_id) or not target.is_dir() or target.is_symlink():
-        raise FileExistsError(errno.EEXIST, f"{target} exists and was not written by dalle3-etl (it has the name of "
-                              f"shard {shard_id}); move or rename it, then run again", str(target))
+        raise FileExistsError(
+            errno.EEXIST,
+            f"{target} exists and was not written by dalle3-etl (it has the name of "
+            f"shard {shard_id}); move or rename it, then run again",
+            str(target),
+        )
     elif staged.exists():
         fs.merge_new(staged, target)  # the tool's folder, still holding a user's files
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import tarstream
@@ -73,8 +74,10 @@ class ShardConverter:
 
     def _report_unpaired(self, entry: Entry, where: str) -> None:
         """Report the members of an entry that never got its partner (`where`: "in this shard"...)."""
-        for half, reason, missing in ((entry.image, Reason.IMAGE_WITHOUT_JSON, "JSON"),
-                                      (entry.json, Reason.JSON_WITHOUT_IMAGE, "image")):
+        for half, reason, missing in (
+            (entry.image, Reason.IMAGE_WITHOUT_JSON, "JSON"),
+            (entry.json, Reason.JSON_WITHOUT_IMAGE, "image"),
+        ):
             if half is None:
                 continue
             detail = entry.why or f"no {missing} member with key {entry.key!r} {where}"
@@ -96,17 +99,20 @@ class ShardConverter:
         if done is not None:
             self.writer.finish(done)
 
-    def _sample_failed(self, exc: Exception, member: tarstream.Member, pairing: Pairing, done: Entry | None,
-                       problems: list | None) -> None:
+    def _sample_failed(
+        self, exc: Exception, member: tarstream.Member, pairing: Pairing, done: Entry | None, problems: list | None
+    ) -> None:
         """An unexpected error while handling one member or sample: reject that sample, go on."""
         why = _describe_error(exc)
         if done is not None:  # converting a paired sample: the writer has removed its files
             ref = done.image.payload
             if isinstance(ref, ImageRef) and ref.staged:
                 self.layout.fs.unlink(ref.staged)
-            self.writer.reject(done.image.member, Reason.SAMPLE_ERROR,
-                               f"unexpected error converting the sample of {done.image.member!r} and "
-                               f"{done.json.member!r}: {why}")
+            self.writer.reject(
+                done.image.member,
+                Reason.SAMPLE_ERROR,
+                f"unexpected error converting the sample of {done.image.member!r} and {done.json.member!r}: {why}",
+            )
             return
         why = f"unexpected error reading member {member.name!r}: {why}"
         key, role, _ = classify(member.name)
@@ -152,9 +158,12 @@ class ShardConverter:
                         continue
                     elif role == "json":
                         if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
-                            payload = Reject(Reason.JSON_TOO_LARGE, f"JSON member is {member.size} bytes, more "
-                                                                    f"than max_json_bytes={settings.max_json_bytes}; "
-                                                                    f"not read")
+                            payload = Reject(
+                                Reason.JSON_TOO_LARGE,
+                                f"JSON member is {member.size} bytes, more "
+                                f"than max_json_bytes={settings.max_json_bytes}; "
+                                f"not read",
+                            )
                         else:
                             data = reader.read()
                             weight = len(data)
@@ -162,8 +171,10 @@ class ShardConverter:
                     else:
                         waiting = pairing.pending.get(key)
                         json_half = waiting.json if waiting is not None else None
-                        need_size = not (json_half is not None and (isinstance(json_half.payload, Reject)
-                                                                    or json_half.payload.width is not None))
+                        need_size = not (
+                            json_half is not None
+                            and (isinstance(json_half.payload, Reject) or json_half.payload.width is not None)
+                        )
                         payload = self.writer.image_ref(reader, member, ext.lower(), need_size)
                     done, problems = pairing.add(key, role, member.name, payload, weight)
                     self._settle(done, problems)
@@ -202,16 +213,31 @@ class ShardConverter:
             writer.abort()
             raise
         result = ShardResult(
-            shard_id=self.shard_id, ok=True, samples=writer.samples, rejects=dict(sorted(writer.counts.items())),
+            shard_id=self.shard_id,
+            ok=True,
+            samples=writer.samples,
+            rejects=dict(sorted(writer.counts.items())),
             notes=dict(sorted(writer.notes.items())),
-            bytes_in=self.src.size, bytes_out=writer.bytes_out, seconds=time.monotonic() - start, error=error,
+            bytes_in=self.src.size,
+            bytes_out=writer.bytes_out,
+            seconds=time.monotonic() - start,
+            error=error,
         )
         sync_filesystem(layout.state)  # the record must never reach the disk before the files it describes
         crash_point("committed", self.shard_id)
-        write_record(layout, ShardRecord(
-            shard=self.shard_id, source=source_fingerprint(self.src), settings=self.settings.output_fingerprint(),
-            samples=writer.samples, rejects=result.rejects, notes=result.notes, error=error, published=not self.settings.flat,
-        ))
+        write_record(
+            layout,
+            ShardRecord(
+                shard=self.shard_id,
+                source=source_fingerprint(self.src),
+                settings=self.settings.output_fingerprint(),
+                samples=writer.samples,
+                rejects=result.rejects,
+                notes=result.notes,
+                error=error,
+                published=not self.settings.flat,
+            ),
+        )
         crash_point("recorded", self.shard_id)
         return result
 
@@ -260,4 +286,6 @@ def convert_shard(src: ShardSource, out: Path, settings: Settings, progress: Pro
     except OSError as exc:
         forget_shard(layout, src.shard_id, settings)
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
-        return ShardResult(shard_id=src.shard_id, ok=False, failure=f"{type(exc).__name__}: {exc.strerror or exc}{where}")
+        return ShardResult(
+            shard_id=src.shard_id, ok=False, failure=f"{type(exc).__name__}: {exc.strerror or exc}{where}"
+        )

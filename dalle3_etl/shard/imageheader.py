@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import BinaryIO, Callable
+from collections.abc import Callable
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -29,10 +30,24 @@ PROBE_READ_BYTES = 64 * 1024  # one read usually holds the whole header, even be
 SIGNATURE_BYTES = 16  # what `signature_problem` needs to see
 
 #: Format each image extension (lower case) names, and the signatures (magic bytes) of each format.
-EXT_FORMAT = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF", "bmp": "BMP",
-              "tif": "TIFF", "tiff": "TIFF"}
-_MAGIC = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "WebP": (b"RIFF",),
-          "GIF": (b"GIF87a", b"GIF89a"), "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*")}
+EXT_FORMAT = {
+    "jpg": "JPEG",
+    "jpeg": "JPEG",
+    "png": "PNG",
+    "webp": "WebP",
+    "gif": "GIF",
+    "bmp": "BMP",
+    "tif": "TIFF",
+    "tiff": "TIFF",
+}
+_MAGIC = {
+    "JPEG": (b"\xff\xd8\xff",),
+    "PNG": (b"\x89PNG\r\n\x1a\n",),
+    "WebP": (b"RIFF",),
+    "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",),
+    "TIFF": (b"II*\x00", b"MM\x00*"),
+}
 _EXT_MAGIC = {ext: _MAGIC[fmt] for ext, fmt in EXT_FORMAT.items()}
 
 

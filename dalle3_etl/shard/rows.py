@@ -46,29 +46,29 @@ class Reason(StrEnum):
 #: Every reason code with what it means (README table, `--help` texts, tests).
 REASONS: dict[Reason, str] = {
     Reason.UNSAFE_MEMBER: "member name or type is unsafe: absolute, '..', backslash, control character, "
-                          "not UTF-8, over 4096 bytes; symlink, hardlink, device, fifo, sparse",
+    "not UTF-8, over 4096 bytes; symlink, hardlink, device, fifo, sparse",
     Reason.DUPLICATE_MEMBER: "another member for a key that already has one (the first one is kept)",
     Reason.JSON_TOO_LARGE: "JSON member larger than max_json_bytes (skipped unread)",
     Reason.JSON_INVALID: "JSON member is not valid JSON or not UTF-8",
     Reason.JSON_NOT_OBJECT: "JSON member is valid JSON but not an object",
     Reason.NO_CAPTION: "no usable caption along the caption chain (missing, wrong type, empty, blank, or only "
-                       "control or invisible format characters)",
+    "control or invisible format characters)",
     Reason.SIZE_UNREADABLE: "JSON width/height missing or invalid and the image header cannot be read (within the "
-                            "image's first 16 MiB)",
+    "image's first 16 MiB)",
     Reason.SIZE_INVALID: "JSON width/height missing or invalid and the image header gives a size above max_dimension",
     Reason.IMAGE_INVALID: "image member is empty (0 bytes), or its first bytes are not the signature of the image "
-                          "type its extension names (JPEG, PNG, WebP, GIF, BMP, TIFF); the detail says what they look like",
+    "type its extension names (JPEG, PNG, WebP, GIF, BMP, TIFF); the detail says what they look like",
     Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
     Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",
     Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, by a name differing "
-                       "only in case or Unicode normalization on a case-insensitive file system, or (--flat) by an "
-                       "earlier shard",
+    "only in case or Unicode normalization on a case-insensitive file system, or (--flat) by an "
+    "earlier shard",
     Reason.NAME_UNUSABLE: "the output file cannot be created under that name (too long for the output path, or "
-                          "more than 256 folders deep)",
+    "more than 256 folders deep)",
     Reason.SHARD_UNREADABLE: "the tar is damaged from here on (truncated, bad header, not a tar, bad "
-                             "compression); samples before the damage are kept",
+    "compression); samples before the damage are kept",
     Reason.SAMPLE_ERROR: "an unexpected error while handling this sample (the detail names the exception and where "
-                         "it was raised); the rest of the shard is converted. A bug: please report it",
+    "it was raised); the rest of the shard is converted. A bug: please report it",
 }
 
 
@@ -93,7 +93,7 @@ class JsonInfo:
 
 # Control characters that are not whitespace (tab, newline, \x1c-\x1f and NEL are whitespace: they become a space).
 _CONTROLS = re.compile("[\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f]")
-_ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0e, 0x1c), 0x7f])
+_ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
 
 
 def clean_caption(text: str) -> str:
@@ -193,7 +193,7 @@ def _image_ext(value: Any) -> str | None:
     dot = base.rfind(".")
     if dot <= 0:
         return None
-    return base[dot + 1:].lower() or None
+    return base[dot + 1 :].lower() or None
 
 
 def _extra_value(name: str, value: Any) -> Any:
@@ -234,5 +234,14 @@ def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
     if source is not None and not isinstance(source, str):
         source = orjson.dumps(source).decode()
     extras = {name: _extra_value(name, obj.get(name)) for name in settings.fields}
-    return JsonInfo(caption, caption_detail, width, height, size_detail, source, extras, size_invalid,
-                    _image_ext(obj.get("image_name")))
+    return JsonInfo(
+        caption,
+        caption_detail,
+        width,
+        height,
+        size_detail,
+        source,
+        extras,
+        size_invalid,
+        _image_ext(obj.get("image_name")),
+    )

@@ -79,20 +79,30 @@ class Pairing:
         self.given_up: dict[str, tuple[str, str]] = {}  # key -> (member given up, bound hit), for its late partner
         self.evicted = 0
 
-    def add(self, key: str, role: str, member: str, payload: Any,
-            weight: int = 0) -> tuple[Entry | None, list[Entry | Duplicate]]:
+    def add(
+        self, key: str, role: str, member: str, payload: Any, weight: int = 0
+    ) -> tuple[Entry | None, list[Entry | Duplicate]]:
         """Add a member. Returns (completed entry or None, problems to report now).
 
         A problem is a `Duplicate` or an unpaired `Entry` (its `why` says why the partner is missing)."""
         if key in self.completed:
-            return None, [Duplicate(member, f"another {role} member for key {key!r}: that sample was already converted "
-                                            f"or rejected earlier in this shard", payload)]
+            return None, [
+                Duplicate(
+                    member,
+                    f"another {role} member for key {key!r}: that sample was already converted "
+                    f"or rejected earlier in this shard",
+                    payload,
+                )
+            ]
         gone = self.given_up.get(key)
         if gone is not None:
             member_gone, bound = gone
-            entry = Entry(key, why=f"its partner {member_gone!r} came earlier and was given up when more than "
-                                   f"{bound} were waiting for a partner; the shard's samples are far apart "
-                                   f"(raise max_pending)")
+            entry = Entry(
+                key,
+                why=f"its partner {member_gone!r} came earlier and was given up when more than "
+                f"{bound} were waiting for a partner; the shard's samples are far apart "
+                f"(raise max_pending)",
+            )
             setattr(entry, role, Half(member, payload))
             self.completed.add(key)  # a third member for this key is a duplicate
             return None, [entry]
@@ -111,21 +121,31 @@ class Pairing:
             self.pending_bytes -= entry.weight
             self.completed.add(key)
             return entry, []
+        return None, self._give_up_oldest()
+
+    def _give_up_oldest(self) -> list[Entry | Duplicate]:
+        """While more members (or bytes) wait than allowed, give up the oldest: reported as unpaired."""
         problems: list[Entry | Duplicate] = []
         while len(self.pending) > self.max_pending or (
-                self.pending_bytes > self.max_pending_bytes and len(self.pending) > 1):
-            bound = (f"{self.max_pending} members" if len(self.pending) > self.max_pending
-                     else f"{self.max_pending_bytes} bytes of members")
+            self.pending_bytes > self.max_pending_bytes and len(self.pending) > 1
+        ):
+            bound = (
+                f"{self.max_pending} members"
+                if len(self.pending) > self.max_pending
+                else f"{self.max_pending_bytes} bytes of members"
+            )
             oldest = self.pending.pop(next(iter(self.pending)))
             self.pending_bytes -= oldest.weight
             self.evicted += 1
             missing = "JSON" if oldest.json is None else "image"
-            oldest.why = (f"no {missing} member with key {oldest.key!r} came in time: gave up waiting when more "
-                          f"than {bound} were waiting for a partner; the shard's samples are far apart "
-                          f"(raise max_pending)")
+            oldest.why = (
+                f"no {missing} member with key {oldest.key!r} came in time: gave up waiting when more "
+                f"than {bound} were waiting for a partner; the shard's samples are far apart "
+                f"(raise max_pending)"
+            )
             self.given_up[oldest.key] = (oldest.members[0], bound)
             problems.append(oldest)
-        return None, problems
+        return problems
 
     def leftovers(self) -> list[Entry]:
         rest = list(self.pending.values())

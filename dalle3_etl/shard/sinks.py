@@ -23,8 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dalle3_etl.store.fsio import Root
 from dalle3_etl.settings import LIST_FIELDS, Settings
+from dalle3_etl.store.fsio import Root
 
 #: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
 NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -96,8 +96,9 @@ def _string_list_array(values: list) -> pa.Array | None:
     offsets = _offsets(lengths, sum(lengths))
     if child is None or offsets is None:
         return None
-    return pa.Array.from_buffers(pa.list_(pa.string()), len(values), [_validity(values, nulls), offsets],
-                                 children=[child])
+    return pa.Array.from_buffers(
+        pa.list_(pa.string()), len(values), [_validity(values, nulls), offsets], children=[child]
+    )
 
 
 def column_array(values: list, type_: pa.DataType) -> pa.Array:

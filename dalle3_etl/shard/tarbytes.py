@@ -29,8 +29,15 @@ USE_COPY_FILE_RANGE = hasattr(os, "copy_file_range")
 COPY_CHUNK = 1 << 20  # pread/write fallback and copy_to chunk
 
 _CFR_FALLBACK_ERRNOS = frozenset(
-    e for e in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, getattr(errno, "ENOTSUP", None),
-                errno.EBADF)  # EBADF: destination opened with O_APPEND; the fallback reports a real bad fd
+    e
+    for e in (
+        errno.EXDEV,
+        errno.ENOSYS,
+        errno.EINVAL,
+        errno.EOPNOTSUPP,
+        getattr(errno, "ENOTSUP", None),
+        errno.EBADF,
+    )  # EBADF: destination opened with O_APPEND; the fallback reports a real bad fd
     if e is not None
 )
 
@@ -146,8 +153,9 @@ class TarBytes:
         if offset < 0 or size < 0:
             raise ValueError("offset and size must be >= 0")
         if offset + size > self._size:
-            raise TarFormatError(f"cannot copy {size} bytes at offset {offset}: the archive ends at {self._size}",
-                                 offset=offset)
+            raise TarFormatError(
+                f"cannot copy {size} bytes at offset {offset}: the archive ends at {self._size}", offset=offset
+            )
         done = 0
         if USE_COPY_FILE_RANGE and self._cfr_ok and self._fd is not None and size:
             try:
@@ -163,11 +171,13 @@ class TarBytes:
         while done < size:
             chunk = self._raw_pread(offset + done, min(COPY_CHUNK, size - done))
             if not chunk:
-                raise TarFormatError(f"cannot copy {size} bytes at offset {offset}: the archive ends at "
-                                     f"{offset + done}", offset=offset + done)
+                raise TarFormatError(
+                    f"cannot copy {size} bytes at offset {offset}: the archive ends at {offset + done}",
+                    offset=offset + done,
+                )
             view = memoryview(chunk)
             while view:
-                view = view[os.write(dst_fd, view):]
+                view = view[os.write(dst_fd, view) :]
             done += len(chunk)
         return done
 
@@ -199,7 +209,7 @@ class TarBytes:
         i = off - self._win_off
         w = self._win
         if i >= 0 and i + n <= len(w):
-            return w[i:i + n]
+            return w[i : i + n]
         if n > SEEK_WINDOW // 2:
             return self._raw_pread(off, n)
         w = self._win = self._raw_pread(off, SEEK_WINDOW)

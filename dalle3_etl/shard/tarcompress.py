@@ -75,8 +75,11 @@ class _Decompressed:
 
     def _damaged(self, exc: BaseException) -> TarFormatError:
         offset, member, where = self.reader.damage_context() if self.reader is not None else (0, None, "")
-        return TarFormatError(f"{self.kind} data is damaged after {offset} decompressed bytes ({where}): "
-                              f"{exc or type(exc).__name__}", offset=offset, member=member)
+        return TarFormatError(
+            f"{self.kind} data is damaged after {offset} decompressed bytes ({where}): {exc or type(exc).__name__}",
+            offset=offset,
+            member=member,
+        )
 
     # read1/readinto1: hand over what is decompressed as soon as it is, so the members before a damage
     # are yielded (a full read(1 MiB) would raise and drop up to 1 MiB decompressed before the damage).

@@ -23,19 +23,34 @@ BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 
 KINDS = {
-    b"0": "file", b"\0": "file", b"7": "file",
-    b"1": "hardlink", b"2": "symlink", b"3": "chardev", b"4": "blockdev", b"5": "dir", b"6": "fifo",
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",
+    b"1": "hardlink",
+    b"2": "symlink",
+    b"3": "chardev",
+    b"4": "blockdev",
+    b"5": "dir",
+    b"6": "fifo",
 }
 # tarfile (and GNU tar) store no data blocks for these types, whatever the size field says.
 NO_DATA_KINDS = frozenset(("hardlink", "symlink", "chardev", "blockdev", "dir", "fifo"))
 KIND_PROBLEMS = {
-    "symlink": "symlink member", "hardlink": "hardlink member",
-    "chardev": "device member", "blockdev": "device member", "fifo": "fifo member",
+    "symlink": "symlink member",
+    "hardlink": "hardlink member",
+    "chardev": "device member",
+    "blockdev": "device member",
+    "fifo": "fifo member",
 }
 PAX_LOCAL = (b"x", b"X")  # 'X': Solaris extended header, same format
 META_TYPES = frozenset((b"x", b"X", b"g", b"L", b"K"))
-META_NAMES = {b"x": "pax header", b"X": "pax header", b"g": "pax global header",
-              b"L": "GNU long-name record", b"K": "GNU long-link record"}
+META_NAMES = {
+    b"x": "pax header",
+    b"X": "pax header",
+    b"g": "pax global header",
+    b"L": "GNU long-name record",
+    b"K": "GNU long-link record",
+}
 POSIX_MAGIC = b"ustar\x0000"
 # The pax keywords a member's resolution reads; `parse_pax` keeps only these. Any GNU.sparse.* keyword is
 # kept as `SPARSE` (only its presence matters: the member is refused as sparse).
@@ -87,6 +102,7 @@ class Member:
 
 # -- header fields ---------------------------------------------------------------------------------
 
+
 def nts(field: bytes) -> bytes:
     """Bytes up to the first NUL."""
     i = field.find(0)
@@ -117,8 +133,9 @@ def header_sum(block: bytes) -> int:
 
     adler32's low half is 1 + (byte sum mod 65521); each slice is short enough (<= 257 bytes) for
     the sum to be exact."""
-    return (adler32(block[:148]) & 0xFFFF) + (adler32(block[156:400]) & 0xFFFF) \
-        + (adler32(block[400:]) & 0xFFFF) - 3 + 256
+    return (
+        (adler32(block[:148]) & 0xFFFF) + (adler32(block[156:400]) & 0xFFFF) + (adler32(block[400:]) & 0xFFFF) - 3 + 256
+    )
 
 
 def checksum_ok(block: bytes) -> bool:
@@ -148,6 +165,7 @@ def header_size(block: bytes) -> int:
 
 # -- member names ----------------------------------------------------------------------------------
 
+
 def decode_name(raw: bytes) -> tuple[str, bool]:
     """(text, whether `raw` was valid UTF-8); bytes that are not are kept as surrogate escapes."""
     try:
@@ -158,8 +176,7 @@ def decode_name(raw: bytes) -> tuple[str, bool]:
 
 def is_plain_name(name: str) -> bool:
     """A name `resolve_name` returns unchanged with no problem (for a file): see `_PLAIN_NAME_RE`."""
-    return (len(name) <= 4096 and name[:1] != "." and "/." not in name
-            and _PLAIN_NAME_RE.fullmatch(name) is not None)
+    return len(name) <= 4096 and name[:1] != "." and "/." not in name and _PLAIN_NAME_RE.fullmatch(name) is not None
 
 
 def resolve_name(name: str, utf8_ok: bool, kind: str) -> tuple[str, str | None]:
@@ -197,6 +214,7 @@ def resolve_name(name: str, utf8_ok: bool, kind: str) -> tuple[str, str | None]:
 
 # -- pax records ------------------------------------------------------------------------------------
 
+
 def parse_pax(data: bytes, where: int, describe: str) -> dict[bytes, bytes]:
     """Parse pax records '<len> <key>=<value>\\n' (every record is checked) and return the honoured ones
     (`_PAX_HONOURED`, and `SPARSE` for any GNU.sparse.* keyword): at most four, whatever the header holds.
@@ -210,18 +228,21 @@ def parse_pax(data: bytes, where: int, describe: str) -> dict[bytes, bytes]:
         sp = data.find(b" ", pos, pos + 21)
         digits = data[pos:sp] if sp > pos else b""
         if not digits.isdigit():
-            raise TarFormatError(f"malformed pax record at offset {where + pos} ({describe}): "
-                                 f"no decimal length", offset=where + pos)
+            raise TarFormatError(
+                f"malformed pax record at offset {where + pos} ({describe}): no decimal length", offset=where + pos
+            )
         length = int(digits)
         end = pos + length
         eq = data.find(b"=", sp + 1, end)
         if end > n or length <= sp - pos + 2 or data[end - 1] != 0x0A or eq <= sp + 1:
-            raise TarFormatError(f"malformed pax record at offset {where + pos} ({describe}): "
-                                 f"record of length {length} is not '<key>=<value>\\n' within the header",
-                                 offset=where + pos)
-        key = data[sp + 1:eq]
+            raise TarFormatError(
+                f"malformed pax record at offset {where + pos} ({describe}): "
+                f"record of length {length} is not '<key>=<value>\\n' within the header",
+                offset=where + pos,
+            )
+        key = data[sp + 1 : eq]
         if key in _PAX_HONOURED:
-            out[key] = data[eq + 1:end - 1]
+            out[key] = data[eq + 1 : end - 1]
         elif key.startswith(_SPARSE_PREFIX):
             out[SPARSE] = b""
         pos = end

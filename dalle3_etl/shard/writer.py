@@ -134,13 +134,18 @@ class SampleWriter:
         width, height = size
         ext = image_member[image_member.rfind(".") :]
         if info.image_ext is not None and not _same_ext(info.image_ext, ext[1:]):
-            self.notes["image_name_ext_differs"] += 1  # the member's name wins: image_name is not known to always match it
+            self.notes["image_name_ext_differs"] += (
+                1  # the member's name wins: image_name is not known to always match it
+            )
         filename = f"{self.prefix}{entry.key}{ext}"
         if len(image_member) > 2 * MAX_FOLDER_DEPTH and image_member.count("/") > MAX_FOLDER_DEPTH:
             self.discard(ref)
-            self.reject(image_member, Reason.NAME_UNUSABLE,
-                        f"the name is {image_member.count('/')} folders deep, more than {MAX_FOLDER_DEPTH} (deeper "
-                        f"folder trees break tools that walk or delete folders recursively)")
+            self.reject(
+                image_member,
+                Reason.NAME_UNUSABLE,
+                f"the name is {image_member.count('/')} folders deep, more than {MAX_FOLDER_DEPTH} (deeper "
+                f"folder trees break tools that walk or delete folders recursively)",
+            )
             return
         try:
             if self.write_files:
@@ -150,13 +155,21 @@ class SampleWriter:
                 raise  # the disk, not the name: the shard fails and is redone next run
             self.discard(ref)
             clash = exc.errno in _CLASH_ERRNOS
-            why = (" (the path is taken by another member's file or folder; on a case-insensitive file system "
-                   "names that differ only in letter case or Unicode normalization are the same)" if clash else "")
-            self.reject(image_member, Reason.NAME_CLASH if clash else Reason.NAME_UNUSABLE,
-                        f"cannot create {filename!r} in the output: {exc.strerror}{why}")
+            why = (
+                " (the path is taken by another member's file or folder; on a case-insensitive file system "
+                "names that differ only in letter case or Unicode normalization are the same)"
+                if clash
+                else ""
+            )
+            self.reject(
+                image_member,
+                Reason.NAME_CLASH if clash else Reason.NAME_UNUSABLE,
+                f"cannot create {filename!r} in the output: {exc.strerror}{why}",
+            )
             return
-        self.part.add((filename, info.caption, width, height, entry.key, self.shard_id, info.source,
-                       *info.extras.values()))
+        self.part.add(
+            (filename, info.caption, width, height, entry.key, self.shard_id, info.source, *info.extras.values())
+        )
         self.samples += 1
         crash_point("sample", self.shard_id, self.samples)
 
@@ -167,15 +180,19 @@ class SampleWriter:
         size = self._probe_size(ref)
         if size is None:
             self.discard(ref)
-            self.reject(image_member, Reason.SIZE_UNREADABLE,
-                        f"{info.size_detail}, and the image header cannot be read")
+            self.reject(
+                image_member, Reason.SIZE_UNREADABLE, f"{info.size_detail}, and the image header cannot be read"
+            )
             return None
         width, height = size
         limit = self.settings.max_dimension
         if width > limit or height > limit:
             self.discard(ref)
-            self.reject(image_member, Reason.SIZE_INVALID,
-                        f"{info.size_detail}, and the image header says {width}x{height}, above {limit}")
+            self.reject(
+                image_member,
+                Reason.SIZE_INVALID,
+                f"{info.size_detail}, and the image header says {width}x{height}, above {limit}",
+            )
             return None
         self.notes["size_from_header"] += 1
         if info.size_invalid:
@@ -244,7 +261,8 @@ def _printable(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape" if _only_escapes(text) else "surrogatepass").decode(
-            "utf-8", "backslashreplace")
+            "utf-8", "backslashreplace"
+        )
 
 
 def _only_escapes(text: str) -> bool:

@@ -95,8 +95,10 @@ class ShardSource:
     def __post_init__(self) -> None:
         problem = shard_id_problem(self.shard_id)
         if problem is not None:
-            raise SourceError(f"{shown(self.uri)}: cannot use shard id {shown(self.shard_id)} (the file name without "
-                              f"its tar suffix) to name its output: {problem}; rename the file")
+            raise SourceError(
+                f"{shown(self.uri)}: cannot use shard id {shown(self.shard_id)} (the file name without "
+                f"its tar suffix) to name its output: {problem}; rename the file"
+            )
 
     def open(self) -> BinaryIO:
         """Open for reading. Local files are seekable, so image bodies are seeked over."""

@@ -35,8 +35,7 @@ def _shards_below(folder: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        found.extend(p for name in filenames if not name.startswith(".")
-                     and _is_shard_file(p := Path(dirpath) / name))
+        found.extend(p for name in filenames if not name.startswith(".") and _is_shard_file(p := Path(dirpath) / name))
     return found
 
 

@@ -23,8 +23,8 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -52,7 +52,7 @@ class Root:
         root = str(self.path)
         if not full.startswith(root.rstrip(os.sep) + os.sep):
             raise OwnershipError(f"refused: {full} is not inside {root}")
-        parts = full[len(root.rstrip(os.sep)) + 1:].split(os.sep)
+        parts = full[len(root.rstrip(os.sep)) + 1 :].split(os.sep)
         if not parts or "" in parts or "." in parts or ".." in parts:
             raise OwnershipError(f"refused: {full} is not a plain path inside {root}")
         return parts
@@ -278,7 +278,7 @@ class Root:
             try:
                 view = memoryview(data)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)

@@ -222,12 +222,26 @@ class Layout:
 
     def known_ids(self) -> set[str]:
         """Every shard id the state folder knows: records, parts, rejects, staged or flat files, claims."""
-        return (self.record_ids() | _ids(self.parts_dir, ".parquet") | _ids(self.rejects_dir, ".jsonl")
-                | _ids(self.flat_dir) | _ids(self.owned_dir) | _ids(self.staging_dir))
+        return (
+            self.record_ids()
+            | _ids(self.parts_dir, ".parquet")
+            | _ids(self.rejects_dir, ".jsonl")
+            | _ids(self.flat_dir)
+            | _ids(self.owned_dir)
+            | _ids(self.staging_dir)
+        )
 
     def ensure(self) -> None:
-        for folder in (self.records_dir, self.parts_dir, self.rejects_dir, self.staging_dir, self.flat_dir,
-                       self.owned_dir, self.failed_dir, self.seen_dir):
+        for folder in (
+            self.records_dir,
+            self.parts_dir,
+            self.rejects_dir,
+            self.staging_dir,
+            self.flat_dir,
+            self.owned_dir,
+            self.failed_dir,
+            self.seen_dir,
+        ):
             folder.mkdir(parents=True, exist_ok=True)
         self.data.mkdir(parents=True, exist_ok=True)
 

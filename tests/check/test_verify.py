@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
-from dalle3_etl.settings import load_settings
-from dalle3_etl.run.entry import write_dataloader_config
-from dalle3_etl.store.layout import Layout
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
+from dalle3_etl.run.entry import write_dataloader_config
+from dalle3_etl.settings import load_settings
+from dalle3_etl.store.layout import Layout
 
 SPEC = SynthSpec(shards=2, per_shard=30, seed=5, image_bytes=2000)
 runner = CliRunner()
@@ -72,7 +72,7 @@ def edit_entry(out: Path, **changes) -> None:
     entries = orjson.loads(path.read_bytes())
     for key, value in changes.items():
         if key.startswith("parquet_"):
-            entries[0]["parquet"][key[len("parquet_"):]] = value
+            entries[0]["parquet"][key[len("parquet_") :]] = value
         else:
             entries[0][key] = value
     path.write_bytes(orjson.dumps(entries))

@@ -14,8 +14,8 @@ pytest.importorskip("pandas")
 pytest.importorskip("webdataset")
 pytest.importorskip("matplotlib")
 
-from dalle3_etl.devtools import bench  # noqa: E402
 from dalle3_etl.cli import app  # noqa: E402
+from dalle3_etl.devtools import bench  # noqa: E402
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar needed")
@@ -28,8 +28,15 @@ def result(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("bench")
     truth = write_corpus(root / "corpus", SynthSpec(shards=SHARDS, per_shard=PER_SHARD, seed=3, image_bytes=2_000))
     cfg = bench.BenchConfig(
-        location=root / "work", corpus=root / "corpus", reps=1, workers=2, out_dir=root / "results",
-        image_bytes=2_000, memory_base=(1, 6), profile=True, quiet=True,
+        location=root / "work",
+        corpus=root / "corpus",
+        reps=1,
+        workers=2,
+        out_dir=root / "results",
+        image_bytes=2_000,
+        memory_base=(1, 6),
+        profile=True,
+        quiet=True,
     )
     (root / "work").mkdir()
     res = bench.run_bench(cfg)
@@ -111,10 +118,29 @@ def test_result_files_written(result):
 
 def test_cli_generates_corpus_and_runs_selected_modes(tmp_path):
     out = tmp_path / "res"
-    run = CliRunner().invoke(app, [
-        "bench", "--samples", "12", "--shards", "2", "--image-bytes", "1000", "--location", str(tmp_path),
-        "--reps", "2", "-w", "2", "--modes", "tar-json,tar-xf", "--no-memory-check", "--out", str(out),
-    ])
+    run = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--samples",
+            "12",
+            "--shards",
+            "2",
+            "--image-bytes",
+            "1000",
+            "--location",
+            str(tmp_path),
+            "--reps",
+            "2",
+            "-w",
+            "2",
+            "--modes",
+            "tar-json,tar-xf",
+            "--no-memory-check",
+            "--out",
+            str(out),
+        ],
+    )
     assert run.exit_code == 0, run.output
     saved = json.loads((out / "latest.json").read_text())
     assert set(saved["modes"]) == {"tar-json", "tar-xf"}
@@ -126,7 +152,9 @@ def test_cli_generates_corpus_and_runs_selected_modes(tmp_path):
 
 
 def test_unknown_mode_is_refused(tmp_path):
-    run = CliRunner().invoke(app, ["bench", "--modes", "convert-full,warp-speed", "--location", str(tmp_path),
-                                   "--out", str(tmp_path / "res")])
+    run = CliRunner().invoke(
+        app,
+        ["bench", "--modes", "convert-full,warp-speed", "--location", str(tmp_path), "--out", str(tmp_path / "res")],
+    )
     assert run.exit_code == 1
     assert "warp-speed" in run.output

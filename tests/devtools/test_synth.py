@@ -22,13 +22,23 @@ from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
 from dalle3_etl.devtools import synth
-from dalle3_etl.devtools.synth.captions import _dirty
 from dalle3_etl.devtools.synth import SynthSpec, TruthRow, make_image, read_truth, write_corpus, write_shard, write_tar
+from dalle3_etl.devtools.synth.captions import _dirty
 
 REPO = Path(__file__).resolve().parents[2]
 
-STR_FIELDS = {"image_name", "md5_pil_hash", "md5_file_hash", "sha512_hash", "short_caption", "long_caption",
-              "resolution", "url", "source", "original_prompt"}
+STR_FIELDS = {
+    "image_name",
+    "md5_pil_hash",
+    "md5_file_hash",
+    "sha512_hash",
+    "short_caption",
+    "long_caption",
+    "resolution",
+    "url",
+    "source",
+    "original_prompt",
+}
 LIST_FIELDS = {"short_caption2", "long_caption2"}
 INT_FIELDS = {"width", "height"}
 ALL_FIELDS = STR_FIELDS | LIST_FIELDS | INT_FIELDS
@@ -36,13 +46,22 @@ ALWAYS = {"image_name", "md5_pil_hash", "md5_file_hash", "sha512_hash", "url"}
 CHAIN = ("short_caption", "long_caption", "short_caption2", "long_caption2", "original_prompt")
 
 # A corpus with raised ratios so every case shows up in a few hundred samples.
-RICH = SynthSpec(shards=2, per_shard=200, seed=7, image_bytes=3000,
-                 missing_size_ratio=0.1, no_caption_ratio=0.05, fallback_ratio=0.2, json_first_ratio=0.5)
+RICH = SynthSpec(
+    shards=2,
+    per_shard=200,
+    seed=7,
+    image_bytes=3000,
+    missing_size_ratio=0.1,
+    no_caption_ratio=0.05,
+    fallback_ratio=0.2,
+    json_first_ratio=0.5,
+)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # helpers (independent re-implementations: do not use the module's own logic)
 # ---------------------------------------------------------------------------------------------------------
+
 
 def expected_caption(doc: dict) -> str | None:
     for field in CHAIN:
@@ -94,7 +113,7 @@ def jpeg_segments(data: bytes) -> list[tuple[int, int]]:
         segs.append((marker, pos))
         if marker == 0xDA:
             return segs
-        (length,) = struct.unpack(">H", data[pos + 2:pos + 4])
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         pos += 2 + length
 
 
@@ -117,6 +136,7 @@ def default(tmp_path_factory):
 # ---------------------------------------------------------------------------------------------------------
 # determinism
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_same_spec_same_bytes_different_seed_differs(tmp_path):
     spec = SynthSpec(shards=1, per_shard=40, image_bytes=2000)
@@ -179,6 +199,7 @@ def test_start_index(tmp_path):
 # tar layout
 # ---------------------------------------------------------------------------------------------------------
 
+
 def test_tar_layout(rich):
     out, returned, rows, samples = rich
     tars = sorted(p.name for p in out.glob("*.tar"))
@@ -226,6 +247,7 @@ def test_json_first_ratio_extremes(tmp_path):
 # ---------------------------------------------------------------------------------------------------------
 # images
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_images_open_at_truth_size(rich, default):
     for _, _, rows, samples in (rich, default):
@@ -283,7 +305,7 @@ def test_jpeg_padding_before_sof_and_decoys(rich):
         sof = next(i for i, m in enumerate(markers) if m in (0xC0, 0xC2))
         assert 0xFE in markers[:sof], "COM padding must precede SOF"
         sof_off = segs[sof][1]
-        h, w = struct.unpack(">HH", data[sof_off + 5:sof_off + 9])
+        h, w = struct.unpack(">HH", data[sof_off + 5 : sof_off + 9])
         assert (w, h) == (r.width, r.height)
         progressive += markers[sof] == 0xC2
         if data.find(b"\xff\xc0") < sof_off:
@@ -294,6 +316,7 @@ def test_jpeg_padding_before_sof_and_decoys(rich):
 # ---------------------------------------------------------------------------------------------------------
 # JSON
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_json_fields_and_types(rich):
     _, _, rows, samples = rich
@@ -335,6 +358,7 @@ def test_json_fields_and_types(rich):
 # ---------------------------------------------------------------------------------------------------------
 # captions
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_truth_caption_follows_rule(rich, default):
     for _, _, rows, samples in (rich, default):
@@ -378,8 +402,11 @@ def test_ratios_roughly_honoured(rich, default):
         n = len(rows)
         none = sum(r.caption is None for r in rows)
         nosize = sum(not r.json_has_size for r in rows)
-        fb = sum(r.caption is not None and not " ".join(str(samples[(r.shard, r.key)]["doc"].get("short_caption", "")).split())
-                 for r in rows)
+        fb = sum(
+            r.caption is not None
+            and not " ".join(str(samples[(r.shard, r.key)]["doc"].get("short_caption", "")).split())
+            for r in rows
+        )
         # per-shard counts are exact up to stochastic rounding
         assert abs(none - spec.no_caption_ratio * n) <= spec.shards
         assert abs(nosize - spec.missing_size_ratio * n) <= spec.shards
@@ -388,8 +415,10 @@ def test_ratios_roughly_honoured(rich, default):
 
 
 def test_zero_ratios(tmp_path):
-    rows = write_corpus(tmp_path, SynthSpec(shards=1, per_shard=50, image_bytes=500, missing_size_ratio=0,
-                                            no_caption_ratio=0, fallback_ratio=0))
+    rows = write_corpus(
+        tmp_path,
+        SynthSpec(shards=1, per_shard=50, image_bytes=500, missing_size_ratio=0, no_caption_ratio=0, fallback_ratio=0),
+    )
     _, samples = load_corpus(tmp_path)
     assert all(r.caption is not None and r.json_has_size for r in rows)
     for r in rows:
@@ -397,11 +426,17 @@ def test_zero_ratios(tmp_path):
 
 
 @settings(max_examples=60, deadline=None)
-@given(words=st.lists(st.text(alphabet=st.characters(blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs")),
-                              min_size=1, max_size=6), min_size=1, max_size=12),
-       seed=st.integers(0, 2**32))
+@given(
+    words=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=("Zs", "Zl", "Zp", "Cc", "Cs")), min_size=1, max_size=6),
+        min_size=1,
+        max_size=12,
+    ),
+    seed=st.integers(0, 2**32),
+)
 def test_dirty_cleans_back(words, seed):
     import random
+
     clean = " ".join(words)
     if clean != " ".join(clean.split()):
         return  # a "word" containing other whitespace-like characters; not what the generator produces
@@ -412,6 +447,7 @@ def test_dirty_cleans_back(words, seed):
 # ---------------------------------------------------------------------------------------------------------
 # truth file, helpers, CLI
 # ---------------------------------------------------------------------------------------------------------
+
 
 def test_truth_roundtrip(rich):
     out, returned, rows, _ = rich
@@ -424,9 +460,10 @@ def test_truth_roundtrip(rich):
 
 def test_make_image_helper():
     import random
+
     rng = random.Random(1)
     for fmt in ("jpg", "jpeg", "JPEG", "png"):
-        for (w, h) in ((64, 48), (1024, 1792)):
+        for w, h in ((64, 48), (1024, 1792)):
             for nbytes in (0, 5000, 150_000):
                 a = make_image(fmt, w, h, nbytes, rng)
                 b = make_image(fmt, w, h, nbytes, rng)
@@ -468,16 +505,35 @@ def test_spec_validation():
 def test_cli_subprocess(tmp_path):
     out = tmp_path / "cli"
     res = subprocess.run(
-        [sys.executable, "-m", "dalle3_etl", "synth", str(out), "--shards", "2", "--per-shard", "7",
-         "--seed", "3", "--image-bytes", "1000", "--fallback-ratio", "0.3"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dalle3_etl",
+            "synth",
+            str(out),
+            "--shards",
+            "2",
+            "--per-shard",
+            "7",
+            "--seed",
+            "3",
+            "--image-bytes",
+            "1000",
+            "--fallback-ratio",
+            "0.3",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr
     assert "14 samples" in res.stdout
     assert sorted(p.name for p in out.iterdir()) == ["data-000000.tar", "data-000001.tar", "truth.jsonl"]
     rows = read_truth(out / "truth.jsonl")
-    assert rows == write_corpus(tmp_path / "api", SynthSpec(shards=2, per_shard=7, seed=3, image_bytes=1000,
-                                                          fallback_ratio=0.3))
+    assert rows == write_corpus(
+        tmp_path / "api", SynthSpec(shards=2, per_shard=7, seed=3, image_bytes=1000, fallback_ratio=0.3)
+    )
     assert (out / "data-000001.tar").read_bytes() == (tmp_path / "api" / "data-000001.tar").read_bytes()
 
 

@@ -16,11 +16,20 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from badinput_helpers import (
-    MODES, check_output, convert, img, js, member_offsets, part_rows, sample, snapshot, special, tar_bytes,
+    MODES,
+    check_output,
+    convert,
+    img,
+    js,
+    member_offsets,
+    sample,
+    snapshot,
+    special,
+    tar_bytes,
     write_shards,
 )
+
 from dalle3_etl.shard.rows import REASONS, Reason
 from dalle3_etl.shard.samples import Pairing
 
@@ -34,6 +43,7 @@ def assert_nothing_outside(before: dict, after: dict) -> None:
 
 
 # -- damaged tar structure ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", MODES + ("pipe",))
 def test_truncated_inside_a_header_keeps_the_samples_before(tmp_path, mode):
@@ -87,11 +97,14 @@ def test_bad_header_after_good_members(tmp_path, mode, damage):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_empty_file_and_not_a_tar_fail_alone(tmp_path, mode):
-    paths = write_shards(tmp_path / "in", {
-        "a-1.tar": b"",
-        "a-2.tar": b"this is an HTML error page, not a tar\n" * 40,
-        "a-3.tar": good("x", "y"),
-    })
+    paths = write_shards(
+        tmp_path / "in",
+        {
+            "a-1.tar": b"",
+            "a-2.tar": b"this is an HTML error page, not a tar\n" * 40,
+            "a-3.tar": good("x", "y"),
+        },
+    )
     res = convert(paths, tmp_path / "out", mode)
     assert res.filenames == ["a-3/x.jpg", "a-3/y.jpg"]  # the good shard is converted
     by_shard = {r["shard"]: r for r in res.rejects}
@@ -112,7 +125,9 @@ def test_gzip_tar_is_converted_like_the_plain_tar(tmp_path):
     assert res.rejects == [] and res.summary.exit_code == 0
     assert (tmp_path / "out" / "dalle3.parquet").read_bytes() == (tmp_path / "ref" / "dalle3.parquet").read_bytes()
     for row in ref.rows:
-        assert (tmp_path / "out/data" / row["filename"]).read_bytes() == (tmp_path / "ref/data" / row["filename"]).read_bytes()
+        assert (tmp_path / "out/data" / row["filename"]).read_bytes() == (
+            tmp_path / "ref/data" / row["filename"]
+        ).read_bytes()
 
 
 def decompressed_prefix(compress, data: bytes) -> bytes:
@@ -169,6 +184,7 @@ def test_zstd_tar_is_refused_with_a_message(tmp_path):
 
 # -- member names ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["gnu", "pax"])
 def test_unsafe_names_are_rejected_and_nothing_escapes(tmp_path, mode, fmt):
@@ -178,13 +194,20 @@ def test_unsafe_names_are_rejected_and_nothing_escapes(tmp_path, mode, fmt):
     nul = tarfile.TarInfo("placeholder.jpg")
     nul.pax_headers = {"path": "nul\x00evil.jpg"}
     members = [
-        (f"{deep}escaped.jpg", img()), (f"{deep}escaped.json", js()),
-        (f"{escape}/abs.jpg", img()), (f"{escape}/abs.json", js()),
-        ("C:\\evil\\win.jpg", img()), ("C:\\evil\\win.json", js()),
-        ("ctl\x1b[31m.jpg", img()), ("ctl\x1b[31m.json", js()),
-        ("tab\there.jpg", img()), ("tab\there.json", js()),
-        ("x" * 300 + ".jpg", img()), ("x" * 300 + ".json", js()),
-        (f"{long_ok}.jpg", img()), (f"{long_ok}.json", js()),
+        (f"{deep}escaped.jpg", img()),
+        (f"{deep}escaped.json", js()),
+        (f"{escape}/abs.jpg", img()),
+        (f"{escape}/abs.json", js()),
+        ("C:\\evil\\win.jpg", img()),
+        ("C:\\evil\\win.json", js()),
+        ("ctl\x1b[31m.jpg", img()),
+        ("ctl\x1b[31m.json", js()),
+        ("tab\there.jpg", img()),
+        ("tab\there.json", js()),
+        ("x" * 300 + ".jpg", img()),
+        ("x" * 300 + ".json", js()),
+        (f"{long_ok}.jpg", img()),
+        (f"{long_ok}.json", js()),
         *good("ok"),
     ]
     if fmt == tarfile.PAX_FORMAT:
@@ -226,7 +249,9 @@ def test_non_utf8_member_name_is_reported_readably(tmp_path):
     import io
 
     raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape") as tf:
+    with tarfile.open(
+        fileobj=raw, mode="w", format=tarfile.GNU_FORMAT, encoding="utf-8", errors="surrogateescape"
+    ) as tf:
         for name, data in [("caf\udce9.jpg", img()), ("caf\udce9.json", js())] + good("ok"):
             ti = tarfile.TarInfo(name)
             ti.size = len(data)
@@ -244,14 +269,19 @@ def test_links_devices_fifos_and_directories_are_never_created(tmp_path, mode):
     target = tmp_path / "target"
     target.mkdir()
     members = [
-        (special("sl.jpg", tarfile.SYMTYPE, "/etc/passwd"), None), ("sl.json", js()),
-        (special("hl.jpg", tarfile.LNKTYPE, "ok.jpg"), None), ("hl.json", js()),
-        (special("dev.png", tarfile.CHRTYPE), None), ("dev.json", js()),
+        (special("sl.jpg", tarfile.SYMTYPE, "/etc/passwd"), None),
+        ("sl.json", js()),
+        (special("hl.jpg", tarfile.LNKTYPE, "ok.jpg"), None),
+        ("hl.json", js()),
+        (special("dev.png", tarfile.CHRTYPE), None),
+        ("dev.json", js()),
         (special("blk.png", tarfile.BLKTYPE), None),
-        (special("pipe.jpg", tarfile.FIFOTYPE), None), ("pipe.json", js()),
+        (special("pipe.jpg", tarfile.FIFOTYPE), None),
+        ("pipe.json", js()),
         (special("dir.jpg", tarfile.DIRTYPE), None),
         (special("out", tarfile.SYMTYPE, str(target)), None),  # a link to a folder outside ...
-        ("out/x.jpg", img()), ("out/x.json", js()),  # ... then members "through" it
+        ("out/x.jpg", img()),
+        ("out/x.json", js()),  # ... then members "through" it
         *good("ok"),
     ]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
@@ -259,8 +289,14 @@ def test_links_devices_fifos_and_directories_are_never_created(tmp_path, mode):
     assert not list(target.iterdir())  # the link was never created, so never followed
     assert sorted(res.filenames) == ["s/ok.jpg", "s/out/x.jpg"]
     assert (tmp_path / "out/data/s/out").is_dir() and not (tmp_path / "out/data/s/out").is_symlink()
-    expect = {"sl.jpg": "symlink", "hl.jpg": "hardlink", "dev.png": "device", "blk.png": "device",
-              "pipe.jpg": "fifo", "out": "symlink"}
+    expect = {
+        "sl.jpg": "symlink",
+        "hl.jpg": "hardlink",
+        "dev.png": "device",
+        "blk.png": "device",
+        "pipe.jpg": "fifo",
+        "out": "symlink",
+    }
     for member, word in expect.items():
         line = res.reject(member)
         assert line["reason"] == Reason.UNSAFE_MEMBER and word in line["detail"]
@@ -274,8 +310,15 @@ def test_links_devices_fifos_and_directories_are_never_created(tmp_path, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_same_member_name_twice_keeps_the_first(tmp_path, mode):
     first, second = img(), img()
-    members = [("a.jpg", first), ("a.json", js()), ("a.jpg", second),
-               ("b.jpg", first), ("b.jpg", second), ("b.json", js()), ("b.json", js(caption="other"))]
+    members = [
+        ("a.jpg", first),
+        ("a.json", js()),
+        ("a.jpg", second),
+        ("b.jpg", first),
+        ("b.jpg", second),
+        ("b.json", js()),
+        ("b.json", js(caption="other")),
+    ]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode)
     assert res.filenames == ["s/a.jpg", "s/b.jpg"]
@@ -290,9 +333,20 @@ def test_same_member_name_twice_keeps_the_first(tmp_path, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_output_paths_taken_by_another_member_are_rejected_not_fatal(tmp_path, mode):
-    members = good("a") + [("a.jpg/b.jpg", img()), ("a.jpg/b.json", js()),  # folder where a file is
-                           ("c/d.jpg", img()), ("c/d.json", js()), ("c.d/x.jpg", img()), ("c.d/x.json", js()),
-                           ("a.txt/e.jpg", img()), ("a.txt/e.json", js())] + good("z")
+    members = (
+        good("a")
+        + [
+            ("a.jpg/b.jpg", img()),
+            ("a.jpg/b.json", js()),  # folder where a file is
+            ("c/d.jpg", img()),
+            ("c/d.json", js()),
+            ("c.d/x.jpg", img()),
+            ("c.d/x.json", js()),
+            ("a.txt/e.jpg", img()),
+            ("a.txt/e.json", js()),
+        ]
+        + good("z")
+    )
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode)
     assert res.filenames == ["s/a.jpg", "s/c/d.jpg", "s/c.d/x.jpg", "s/z.jpg"]
@@ -326,10 +380,13 @@ def test_name_over_4096_bytes_is_unsafe(tmp_path):
 
 def test_same_image_name_in_two_shards_with_flat(tmp_path):
     first, second = img(), img()
-    paths = write_shards(tmp_path / "in", {
-        "s-1.tar": [("x.jpg", first), ("x.json", js(caption="first")), *good("only1")],
-        "s-2.tar": [("x.jpg", second), ("x.json", js(caption="second")), *good("only2")],
-    })
+    paths = write_shards(
+        tmp_path / "in",
+        {
+            "s-1.tar": [("x.jpg", first), ("x.json", js(caption="first")), *good("only1")],
+            "s-2.tar": [("x.jpg", second), ("x.json", js(caption="second")), *good("only2")],
+        },
+    )
     res = convert(paths, tmp_path / "out", flat=True)
     assert sorted(res.filenames) == ["only1.jpg", "only2.jpg", "x.jpg"]
     row = next(r for r in res.rows if r["filename"] == "x.jpg")
@@ -342,10 +399,15 @@ def test_same_image_name_in_two_shards_with_flat(tmp_path):
 
 
 def test_flat_name_blocked_by_another_shards_file_is_a_clash_not_a_crash(tmp_path):
-    paths = write_shards(tmp_path / "in", {
-        "s-1.tar": good("x", "q") + [("d.jpg/e.jpg", img()), ("d.jpg/e.json", js())],
-        "s-2.tar": good("x.jpg/y", "x.txt/z", "w", "d"),  # folders where s-1 has files, a file where it has a folder
-    })
+    paths = write_shards(
+        tmp_path / "in",
+        {
+            "s-1.tar": good("x", "q") + [("d.jpg/e.jpg", img()), ("d.jpg/e.json", js())],
+            "s-2.tar": good(
+                "x.jpg/y", "x.txt/z", "w", "d"
+            ),  # folders where s-1 has files, a file where it has a folder
+        },
+    )
     res = convert(paths, tmp_path / "out", flat=True)
     assert res.filenames == ["x.jpg", "q.jpg", "d.jpg/e.jpg", "w.jpg"]
     for member in ("x.jpg/y.jpg", "x.txt/z.jpg", "d.jpg"):
@@ -357,6 +419,7 @@ def test_flat_name_blocked_by_another_shards_file_is_a_clash_not_a_crash(tmp_pat
 
 
 # -- JSON -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", MODES)
 def test_json_problems_each_get_a_reason(tmp_path, mode):
@@ -426,40 +489,67 @@ def png_header_only(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_width_height_not_usable(tmp_path, mode):
-    values = {"text": ("wide", 48), "zero": (0, 48), "negative": (64, -48), "absurd": (70000, 48),
-              "fraction": (64.5, 48), "bool": (True, 48), "list": ([64], 48), "half": (64, ...)}
+    values = {
+        "text": ("wide", 48),
+        "zero": (0, 48),
+        "negative": (64, -48),
+        "absurd": (70000, 48),
+        "fraction": (64.5, 48),
+        "bool": (True, 48),
+        "list": ([64], 48),
+        "half": (64, ...),
+    }
     members = []
     for key, (w, h) in values.items():
         members += [(f"{key}.jpg", img()), (f"{key}.json", js(width=w, height=h))]  # header: 64x48
         members += [(f"{key}-bad.jpg", b"\xff\xd8\xff not really a jpeg"), (f"{key}-bad.json", js(width=w, height=h))]
     members += [("nosize.png", img("png", 30, 20)), ("nosize.json", js(width=..., height=...))]
     members += [("huge.png", png_header_only(70000, 10)), ("huge.json", js(width=..., height=...))]
-    members += [("trusted.jpg", b"\xff\xd8\xff a JPEG signature, no header"), ("trusted.json", js(width=640, height=480))]
+    members += [
+        ("trusted.jpg", b"\xff\xd8\xff a JPEG signature, no header"),
+        ("trusted.json", js(width=640, height=480)),
+    ]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
-    res = convert([path], tmp_path / "out", mode, images=False, captions=False) if mode == "stream-noimages" \
+    res = (
+        convert([path], tmp_path / "out", mode, images=False, captions=False)
+        if mode == "stream-noimages"
         else convert([path], tmp_path / "out", mode)
+    )
     sizes = {r["key"]: (r["width"], r["height"]) for r in res.rows}
     # an unusable JSON size falls back to the image header: the sample is kept, with a note
     assert {k: sizes[k] for k in values} == {k: (64, 48) for k in values}
     assert sizes["nosize"] == (30, 20) and sizes["trusted"] == (640, 480)
     notes = res.result("s").notes
     assert notes["json_size_invalid"] == len(values) and notes["size_from_header"] == len(values) + 1
-    why = {"text": "width 'wide' is not a whole number", "zero": "width 0 is not positive",
-           "negative": "height -48 is not positive", "absurd": "width 70000 is above 65535",
-           "fraction": "width 64.5 is not a whole number", "bool": "width True is not a number",
-           "list": "width [64] is not a number", "half": "height missing"}
+    why = {
+        "text": "width 'wide' is not a whole number",
+        "zero": "width 0 is not positive",
+        "negative": "height -48 is not positive",
+        "absurd": "width 70000 is above 65535",
+        "fraction": "width 64.5 is not a whole number",
+        "bool": "width True is not a number",
+        "list": "width [64] is not a number",
+        "half": "height missing",
+    }
     for key, words in why.items():
         line = res.reject(f"{key}-bad.jpg")  # header unreadable too: the JSON's problem is in the detail
         assert line["reason"] == Reason.SIZE_UNREADABLE and words in line["detail"], line
         assert "image header cannot be read" in line["detail"]
     line = res.reject("huge.png")
-    assert line["reason"] == Reason.SIZE_INVALID and "70000x10" in line["detail"] and "no width/height" in line["detail"]
+    assert (
+        line["reason"] == Reason.SIZE_INVALID and "70000x10" in line["detail"] and "no width/height" in line["detail"]
+    )
 
 
 def test_width_height_fallback_when_streaming_without_images(tmp_path):
-    members = [("a.jpg", img(w=80, h=40)), ("a.json", js(width="?")),
-               ("b.json", js(width=0)), ("b.png", img("png", 50, 70)),
-               ("c.jpg", b"\xff\xd8\xff garbage"), ("c.json", js(width=...))]
+    members = [
+        ("a.jpg", img(w=80, h=40)),
+        ("a.json", js(width="?")),
+        ("b.json", js(width=0)),
+        ("b.png", img("png", 50, 70)),
+        ("c.jpg", b"\xff\xd8\xff garbage"),
+        ("c.json", js(width=...)),
+    ]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", "stream", images=False)
     assert {r["key"]: (r["width"], r["height"]) for r in res.rows} == {"a": (80, 40), "b": (50, 70)}
@@ -468,10 +558,17 @@ def test_width_height_fallback_when_streaming_without_images(tmp_path):
 
 # -- pairing ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", MODES)
 def test_unpaired_members_and_unreadable_headers(tmp_path, mode):
-    members = [("lonely.jpg", img()), ("orphan.json", js()), ("bad.jpg", b"\xff\xd8\xff but not really"),
-               ("bad.json", js(width=...)), *good("ok"), ("readme.txt", b"hello")]
+    members = [
+        ("lonely.jpg", img()),
+        ("orphan.json", js()),
+        ("bad.jpg", b"\xff\xd8\xff but not really"),
+        ("bad.json", js(width=...)),
+        *good("ok"),
+        ("readme.txt", b"hello"),
+    ]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode)
     assert res.filenames == ["s/ok.jpg"]
@@ -485,9 +582,14 @@ def test_unpaired_members_and_unreadable_headers(tmp_path, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_image_name_with_another_extension_goes_by_the_member(tmp_path, mode):
-    members = [("a.jpg", img()), ("a.json", js(image_name="a.png")),
-               ("b.jpeg", img()), ("b.json", js(image_name="b.jpg")),
-               ("c.png", img("png")), ("c.json", js(image_name="something-else.PNG"))]
+    members = [
+        ("a.jpg", img()),
+        ("a.json", js(image_name="a.png")),
+        ("b.jpeg", img()),
+        ("b.json", js(image_name="b.jpg")),
+        ("c.png", img("png")),
+        ("c.json", js(image_name="something-else.PNG")),
+    ]
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode)
     assert res.filenames == ["s/a.jpg", "s/b.jpeg", "s/c.png"] and res.rejects == []
@@ -516,7 +618,10 @@ def test_bounded_waiting_reports_what_never_paired(tmp_path, mode):
     for k in given_up:
         image, partner = res.reject(f"{k}.jpg"), res.reject(f"{k}.json")
         assert image["reason"] == Reason.IMAGE_WITHOUT_JSON and "raise max_pending" in image["detail"]
-        assert partner["reason"] == Reason.JSON_WITHOUT_IMAGE and f"'{k}.jpg' came earlier and was given up" in partner["detail"]
+        assert (
+            partner["reason"] == Reason.JSON_WITHOUT_IMAGE
+            and f"'{k}.jpg' came earlier and was given up" in partner["detail"]
+        )
     # every member is accounted for: a row or a reject line
     assert len(converted) * 2 + len(res.rejects) == len(members)
     assert not list((tmp_path / "out/.dalle3-etl/staging").iterdir())
@@ -541,12 +646,20 @@ def test_pairing_memory_is_bounded_by_count_and_bytes():
 
 @pytest.mark.parametrize("mode", MODES)
 def test_uppercase_extensions_and_names_with_extra_dots(tmp_path, mode):
-    members = [("UP.PNG", img("png")), ("UP.JSON", js()),
-               ("mixed.JpEg", img()), ("mixed.Json", js()),
-               ("v.1.2.final.jpg", img()), ("v.1.2.final.json", js()),
-               ("dots..jpg", img()), ("dots..json", js()),
-               ("dir.v2/img.jpg", img()), ("dir.v2/img.json", js()),
-               ("named.jpg", img()), ("named.jpg.json", js())]  # the key is the name minus its LAST extension
+    members = [
+        ("UP.PNG", img("png")),
+        ("UP.JSON", js()),
+        ("mixed.JpEg", img()),
+        ("mixed.Json", js()),
+        ("v.1.2.final.jpg", img()),
+        ("v.1.2.final.json", js()),
+        ("dots..jpg", img()),
+        ("dots..json", js()),
+        ("dir.v2/img.jpg", img()),
+        ("dir.v2/img.json", js()),
+        ("named.jpg", img()),
+        ("named.jpg.json", js()),
+    ]  # the key is the name minus its LAST extension
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     res = convert([path], tmp_path / "out", mode)
     assert res.filenames == ["s/UP.PNG", "s/mixed.JpEg", "s/v.1.2.final.jpg", "s/dots..jpg", "s/dir.v2/img.jpg"]
@@ -572,6 +685,7 @@ def test_rejects_file_is_valid_json_lines(tmp_path):
 
 # -- exit codes ------------------------------------------------------------------------------------------
 
+
 def _cli(*args: str):
     from typer.testing import CliRunner
 
@@ -581,8 +695,14 @@ def _cli(*args: str):
 
 
 def test_exit_0_when_every_shard_is_read_even_with_rejected_samples(tmp_path):
-    (path,) = write_shards(tmp_path / "in", {"s.tar": good("a") + [("b.jpg", img()), ("b.json", js(caption=""))]
-                                             + [(special("l.jpg", tarfile.SYMTYPE, "/etc/passwd"), None)]})
+    (path,) = write_shards(
+        tmp_path / "in",
+        {
+            "s.tar": good("a")
+            + [("b.jpg", img()), ("b.json", js(caption=""))]
+            + [(special("l.jpg", tarfile.SYMTYPE, "/etc/passwd"), None)]
+        },
+    )
     result = _cli(str(path), "-o", str(tmp_path / "out"), "--workers", "1")
     assert result.exit_code == 0, result.output
     assert "rejected: no_caption" in result.output and "rejected: unsafe_member" in result.output
@@ -613,12 +733,15 @@ def outcome_rows(out: Path) -> list[dict]:
     return pq.read_table(out / "dalle3.parquet").to_pylist()
 
 
-@pytest.mark.parametrize("args, words", [
-    (["{missing}"], "no such file"),
-    (["{shard}", "--max-json-bytes", "1"], "--max-json-bytes 1: must be at least 2"),
-    (["{shard}", "--workers", "many"], "Invalid value"),
-    (["{shard}", "--caption-field", ""], '--caption-field "": must not be empty'),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["{missing}"], "no such file"),
+        (["{shard}", "--max-json-bytes", "1"], "--max-json-bytes 1: must be at least 2"),
+        (["{shard}", "--workers", "many"], "Invalid value"),
+        (["{shard}", "--caption-field", ""], '--caption-field "": must not be empty'),
+    ],
+)
 def test_exit_2_on_usage_errors(tmp_path, args, words):
     (path,) = write_shards(tmp_path / "in", {"s.tar": good("a")})
     args = [a.format(missing=tmp_path / "nope.tar", shard=path) for a in args]

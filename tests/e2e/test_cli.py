@@ -30,7 +30,9 @@ def test_missing_input_is_a_usage_error_naming_it(tmp_path):
 
 
 def test_synth_then_convert_then_status(tmp_path):
-    result = runner.invoke(app, ["synth", str(tmp_path / "in"), "--shards", "2", "--per-shard", "15", "--image-bytes", "400"])
+    result = runner.invoke(
+        app, ["synth", str(tmp_path / "in"), "--shards", "2", "--per-shard", "15", "--image-bytes", "400"]
+    )
     assert result.exit_code == 0, result.output
     out = tmp_path / "o"
     result = runner.invoke(app, ["convert", str(tmp_path / "in" / "*.tar"), "-o", str(out), "--workers", "1"])
@@ -45,9 +47,23 @@ def test_real_subprocess_with_config_and_no_terminal(tmp_path, corpus):
     root, truth = corpus
     out = tmp_path / "o"
     proc = subprocess.run(
-        [sys.executable, "-m", "dalle3_etl", "convert", str(root), "-o", str(out), "--config", "config/default.toml",
-         "--workers", "2", "--no-images"],
-        capture_output=True, text=True, cwd=__import__("pathlib").Path(__file__).parents[2],
+        [
+            sys.executable,
+            "-m",
+            "dalle3_etl",
+            "convert",
+            str(root),
+            "-o",
+            str(out),
+            "--config",
+            "config/default.toml",
+            "--workers",
+            "2",
+            "--no-images",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=__import__("pathlib").Path(__file__).parents[2],
     )
     assert proc.returncode == 0, proc.stderr
     assert "SimpleTuner-ready output" in proc.stdout

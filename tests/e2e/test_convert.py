@@ -8,19 +8,16 @@ from pathlib import Path
 import orjson
 import pandas as pd
 import pyarrow.parquet as pq
-import pytest
+from conftest import convert
 from PIL import Image
 
-from conftest import convert
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 def images_on_disk(data: Path) -> set[str]:
-    return {
-        str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS
-    }
+    return {str(p.relative_to(data)) for p in data.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS}
 
 
 def test_every_row_equals_the_generator_truth(converted):
@@ -132,8 +129,14 @@ def test_captions_only_without_images(corpus, tmp_path):
 def test_extra_fields_and_caption_field_choice(corpus, tmp_path):
     root, truth = corpus
     out = tmp_path / "o"
-    convert([root], out, workers=1, caption_field="long_caption", caption_fallbacks=(),
-            fields=("md5_file_hash", "short_caption2", "url"))
+    convert(
+        [root],
+        out,
+        workers=1,
+        caption_field="long_caption",
+        caption_fallbacks=(),
+        fields=("md5_file_hash", "short_caption2", "url"),
+    )
     df = pd.read_parquet(out / "dalle3.parquet")
     assert {"md5_file_hash", "short_caption2", "url"} <= set(df.columns)
     first = df.iloc[0]
@@ -162,7 +165,7 @@ def test_flat_layout_puts_images_in_data_and_refuses_clashes(tmp_path):
     assert sorted(images_on_disk(out / "data")) == sorted(df["filename"])
     # the first shard (in shard order) keeps the names, the second's clashing samples are rejected
     assert (df["shard"] == "data-000000").sum() == len(pq.read_table(out / ".dalle3-etl/parts/data-000000.parquet"))
-    rejects = [orjson.loads(l) for l in (out / "rejects.jsonl").read_bytes().splitlines()]
+    rejects = [orjson.loads(line) for line in (out / "rejects.jsonl").read_bytes().splitlines()]
     clashes = [r for r in rejects if r["reason"] == "name_clash"]
     assert clashes and all(r["shard"] == "other-000000" for r in clashes)
     for r in clashes:

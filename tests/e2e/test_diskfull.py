@@ -19,12 +19,11 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 import pytest
-
 from badinput_helpers import check_output, img, js, source, write_shards
-from dalle3_etl.shard import sinks
-from dalle3_etl.shard import tarstream
+
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard import sinks, tarstream
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,7 +41,9 @@ def corpus(root: Path) -> list[Path]:
 
 def digest(out: Path) -> dict[str, str]:
     """What a user gets: the parquet and rejects bytes, every file under data/ with its content."""
-    found = {name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("dalle3.parquet", "rejects.jsonl")}
+    found = {
+        name: hashlib.sha256((out / name).read_bytes()).hexdigest() for name in ("dalle3.parquet", "rejects.jsonl")
+    }
     for path in sorted((out / "data").rglob("*")):
         found[str(path.relative_to(out))] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
     return found
@@ -97,8 +98,9 @@ def test_file_size_limit_fails_the_shard_and_a_rerun_completes_it(shards, tmp_pa
     assert "could not be read completely" not in said
     assert_failed_cleanly(out, "s-1", ("File too large", "EFBIG"))
     assert (out / ".dalle3-etl" / "shards" / "s-2.json").exists()  # the other shard is complete and kept
-    second = subprocess.run(cli(*map(str, paths), "-o", str(out), "--workers", "2"), capture_output=True, text=True,
-                            cwd=REPO)
+    second = subprocess.run(
+        cli(*map(str, paths), "-o", str(out), "--workers", "2"), capture_output=True, text=True, cwd=REPO
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     assert "1 shard(s) already complete" in second.stdout
     assert digest(out) == clean

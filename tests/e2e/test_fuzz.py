@@ -16,13 +16,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from badinput_helpers import check_output, img, js, member_offsets, snapshot, source, tar_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from badinput_helpers import check_output, img, js, member_offsets, snapshot, source, tar_bytes
 from dalle3_etl.run.pipeline import run_convert
-from dalle3_etl.shard.rows import REASONS
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard.rows import REASONS
 
 HARD_LIMIT_S = 20  # a single example taking this long is a hang
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))  # e.g. FUZZ_EXAMPLES=5000 for a longer hunt
@@ -30,11 +30,16 @@ EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))  # e.g. FUZZ_EXAMPLES=500
 
 def _base_members() -> list:
     return [
-        ("a.json", js(caption="first\nsample")), ("a.jpg", img()),
-        ("b.png", img("png", 30, 20)), ("b.json", js(width=...)),  # size from the PNG header
-        ("dir/" + "long" * 40 + ".jpg", img()), ("dir/" + "long" * 40 + ".json", js()),  # GNU long name / pax path
-        ("caf\u00e9.jpeg", img(w=20, h=10)), ("caf\u00e9.json", js(width="?")),  # non-ASCII, header size
-        ("e.jpg", img()), ("e.json", js()),
+        ("a.json", js(caption="first\nsample")),
+        ("a.jpg", img()),
+        ("b.png", img("png", 30, 20)),
+        ("b.json", js(width=...)),  # size from the PNG header
+        ("dir/" + "long" * 40 + ".jpg", img()),
+        ("dir/" + "long" * 40 + ".json", js()),  # GNU long name / pax path
+        ("caf\u00e9.jpeg", img(w=20, h=10)),
+        ("caf\u00e9.json", js(width="?")),  # non-ASCII, header size
+        ("e.jpg", img()),
+        ("e.json", js()),
     ]
 
 
@@ -45,7 +50,9 @@ def _variants() -> dict[str, bytes]:
 
 
 VARIANTS = _variants()
-HEADERS = {name: sorted(h for h, _ in member_offsets(data).values()) for name, data in VARIANTS.items() if name != "gzip"}
+HEADERS = {
+    name: sorted(h for h, _ in member_offsets(data).values()) for name, data in VARIANTS.items() if name != "gzip"
+}
 HEADERS["gzip"] = [0]
 
 
@@ -54,10 +61,8 @@ def damage(draw):
     variant = draw(st.sampled_from(sorted(VARIANTS)))
     data = bytearray(VARIANTS[variant])
     n = len(data)
-    near_header = st.builds(lambda h, i: min(n - 1, h + i), st.sampled_from(HEADERS[variant]),
-                            st.integers(0, 511))
-    flips = draw(st.lists(st.tuples(st.one_of(st.integers(0, n - 1), near_header), st.integers(0, 255)),
-                          max_size=6))
+    near_header = st.builds(lambda h, i: min(n - 1, h + i), st.sampled_from(HEADERS[variant]), st.integers(0, 511))
+    flips = draw(st.lists(st.tuples(st.one_of(st.integers(0, n - 1), near_header), st.integers(0, 255)), max_size=6))
     for offset, value in flips:
         data[offset] = value
     cut = draw(st.one_of(st.none(), st.integers(0, n)))
@@ -83,8 +88,10 @@ def hard_limit(seconds: int):
 def rows_of(out: Path) -> list[tuple]:
     import pyarrow.parquet as pq
 
-    return [(r["filename"], r["caption"], r["width"], r["height"])
-            for r in pq.read_table(out / "dalle3.parquet").to_pylist()]
+    return [
+        (r["filename"], r["caption"], r["width"], r["height"])
+        for r in pq.read_table(out / "dalle3.parquet").to_pylist()
+    ]
 
 
 def test_variants_convert_cleanly(tmp_path):
@@ -100,8 +107,12 @@ def arena(tmp_path_factory):
     return tmp_path_factory.mktemp("fuzz")
 
 
-@settings(max_examples=EXAMPLES, deadline=5000, database=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=5000,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(case=damage())
 def test_damaged_shards_never_crash_hang_or_escape(arena, case):
     variant, data = case
@@ -124,7 +135,8 @@ def test_damaged_shards_never_crash_hang_or_escape(arena, case):
                 assert entry["shard"] == "s" and entry["reason"] in REASONS and entry["member"] and entry["detail"]
             assert not os.listdir(out / ".dalle3-etl" / "staging")
         after = snapshot(arena.parent)
-        outside = {p: v for p, v in after.items()
-                   if not any(Path(p) == o or Path(p).is_relative_to(o) for o in outs.values())}
+        outside = {
+            p: v for p, v in after.items() if not any(Path(p) == o or Path(p).is_relative_to(o) for o in outs.values())
+        }
         assert outside == before, sorted(set(outside) ^ set(before))[:5]
         assert rows_of(outs["file"]) == rows_of(outs["stream"])

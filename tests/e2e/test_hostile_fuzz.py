@@ -9,19 +9,45 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from badinput_helpers import img, js, tar_bytes
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from badinput_helpers import img, js, tar_bytes
 from dalle3_etl.cli import app
 
 runner = CliRunner()
 
 # What hostile names are made of: rich markup, separators, dots, control characters (ESC, BEL, DEL, C1),
 # format characters, a non-ASCII letter and bytes that are not UTF-8 (as surrogate escapes, like os.fsdecode).
-PIECES = ["[", "]", "[/]", "[red]", "[bold]", "/", "\\", ".", "..", "\x1b[31m", "\x07", "\x7f", "\x85", "\u200b",
-          "é", "\udcff", "\udcc3", "a", "0", "-", "_", " ", ".tar", ".jpg", ".json", "data-000001"]
+PIECES = [
+    "[",
+    "]",
+    "[/]",
+    "[red]",
+    "[bold]",
+    "/",
+    "\\",
+    ".",
+    "..",
+    "\x1b[31m",
+    "\x07",
+    "\x7f",
+    "\x85",
+    "\u200b",
+    "é",
+    "\udcff",
+    "\udcc3",
+    "a",
+    "0",
+    "-",
+    "_",
+    " ",
+    ".tar",
+    ".jpg",
+    ".json",
+    "data-000001",
+]
 names = st.lists(st.sampled_from(PIECES), min_size=1, max_size=8).map("".join)
 
 
@@ -51,7 +77,11 @@ def _creatable(name: str) -> bool:
     return b"\0" not in raw and 0 < len(raw) <= 200 and all(p not in (b"", b".", b"..") for p in raw.split(b"/"))
 
 
-@settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "80")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "80")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(shard=names, member=names, out=names, other=names)
 def test_hostile_names_anywhere_never_crash_and_never_touch_the_users_files(shard, member, out, other):
     root = Path(tempfile.mkdtemp(prefix="hostile-"))
@@ -65,10 +95,14 @@ def test_hostile_names_anywhere_never_crash_and_never_touch_the_users_files(shar
         shard_name = shard if _creatable(shard) else "data-000000"
         shard_path = inputs / (shard_name + ".tar")
         shard_path.parent.mkdir(parents=True, exist_ok=True)
-        members = [(f"{member}.jpg", img()), (f"{member}.json", js()),
-                   (f"{other}.png", img("png")),
-                   (f"{other}.json", js(caption="caption " + other.encode("utf-8", "replace").decode())),
-                   ("ok/0001.jpg", img()), ("ok/0001.json", js())]
+        members = [
+            (f"{member}.jpg", img()),
+            (f"{member}.json", js()),
+            (f"{other}.png", img("png")),
+            (f"{other}.json", js(caption="caption " + other.encode("utf-8", "replace").decode())),
+            ("ok/0001.jpg", img()),
+            ("ok/0001.json", js()),
+        ]
         try:
             data = tar_bytes(members)
         except (UnicodeError, ValueError):  # tarfile itself refuses the name: use a plain one for that member
@@ -78,12 +112,19 @@ def test_hostile_names_anywhere_never_crash_and_never_touch_the_users_files(shar
         (root / "work").mkdir()
         before = snapshot(root, out_dir)
 
-        for args in (["convert", str(shard_path), "-o", str(out_dir), "-w", "1"],
-                     ["status", str(out_dir)], ["verify", str(out_dir)], ["head", str(out_dir)],
-                     ["stats", str(out_dir)]):
+        for args in (
+            ["convert", str(shard_path), "-o", str(out_dir), "-w", "1"],
+            ["status", str(out_dir)],
+            ["verify", str(out_dir)],
+            ["head", str(out_dir)],
+            ["stats", str(out_dir)],
+        ):
             result = runner.invoke(app, args, env={"COLUMNS": "200"})
             assert result.exception is None or isinstance(result.exception, SystemExit), (
-                args, repr(result.exception), result.output)
+                args,
+                repr(result.exception),
+                result.output,
+            )
             assert result.exit_code in (0, 1, 2), (args, result.exit_code, result.output)
             assert "Traceback" not in result.output
             assert "\x1b[31m" not in result.output and "\x07" not in result.output  # never sent to the terminal
@@ -94,7 +135,8 @@ def test_hostile_names_anywhere_never_crash_and_never_touch_the_users_files(shar
 
         after = snapshot(root, out_dir)
         made = {os.fsencode(p.relative_to(root)).decode("latin-1") for p in out_dir.parents if root in p.parents}
-        assert ({k: v for k, v in after.items() if k not in made}
-                == {k: v for k, v in before.items() if k not in made})  # OUT's parents may be created (mkdir -p)
+        assert {k: v for k, v in after.items() if k not in made} == {
+            k: v for k, v in before.items() if k not in made
+        }  # OUT's parents may be created (mkdir -p)
     finally:
         shutil.rmtree(root, ignore_errors=True)

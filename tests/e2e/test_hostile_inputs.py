@@ -11,15 +11,25 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-
 from badinput_helpers import (
-    MODES, convert, img, js, member_offsets, meta_record, pax_data, sample, snapshot, tar_bytes, write_shards,
+    MODES,
+    convert,
+    img,
+    js,
+    member_offsets,
+    meta_record,
+    pax_data,
+    sample,
+    snapshot,
+    tar_bytes,
+    write_shards,
 )
-from dalle3_etl.run.pipeline import run_convert
-from dalle3_etl.shard.rows import Reason
-from dalle3_etl.settings import Settings
-from dalle3_etl.sources.resolve import resolve_inputs
 from fakehub import FakeHub, hub_env, make_shard  # noqa: F401  (fixtures)
+
+from dalle3_etl.run.pipeline import run_convert
+from dalle3_etl.settings import Settings
+from dalle3_etl.shard.rows import Reason
+from dalle3_etl.sources.resolve import resolve_inputs
 
 
 def good(*keys: str) -> list:
@@ -37,8 +47,16 @@ LONG_FOLDER = "d" * 130 + "é" * 70 + "/k"  # a folder name of 270 bytes (UTF-8)
 
 
 def long_name_shard(tmp_path: Path) -> Path:
-    members = good("a") + [(f"{LONG_FILE}.jpg", img()), (f"{LONG_FILE}.json", js()),
-                           (f"{LONG_FOLDER}.png", img("png")), (f"{LONG_FOLDER}.json", js())] + good("z")
+    members = (
+        good("a")
+        + [
+            (f"{LONG_FILE}.jpg", img()),
+            (f"{LONG_FILE}.json", js()),
+            (f"{LONG_FOLDER}.png", img("png")),
+            (f"{LONG_FOLDER}.json", js()),
+        ]
+        + good("z")
+    )
     (path,) = write_shards(tmp_path / "in", {"s.tar": members})
     return path
 
@@ -66,6 +84,7 @@ def test_a_name_component_over_255_bytes_is_converted_when_nothing_is_written(tm
 
 
 # -- meta records (pax headers, GNU long names) are capped in total -----------------------------------------
+
 
 def with_meta_before(data: bytes, member: str, blocks: bytes) -> bytes:
     hdr, _ = member_offsets(data)[member]
@@ -100,6 +119,7 @@ def test_a_large_global_pax_header_changes_nothing_in_the_output(tmp_path, mode)
 
 # -- shard order is total: names equal as numbers do not take the order they were listed in -------------
 
+
 def test_shards_equal_as_numbers_come_out_in_one_order_whatever_the_input_order(tmp_path):
     names = ["data-1.tar", "data-01.tar", "data-2.tar", "data-001.tar"]
     paths = write_shards(tmp_path / "in", {name: good("a") for name in names})
@@ -114,6 +134,7 @@ def test_shards_equal_as_numbers_come_out_in_one_order_whatever_the_input_order(
 
 
 # -- shard file names that cannot name output: refused before anything is read, written or removed ----------
+
 
 def cli(*args: str):
     from typer.testing import CliRunner
@@ -187,7 +208,9 @@ def test_a_linked_shard_is_named_by_its_link_and_resumed_by_what_it_links_to(tmp
     r1 = snapshot_of("r1", "5e1f0a", ("a", "b"))
     assert cli(str(r1), "-o", str(out), "--workers", "1").exit_code == 0
     assert pq.read_table(out / "dalle3.parquet").column("filename").to_pylist() == [
-        "data-000000/a.jpg", "data-000000/b.jpg"]
+        "data-000000/a.jpg",
+        "data-000000/b.jpg",
+    ]
     assert sorted(p.name for p in (out / "data").iterdir()) == ["data-000000"]
     # a new revision that links the same blob: the same input, nothing to redo
     r2 = snapshot_of("r2", "5e1f0a", ("a", "b"))
@@ -207,8 +230,9 @@ def test_a_linked_shard_is_named_by_its_link_and_resumed_by_what_it_links_to(tmp
     assert pq.read_table(out / "dalle3.parquet").column("filename").to_pylist() == ["data-000000/c.jpg"]
 
 
-@pytest.mark.parametrize("first, second", [("Data-7.tar", "data-7.tar"), ("caf\u00e9.tar", "cafe\u0301.tar")],
-                         ids=["case", "nfc-nfd"])
+@pytest.mark.parametrize(
+    "first, second", [("Data-7.tar", "data-7.tar"), ("caf\u00e9.tar", "cafe\u0301.tar")], ids=["case", "nfc-nfd"]
+)
 def test_shard_ids_equal_but_for_case_or_normalisation_are_refused_naming_both(tmp_path, first, second):
     write_shards(tmp_path / "in", {first: good("a"), second: good("b")})
     if len(list((tmp_path / "in").iterdir())) < 2:

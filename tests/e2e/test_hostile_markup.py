@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from badinput_helpers import img, js, member_offsets, tar_bytes
 from rich.console import Console
 from typer.testing import CliRunner
 
-from badinput_helpers import img, js, member_offsets, tar_bytes
-from dalle3_etl.run import report
 from dalle3_etl.cli import app
+from dalle3_etl.run import report
 from dalle3_etl.safetext import plain, safe
 from dalle3_etl.shard.convert import ShardResult
 
@@ -51,12 +50,14 @@ def hostile(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
     shards = root / "in"
     shards.mkdir()
-    data = tar_bytes([("a.jpg", img()), ("a.json", js(source="[/red]src")),
-                      ("x[/]y.jpg", img(nbytes=4000)), ("x[/]y.json", js())])
+    data = tar_bytes(
+        [("a.jpg", img()), ("a.json", js(source="[/red]src")), ("x[/]y.jpg", img(nbytes=4000)), ("x[/]y.json", js())]
+    )
     (shards / "data-[red]1.tar").write_bytes(data[: member_offsets(data)["x[/]y.jpg"][1] + 1000])
     (shards / "data-2.tar").write_bytes(tar_bytes([("b.jpg", img()), ("b.json", js("fox \x1b[31mred\x07 bell"))]))
-    (shards / f"{ESC_SHARD}.tar").write_bytes(tar_bytes([("c.jpg", img()), ("c.json", js()),
-                                                         ("d\x1b[31m.jpg", img()), ("d\x1b[31m.json", js())]))
+    (shards / f"{ESC_SHARD}.tar").write_bytes(
+        tar_bytes([("c.jpg", img()), ("c.json", js()), ("d\x1b[31m.jpg", img()), ("d\x1b[31m.json", js())])
+    )
     out = root / "o[bold]"
     result = _run("convert", str(shards), "-o", str(out), "--workers", "1")
     return out, result
@@ -143,23 +144,36 @@ def test_download_progress_prints_hub_file_names_literally():
 def test_bench_error_prints_hostile_path_literally(tmp_path):
     empty = tmp_path / "x[" / "]corpus"  # the path reads x[/]corpus: a closing tag with nothing to close
     empty.mkdir(parents=True)
-    result = _run("bench", "--corpus", str(empty), "--location", str(tmp_path), "--out", str(tmp_path / "res"),
-                  "--no-memory-check", "--reps", "1")
+    result = _run(
+        "bench",
+        "--corpus",
+        str(empty),
+        "--location",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "res"),
+        "--no-memory-check",
+        "--reps",
+        "1",
+    )
     text = _no_crash(result, 1)
     assert f"no .tar shards in {empty}" in text
 
 
-@pytest.mark.parametrize("raw, shown", [
-    ("a\x1b[31mb", "a\\x1b[31mb"),  # ESC
-    ("bell\x07", "bell\\x07"),
-    ("csi\x9b2J", "csi\\x9b2J"),  # C1 CSI: an escape sequence in one character
-    ("over\rwrite", "over\\x0dwrite"),
-    ("del\x7f", "del\\x7f"),
-    ("nul\x00", "nul\\x00"),
-    (os.fsdecode(b"latin-\xe9.tar"), "latin-\\xe9.tar"),  # not UTF-8: would fail to print
-    ("tab\tand\nnewline", "tab\tand\nnewline"),  # layout characters are kept
-    ("[bold]é ✓ :fire:", "[bold]é ✓ :fire:"),  # markup is plain text here; printable Unicode untouched
-])
+@pytest.mark.parametrize(
+    "raw, shown",
+    [
+        ("a\x1b[31mb", "a\\x1b[31mb"),  # ESC
+        ("bell\x07", "bell\\x07"),
+        ("csi\x9b2J", "csi\\x9b2J"),  # C1 CSI: an escape sequence in one character
+        ("over\rwrite", "over\\x0dwrite"),
+        ("del\x7f", "del\\x7f"),
+        ("nul\x00", "nul\\x00"),
+        (os.fsdecode(b"latin-\xe9.tar"), "latin-\\xe9.tar"),  # not UTF-8: would fail to print
+        ("tab\tand\nnewline", "tab\tand\nnewline"),  # layout characters are kept
+        ("[bold]é ✓ :fire:", "[bold]é ✓ :fire:"),  # markup is plain text here; printable Unicode untouched
+    ],
+)
 def test_plain_makes_controls_visible(raw, shown):
     assert plain(raw) == shown
     assert safe(raw).plain == shown

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import convert, tree
 from typer.testing import CliRunner
 
-from conftest import convert, tree
 from dalle3_etl.cli import app
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
@@ -162,8 +162,8 @@ def test_a_user_symlink_in_a_shard_folder_is_neither_followed_nor_removed(shards
 
 def test_a_failed_commit_never_removes_what_it_could_not_list(shards, tmp_path, monkeypatch):
     """A part that cannot be read means the files cannot be listed: the folder stays as it is."""
-    from dalle3_etl.shard.commit import forget_shard
     from dalle3_etl.settings import Settings
+    from dalle3_etl.shard.commit import forget_shard
     from dalle3_etl.store.layout import Layout
 
     out = tmp_path / "out"

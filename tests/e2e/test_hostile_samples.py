@@ -19,22 +19,19 @@ from pathlib import Path
 
 import orjson
 import pytest
+from badinput_helpers import convert, img, js, outcome, source, tar_bytes, write_shards
 from PIL import Image
 
-from badinput_helpers import convert, img, js, outcome, source, tar_bytes, write_shards
-from dalle3_etl.store.fsio import Root
-from dalle3_etl.shard import imageheader
-from dalle3_etl.shard import convert as shard
-from dalle3_etl.shard import sinks
+from dalle3_etl.check.verify import verify
 from dalle3_etl.devtools import synth
-from dalle3_etl.shard import tarstream
-from dalle3_etl.shard import writer
 from dalle3_etl.run.pipeline import run_convert
+from dalle3_etl.settings import Settings
+from dalle3_etl.shard import convert as shard
+from dalle3_etl.shard import imageheader, sinks, tarstream, writer
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.shard.rows import parse_json as real_parse_json
 from dalle3_etl.shard.samples import IMAGE_EXTENSIONS, Pairing
-from dalle3_etl.settings import Settings
-from dalle3_etl.check.verify import verify
+from dalle3_etl.store.fsio import Root
 
 
 def good(*keys: str) -> list:
@@ -46,6 +43,7 @@ def nosize(**fields) -> bytes:
 
 
 # -- one sample's trouble never fails the shard -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["file", "stream"])
 def test_name_1500_folders_deep_is_rejected_and_the_shard_is_converted(tmp_path, mode):
@@ -75,6 +73,7 @@ def _raise_on(marker: bytes, exc: BaseException, real):
         if marker in data:
             raise exc
         return real(data, settings)
+
     return parse
 
 
@@ -133,10 +132,13 @@ def test_unexpected_error_pairing_a_member_rejects_it(tmp_path, monkeypatch):
         assert line["reason"] == Reason.SAMPLE_ERROR and "KeyError: 'pairing broke'" in line["detail"]
 
 
-@pytest.mark.parametrize("exc, failure", [
-    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
-    (OSError(errno.EIO, "Input/output error"), "Input/output error"),
-])
+@pytest.mark.parametrize(
+    "exc, failure",
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+        (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+    ],
+)
 def test_disk_errors_still_fail_the_shard(tmp_path, monkeypatch, exc, failure):
     monkeypatch.setattr(shard, "parse_json", _raise_on(b"boom", exc, real_parse_json))
     (path,) = write_shards(tmp_path / "in", {"s.tar": good("a") + [("b.jpg", img()), ("b.json", js(caption="boom"))]})
@@ -158,6 +160,7 @@ def test_keyboard_interrupt_and_shard_damage_are_not_swallowed(tmp_path, monkeyp
 
 
 # -- same sample, same result from every source ----------------------------------------------------------
+
 
 def jpeg_with_big_header(w: int, h: int, marker: int, nbytes: int) -> bytes:
     """A JPEG whose SOF comes after `nbytes` of APPn/COM segments (marker 0xE1: APP1, 0xFE: COM)."""
@@ -201,8 +204,11 @@ def test_header_behind_a_megabyte_of_app_data_is_read_from_every_source(tmp_path
     members = [("app1.jpg", app1), ("app1.json", nosize()), ("com.json", nosize()), ("com.jpg", com)] + good("ok")
     res = _convert_from(tmp_path, members, kind, images=images, captions=images)
     assert res.rejects == []
-    assert {r["key"]: (r["width"], r["height"]) for r in res.rows} == {"app1": (321, 123), "com": (77, 55),
-                                                                       "ok": (64, 48)}
+    assert {r["key"]: (r["width"], r["height"]) for r in res.rows} == {
+        "app1": (321, 123),
+        "com": (77, 55),
+        "ok": (64, 48),
+    }
     if images:
         assert (res.out / "data/s/app1.jpg").read_bytes() == app1
 
@@ -248,7 +254,7 @@ def test_stream_view_reads_forward_only_as_far_as_asked():
     def read(n):
         start = sum(taken)
         taken.append(n)
-        return data[start:start + n]
+        return data[start : start + n]
 
     view = imageheader.StreamView(read, 300_000, head=b"")
     assert view.read(10) == data[:10] and sum(taken) == imageheader.PROBE_READ_BYTES
@@ -259,7 +265,7 @@ def test_stream_view_reads_forward_only_as_far_as_asked():
     assert view.seek(0, io.SEEK_END) == 300_000 and view.read(1) == b""
     assert sum(taken) <= 300_000
     view = imageheader.StreamView(read, 10, head=b"ab")
-    assert view.read() == b"ab" + data[sum(taken) - 8: sum(taken)]
+    assert view.read() == b"ab" + data[sum(taken) - 8 : sum(taken)]
 
 
 def test_a_read_error_while_probing_is_raised_not_taken_for_unreadable():
@@ -277,6 +283,7 @@ def test_a_read_error_while_probing_is_raised_not_taken_for_unreadable():
 
 
 # -- images that are not images ------------------------------------------------------------------------
+
 
 def pillow_image(fmt: str, w: int = 37, h: int = 21, **kw) -> bytes:
     buf = io.BytesIO()
@@ -347,9 +354,16 @@ def test_every_format_pillow_opens_is_converted_with_its_header_size(tmp_path, m
         assert report.counts["images_on_disk"] == len(FORMATS)
 
 
-@pytest.mark.parametrize("kw", [dict(lossless=False), dict(lossless=True), dict(animated=True),
-                                dict(exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00")],
-                         ids=["VP8", "VP8L", "VP8X-animated", "VP8X-exif"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(lossless=False),
+        dict(lossless=True),
+        dict(animated=True),
+        dict(exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x00"),
+    ],
+    ids=["VP8", "VP8L", "VP8X-animated", "VP8X-exif"],
+)
 @pytest.mark.parametrize("size", [(1, 1), (16383, 3), (3, 16383), (1000, 777)])
 def test_webp_size_is_the_size_pillow_reads(kw, size):
     data = pillow_image("WEBP", *size, **dict(kw))
@@ -376,15 +390,18 @@ def test_signatures():
 
 # -- captions ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["file", "stream"])
 def test_invisible_captions_fall_back_and_control_characters_are_removed(tmp_path, mode):
     cases = {
         "zw": (dict(caption="\u200b\u200c\u200d\u2060\ufeff", long_caption="the long one"), "the long one"),
-        "zw-spaces": (dict(caption=" \u200b \n\u00ad ", long_caption="\u2066\u2069", short_caption2=["\u200b", "third"]),
-                      "third"),
+        "zw-spaces": (
+            dict(caption=" \u200b \n\u00ad ", long_caption="\u2066\u2069", short_caption2=["\u200b", "third"]),
+            "third",
+        ),
         "ctl": (dict(caption="a\x00b\x1b[31mred\x07 \x7fdel\x9bc1"), "ab[31mred delc1"),
         "ctl-ws": (dict(caption="tab\tnew\nline\x85nel\x1fus"), "tab new line nel us"),
-        "zwj-kept": (dict(caption="family \U0001F468\u200d\U0001F469 sign"), "family \U0001F468\u200d\U0001F469 sign"),
+        "zwj-kept": (dict(caption="family \U0001f468\u200d\U0001f469 sign"), "family \U0001f468\u200d\U0001f469 sign"),
         "plain": (dict(caption="  A  red fox,\r\n in the snow.  "), "A red fox, in the snow."),
     }
     members = []
@@ -402,6 +419,7 @@ def test_invisible_captions_fall_back_and_control_characters_are_removed(tmp_pat
 
 
 # -- output names: never reused -----------------------------------------------------------------------------
+
 
 def _fold(name: str) -> str:
     return unicodedata.normalize("NFC", name).casefold()
@@ -427,7 +445,7 @@ class CaseInsensitiveFS:
         if not isinstance(path, str) or not path.startswith(self.prefix):
             return path
         current = self.prefix[:-1]
-        for part in path[len(self.prefix):].split("/"):
+        for part in path[len(self.prefix) :].split("/"):
             try:
                 names = os.listdir(current)
             except OSError:
@@ -472,13 +490,23 @@ def test_case_and_normalization_twins_clash_on_a_case_insensitive_file_system(tm
         assert line["reason"] == Reason.NAME_CLASH and "case-insensitive" in line["detail"], line
         assert res.reasons(name.rsplit(".", 1)[0] + ".json") == []
     on_disk = {str(p.relative_to(out / "data/s")) for p in (out / "data/s").rglob("*")}
-    assert on_disk == {"case.jpg", "case.txt", "caf\u00e9.jpg", "caf\u00e9.txt", "Dir", "Dir/a.jpg", "Dir/a.txt",
-                       "other.jpg", "other.txt"}  # nothing of the losers, not even a folder
+    assert on_disk == {
+        "case.jpg",
+        "case.txt",
+        "caf\u00e9.jpg",
+        "caf\u00e9.txt",
+        "Dir",
+        "Dir/a.jpg",
+        "Dir/a.txt",
+        "other.jpg",
+        "other.txt",
+    }  # nothing of the losers, not even a folder
     assert res.summary.exit_code == 0
 
 
-@pytest.mark.parametrize("mode, images, captions", [("file", True, True), ("stream", True, True),
-                                                    ("file", False, True)])
+@pytest.mark.parametrize(
+    "mode, images, captions", [("file", True, True), ("stream", True, True), ("file", False, True)]
+)
 def test_an_existing_file_at_the_target_is_never_overwritten(tmp_path, monkeypatch, mode, images, captions):
     """On a real file system: whatever already holds an output name is kept, and the sample is a clash."""
     real_path = sinks.FileTree.path
@@ -492,8 +520,7 @@ def test_an_existing_file_at_the_target_is_never_overwritten(tmp_path, monkeypat
 
     monkeypatch.setattr(sinks.FileTree, "path", path_with_a_squatter)
     (path,) = write_shards(tmp_path / "in", {"s.tar": good("a", "b", "c")})
-    summary = run_convert([source(path, mode)], tmp_path / "out", Settings(workers=1, images=images,
-                                                                           captions=captions))
+    summary = run_convert([source(path, mode)], tmp_path / "out", Settings(workers=1, images=images, captions=captions))
     rejects = [orjson.loads(line) for line in (tmp_path / "out/rejects.jsonl").read_bytes().splitlines()]
     assert [(r["member"], r["reason"]) for r in rejects] == [("b.jpg", Reason.NAME_CLASH)]
     data = tmp_path / "out/data/s"

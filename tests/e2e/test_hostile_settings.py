@@ -18,11 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from badinput_helpers import sample, write_shards
 from typer.testing import CliRunner
 
-from badinput_helpers import sample, write_shards
-from dalle3_etl.run import pipeline, preflight
 from dalle3_etl.cli import app
+from dalle3_etl.run import pipeline, preflight
 from dalle3_etl.settings import PARQUET_CODECS, Settings, SettingsError, SimpleTunerSettings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,13 +104,16 @@ def test_bad_config_value_is_refused_before_any_work(tmp_path, table, key, value
     assert not out.exists()
 
 
-@pytest.mark.parametrize("content, words", [
-    (None, "is a directory, not a TOML file"),
-    (b"[convert]\ncaption_field = \"caf\xe9\"\n", "is not UTF-8 text"),
-    (b"[convert\nworkers = 2\n", "invalid TOML"),
-    (b"convert = 3\n", "convert must be a [convert] table"),
-    (b"[output]\nworkers = 2\n", "unknown table(s) ['output']"),
-])
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        (None, "is a directory, not a TOML file"),
+        (b'[convert]\ncaption_field = "caf\xe9"\n', "is not UTF-8 text"),
+        (b"[convert\nworkers = 2\n", "invalid TOML"),
+        (b"convert = 3\n", "convert must be a [convert] table"),
+        (b"[output]\nworkers = 2\n", "unknown table(s) ['output']"),
+    ],
+)
 def test_unusable_config_file_is_refused(tmp_path, content, words):
     config = tmp_path / "c.toml"
     if content is None:
@@ -123,22 +126,29 @@ def test_unusable_config_file_is_refused(tmp_path, content, words):
 
 
 def test_missing_config_file_is_refused(tmp_path):
-    _refused(_convert(tmp_path / "missing.tar", "-o", tmp_path / "out", "--config", tmp_path / "no.toml"),
-             "config file not found", "no.toml")
+    _refused(
+        _convert(tmp_path / "missing.tar", "-o", tmp_path / "out", "--config", tmp_path / "no.toml"),
+        "config file not found",
+        "no.toml",
+    )
     assert not (tmp_path / "out").exists()
 
 
 # --- flags --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flag, value, words", [
-    ("--fields", "url,url", "--fields url,url: 'url' is listed twice"),
-    ("--fields", "url,caption", "--fields url,caption: 'caption': that column is always written"),
-    ("--fields", "width", "'width': that column is always written"),
-    ("--workers", "-1", "--workers -1: must be at least 1"),
-    ("--workers", "0", "--workers 0: must be at least 1 (leave --workers out to use all cores)"),
-    ("--max-json-bytes", "0", "--max-json-bytes 0: must be at least 2"),
-    ("--caption-field", "", '--caption-field "": must not be empty'),
-])
+
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--fields", "url,url", "--fields url,url: 'url' is listed twice"),
+        ("--fields", "url,caption", "--fields url,caption: 'caption': that column is always written"),
+        ("--fields", "width", "'width': that column is always written"),
+        ("--workers", "-1", "--workers -1: must be at least 1"),
+        ("--workers", "0", "--workers 0: must be at least 1 (leave --workers out to use all cores)"),
+        ("--max-json-bytes", "0", "--max-json-bytes 0: must be at least 2"),
+        ("--caption-field", "", '--caption-field "": must not be empty'),
+    ],
+)
 def test_bad_flag_is_refused_before_any_work(tmp_path, flag, value, words):
     out = tmp_path / "out"
     _refused(_convert(tmp_path / "missing.tar", "-o", out, flag, value), words)
@@ -148,8 +158,10 @@ def test_bad_flag_is_refused_before_any_work(tmp_path, flag, value, words):
 def test_flag_errors_name_the_flag_even_when_a_config_file_is_given(tmp_path):
     config = tmp_path / "c.toml"
     config.write_text("[convert]\nmax_json_bytes = 4096\n")
-    line = _refused(_convert(tmp_path / "missing.tar", "-o", tmp_path / "out", "--config", config,
-                             "--max-json-bytes", "1"), "--max-json-bytes 1")
+    line = _refused(
+        _convert(tmp_path / "missing.tar", "-o", tmp_path / "out", "--config", config, "--max-json-bytes", "1"),
+        "--max-json-bytes 1",
+    )
     assert str(config) not in line
 
 
@@ -157,7 +169,10 @@ def test_repeated_caption_fallbacks_are_de_duplicated():
     """Trying a field twice cannot change which caption wins: the repeat is dropped, in order, not refused."""
     s = load_settings(None, caption_fallbacks=("long_caption", "original_prompt", "long_caption"))
     assert s.caption_fallbacks == ("long_caption", "original_prompt")
-    assert s.output_fingerprint() == load_settings(None, caption_fallbacks=("long_caption", "original_prompt")).output_fingerprint()
+    assert (
+        s.output_fingerprint()
+        == load_settings(None, caption_fallbacks=("long_caption", "original_prompt")).output_fingerprint()
+    )
 
 
 def test_settings_built_in_code_are_checked_and_normalised():
@@ -186,10 +201,13 @@ def test_parquet_codecs_are_exactly_what_pyarrow_writes(tmp_path):
 
 # --- OUT ----------------------------------------------------------------------------------------------
 
+
 def test_out_under_a_regular_file_is_refused(tmp_path, shards):
     (tmp_path / "somefile").write_text("mine")
-    _refused(_convert(tmp_path / "missing.tar", "-o", tmp_path / "somefile" / "out"),
-             f"{tmp_path / 'somefile'} is a file, not a directory")
+    _refused(
+        _convert(tmp_path / "missing.tar", "-o", tmp_path / "somefile" / "out"),
+        f"{tmp_path / 'somefile'} is a file, not a directory",
+    )
     assert (tmp_path / "somefile").read_text() == "mine"
 
 
@@ -206,15 +224,16 @@ def test_out_in_a_folder_without_write_permission_is_refused_through_access(tmp_
     locked.mkdir()
     real_access = os.access
     monkeypatch.setattr(preflight.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
-    _refused(_convert(tmp_path / "missing.tar", "-o", locked / "new" / "out"),
-             f"no write permission in {locked}")
+    _refused(_convert(tmp_path / "missing.tar", "-o", locked / "new" / "out"), f"no write permission in {locked}")
     assert list(locked.iterdir()) == []
 
 
 def test_out_in_a_read_only_folder_is_refused(tmp_path, shards):
     if os.geteuid() == 0:
-        pytest.skip("running as root: root can create folders in a mode-555 folder, so there is nothing to refuse "
-                    "(a read-only mount would be, but tests cannot mount one)")
+        pytest.skip(
+            "running as root: root can create folders in a mode-555 folder, so there is nothing to refuse "
+            "(a read-only mount would be, but tests cannot mount one)"
+        )
     parent = tmp_path / "ro"
     parent.mkdir()
     parent.chmod(0o555)
@@ -240,10 +259,14 @@ def test_run_convert_refuses_an_out_it_cannot_create(tmp_path, shards, monkeypat
 
 # --- good settings still work, with the same bytes -------------------------------------------------------
 
+
 def _digest(out: Path) -> dict[str, str]:
     """Every output file but the dataloader config (it names OUT's absolute path) and the run state."""
-    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
-            if p.is_file() and ".dalle3-etl" not in p.parts and p.name != "multidatabackend.json"}
+    return {
+        str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and ".dalle3-etl" not in p.parts and p.name != "multidatabackend.json"
+    }
 
 
 def test_default_config_converts_to_the_same_bytes_as_no_config(tmp_path, shards):
@@ -255,18 +278,23 @@ def test_default_config_converts_to_the_same_bytes_as_no_config(tmp_path, shards
     digest = _digest(plain)
     assert {"dalle3.parquet", "data/s-1/a.jpg", "data/s-1/a.txt", "data/s-2/c.txt"} <= set(digest)
     assert _digest(configured) == digest
-    assert pq.read_table(plain / "dalle3.parquet").column("filename").to_pylist() == ["s-1/a.jpg", "s-1/b.jpg", "s-2/c.jpg"]
+    assert pq.read_table(plain / "dalle3.parquet").column("filename").to_pylist() == [
+        "s-1/a.jpg",
+        "s-1/b.jpg",
+        "s-2/c.jpg",
+    ]
 
 
 def test_every_default_key_with_another_good_value_is_taken(tmp_path, shards):
     config = tmp_path / "c.toml"
     config.write_text(
         '[convert]\ncaption_field = "long_caption"\ncaption_fallbacks = ["short_caption"]\nfields = ["url"]\n'
-        'images = false\ncaptions = false\nflat = true\nworkers = 1\nbatch_rows = 1\nrow_group_rows = 2\n'
+        "images = false\ncaptions = false\nflat = true\nworkers = 1\nbatch_rows = 1\nrow_group_rows = 2\n"
         'compression = "GZIP"\nmax_json_bytes = 4096\nmax_pending = 5\nmax_dimension = 4096\n'
         'parquet_name = "mine.parquet"\n'
         '[simpletuner]\nid = "my-set"\nresolution = 1024\nmaximum_image_size = 1536\nminimum_image_size = 0\n'
-        'target_downsample_size = 1280\nresolution_type = "pixel"\n')
+        'target_downsample_size = 1280\nresolution_type = "pixel"\n'
+    )
     out = tmp_path / "out"
     result = _convert(*shards, "-o", out, "--config", config)
     assert result.exit_code == 0, result.output
@@ -282,9 +310,24 @@ def test_real_subprocess_prints_one_line_for_a_bad_config(tmp_path):
     """Outside CliRunner too: stderr is the one line, exit 2."""
     config = tmp_path / "c.toml"
     config.write_text('[convert]\ncompression = "bogus"\n')
-    proc = subprocess.run([sys.executable, "-m", "dalle3_etl", "convert", str(tmp_path / "x.tar"), "-o",
-                           str(tmp_path / "out"), "--config", str(config)], capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dalle3_etl",
+            "convert",
+            str(tmp_path / "x.tar"),
+            "-o",
+            str(tmp_path / "out"),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.strip() == (f'error: {config}: [convert] compression = "bogus": must be one of '
-                                   f"{', '.join(PARQUET_CODECS)}")
+    assert proc.stderr.strip() == (
+        f'error: {config}: [convert] compression = "bogus": must be one of {", ".join(PARQUET_CODECS)}'
+    )
     assert not (tmp_path / "out").exists()

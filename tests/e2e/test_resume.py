@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import convert
 from typer.testing import CliRunner
 
-from conftest import convert
-from dalle3_etl.cli import app
-from dalle3_etl.store.layout import Layout
 from dalle3_etl.check.status import shard_states
+from dalle3_etl.cli import app
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus, write_shard
+from dalle3_etl.store.layout import Layout
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = SynthSpec(shards=4, per_shard=25, seed=11, image_bytes=1000)
@@ -49,8 +49,9 @@ def start_convert(inputs, out: Path, *options: str, crash: str | None = None, **
     """`python -m dalle3_etl convert` in a new session: its process group is the whole run."""
     args = [sys.executable, "-m", "dalle3_etl", "convert", *map(str, inputs), "-o", str(out), *options]
     popen.setdefault("stdout", subprocess.PIPE)
-    return subprocess.Popen(args, cwd=REPO, env=_env(crash), start_new_session=True, stderr=subprocess.STDOUT,
-                            text=True, **popen)
+    return subprocess.Popen(
+        args, cwd=REPO, env=_env(crash), start_new_session=True, stderr=subprocess.STDOUT, text=True, **popen
+    )
 
 
 def run_convert_cli(inputs, out: Path, *options: str, crash: str | None = None, **popen) -> tuple[int, str]:
@@ -84,7 +85,7 @@ def session_processes(sid: int) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[3]) == sid and fields[0] not in ("Z", "X"):
             pids.append(int(entry.name))
     return pids
@@ -111,14 +112,19 @@ def assert_same_output(out: Path, ref: Path) -> None:
 def leftovers(out: Path, flat: bool = False) -> list[str]:
     """Temporary or orphaned files: temp names, staging, pending images, output of shards without a record."""
     state = Layout(out).state
-    found = [str(p.relative_to(out)) for p in out.rglob("*")
-             if (p.name.startswith(".") and ".tmp" in p.name) or p.name == "pending"]
+    found = [
+        str(p.relative_to(out))
+        for p in out.rglob("*")
+        if (p.name.startswith(".") and ".tmp" in p.name) or p.name == "pending"
+    ]
     for sub in ("staging", "flat", "trash", "failed"):
         if (state / sub).is_dir():
             found += [str(p.relative_to(out)) for p in (state / sub).iterdir()]
     done = set(records(out))
     for sub, suffix in (("parts", ".parquet"), ("rejects", ".jsonl")):
-        found += [str(p.relative_to(out)) for p in (state / sub).glob(f"*{suffix}") if p.name[: -len(suffix)] not in done]
+        found += [
+            str(p.relative_to(out)) for p in (state / sub).glob(f"*{suffix}") if p.name[: -len(suffix)] not in done
+        ]
     if not flat:
         found += [str(p.relative_to(out)) for p in (out / "data").iterdir() if p.name not in done]
     return found
@@ -167,14 +173,20 @@ def _staged(out: Path) -> bool:
 
 def _mid_commit(out: Path) -> bool:
     layout = Layout(out)
-    return (layout.shard_data("data-000001").is_dir() and not layout.part("data-000001").exists()
-            and not layout.record("data-000001").exists())
+    return (
+        layout.shard_data("data-000001").is_dir()
+        and not layout.part("data-000001").exists()
+        and not layout.record("data-000001").exists()
+    )
 
 
 def _committed_no_record(out: Path) -> bool:
     layout = Layout(out)
-    return (layout.shard_data("data-000001").is_dir() and layout.part("data-000001").exists()
-            and not layout.record("data-000001").exists())
+    return (
+        layout.shard_data("data-000001").is_dir()
+        and layout.part("data-000001").exists()
+        and not layout.record("data-000001").exists()
+    )
 
 
 def _two_records(out: Path) -> bool:
@@ -189,17 +201,21 @@ def _parquet_tmp(out: Path) -> bool:
     return (out / ".dalle3.parquet.tmp").stat().st_size > 0 and not (out / "dalle3.parquet").exists()
 
 
-@pytest.mark.parametrize("crash, workers, state", [
-    pytest.param("sample:data-000001:10", "2", _in_flight, id="shards-in-flight"),
-    pytest.param("staged:data-000002", "2", _staged, id="staged-not-committed"),
-    pytest.param("commit:data-000001", "1", _mid_commit, id="mid-commit"),
-    pytest.param("committed:data-000001", "1", _committed_no_record, id="committed-no-record"),
-    pytest.param("recorded:data-000001", "1", _two_records, id="between-shards"),
-    pytest.param("merge:rejects", "1", _rejects_merged, id="merge-rejects-only"),
-    pytest.param("merge:parquet", "2", _parquet_tmp, id="merge-tmp-not-renamed"),
-])
-def test_sigkill_of_the_process_tree_then_rerun_gives_the_uninterrupted_output(corpus, reference, tmp_path,
-                                                                               crash, workers, state):
+@pytest.mark.parametrize(
+    "crash, workers, state",
+    [
+        pytest.param("sample:data-000001:10", "2", _in_flight, id="shards-in-flight"),
+        pytest.param("staged:data-000002", "2", _staged, id="staged-not-committed"),
+        pytest.param("commit:data-000001", "1", _mid_commit, id="mid-commit"),
+        pytest.param("committed:data-000001", "1", _committed_no_record, id="committed-no-record"),
+        pytest.param("recorded:data-000001", "1", _two_records, id="between-shards"),
+        pytest.param("merge:rejects", "1", _rejects_merged, id="merge-rejects-only"),
+        pytest.param("merge:parquet", "2", _parquet_tmp, id="merge-tmp-not-renamed"),
+    ],
+)
+def test_sigkill_of_the_process_tree_then_rerun_gives_the_uninterrupted_output(
+    corpus, reference, tmp_path, crash, workers, state
+):
     out = tmp_path / "out"
     code, log = run_convert_cli([corpus], out, "-w", workers, crash=crash)
     assert code == -signal.SIGKILL, log
@@ -273,11 +289,14 @@ def test_second_run_is_refused_while_one_runs_and_a_dead_runs_lock_is_taken_over
 # --- Ctrl-C ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how, code", [
-    ("SIGINT to the process group (Ctrl-C)", 130),
-    ("SIGTERM to the driver (kill, docker stop)", 143),
-    ("SIGTERM to the process group (systemd)", 143),
-])
+@pytest.mark.parametrize(
+    "how, code",
+    [
+        ("SIGINT to the process group (Ctrl-C)", 130),
+        ("SIGTERM to the driver (kill, docker stop)", 143),
+        ("SIGTERM to the process group (systemd)", 143),
+    ],
+)
 def test_ctrl_c_or_sigterm_stops_promptly_keeps_completed_shards_and_the_rerun_finishes(tmp_path, how, code):
     corpus = tmp_path / "in"
     write_corpus(corpus, SynthSpec(shards=4, per_shard=150, seed=3, image_bytes=4000))
@@ -425,7 +444,11 @@ def test_failed_and_damaged_shards_plain_rerun_and_retry_failed(tmp_path):
     assert "FAILED data-000002" in log and "DAMAGED data-000001" in log
     states = shard_states(out)
     assert {sid: st["state"] for sid, st in states.items()} == {
-        "data-000000": "done", "data-000001": "damaged", "data-000002": "failed", "data-000003": "done"}
+        "data-000000": "done",
+        "data-000001": "damaged",
+        "data-000002": "failed",
+        "data-000003": "done",
+    }
     assert not (out / "data" / "data-000002").exists()
     assert "File too large" in states["data-000002"]["detail"]
     code, output = invoke("status", out)
@@ -487,12 +510,15 @@ def flat_reference(flat_corpus, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("crash", [
-    pytest.param("committed:data-000002", id="committed-no-record"),
-    pytest.param("publish:data-000001:3", id="mid-publish-linked-not-unlinked"),
-    pytest.param("publish:data-000003:3", id="mid-publish-of-a-shard-with-clashes"),
-    pytest.param("publish_part:data-000003", id="clash-part-rewritten-record-not"),
-])
+@pytest.mark.parametrize(
+    "crash",
+    [
+        pytest.param("committed:data-000002", id="committed-no-record"),
+        pytest.param("publish:data-000001:3", id="mid-publish-linked-not-unlinked"),
+        pytest.param("publish:data-000003:3", id="mid-publish-of-a-shard-with-clashes"),
+        pytest.param("publish_part:data-000003", id="clash-part-rewritten-record-not"),
+    ],
+)
 def test_flat_sigkill_then_rerun_gives_the_uninterrupted_output(flat_corpus, flat_reference, tmp_path, crash):
     out = tmp_path / "out"
     code, log = run_convert_cli([flat_corpus], out, "-w", "1", "--flat", crash=crash)

@@ -20,8 +20,8 @@ from types import SimpleNamespace
 import pytest
 from typer.testing import CliRunner
 
-from dalle3_etl.errors import MissingDependency
 from dalle3_etl.cli import app
+from dalle3_etl.errors import MissingDependency
 from dalle3_etl.run.pipeline import Reporter, run_convert
 from dalle3_etl.settings import load_settings
 from dalle3_etl.sources.resolve import resolve_inputs
@@ -34,6 +34,7 @@ HINT = "the ray executor needs the ray package: pip install 'dalle3-etl[ray]'"
 # -------------------------------------------------------------------------------------------------------
 # helpers
 # -------------------------------------------------------------------------------------------------------
+
 
 def output_bytes(out: Path) -> dict[str, bytes]:
     """Every file a run leaves for the user (and the completion records), by relative path.
@@ -78,6 +79,7 @@ class Recorder(Reporter):
 
 def ctrl_c_when(path: Path, timeout: float = 60.0) -> threading.Thread:
     """Send this process SIGINT (Ctrl-C) as soon as `path` exists."""
+
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -92,8 +94,14 @@ def ctrl_c_when(path: Path, timeout: float = 60.0) -> threading.Thread:
 
 
 def ray_convert(inputs: list[Path], out: Path, reporter: Reporter | None = None, **opts):
-    return run_convert(resolve_inputs([str(i) for i in inputs]), out, load_settings(None, workers=2),
-                       executor="ray", reporter=reporter, **opts)
+    return run_convert(
+        resolve_inputs([str(i) for i in inputs]),
+        out,
+        load_settings(None, workers=2),
+        executor="ray",
+        reporter=reporter,
+        **opts,
+    )
 
 
 def local_convert(inputs: list[Path], out: Path):
@@ -110,6 +118,7 @@ def cli_env() -> dict[str, str]:
 # -------------------------------------------------------------------------------------------------------
 # the Ray instance of this module
 # -------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ray_instance(tmp_path_factory):
@@ -151,7 +160,10 @@ def ray_instance(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
-        address="local", num_cpus=2, include_dashboard=False, object_store_memory=128 << 20,
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=128 << 20,
         logging_level="warning",
         runtime_env={"env_vars": {CRASH_DIR_VAR: str(crash_dir)}, "worker_process_setup_hook": worker_setup},
     )
@@ -164,6 +176,7 @@ def ray_instance(tmp_path_factory):
 # -------------------------------------------------------------------------------------------------------
 # without Ray
 # -------------------------------------------------------------------------------------------------------
+
 
 def test_without_ray_the_command_says_how_to_install_it(monkeypatch, corpus, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
@@ -182,14 +195,16 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch, corpus, tmp
 # with Ray
 # -------------------------------------------------------------------------------------------------------
 
+
 def test_ray_output_is_byte_identical_to_the_local_executors(ray_instance, corpus, converted, tmp_path):
     root, _ = corpus
     reference, _, local_summary = converted
     recorder = Recorder()
     summary = ray_convert([root], tmp_path / "out", recorder)
     assert summary.exit_code == 0
-    assert [(r.shard_id, r.ok, r.samples, r.rejects) for r in summary.results] == \
-        [(r.shard_id, r.ok, r.samples, r.rejects) for r in local_summary.results]
+    assert [(r.shard_id, r.ok, r.samples, r.rejects) for r in summary.results] == [
+        (r.shard_id, r.ok, r.samples, r.rejects) for r in local_summary.results
+    ]
     assert summary.rows == local_summary.rows
     assert_same_output(tmp_path / "out", reference)
     # progress: within each shard's size, and never after the shard was reported finished
@@ -229,8 +244,11 @@ def test_a_shard_whose_task_always_dies_fails_after_the_retries(ray_instance, co
     finally:
         always.unlink()
     assert summary.exit_code == 1
-    assert [(r.shard_id, r.ok) for r in summary.results] == [("data-000000", True), ("data-000001", True),
-                                                             ("data-000002", False)]
+    assert [(r.shard_id, r.ok) for r in summary.results] == [
+        ("data-000000", True),
+        ("data-000001", True),
+        ("data-000002", False),
+    ]
     assert "Ray task failed" in summary.results[2].failure
     assert len((ray_instance.crash_dir / "data-000002.attempts").read_text()) == 1 + MAX_RETRIES
     assert (tmp_path / "out" / ".dalle3-etl" / "failed" / "data-000002.json").exists()
@@ -310,9 +328,24 @@ def test_cli_with_ray_address_connects_to_the_cluster(ray_instance, corpus, conv
     reference, _, _ = converted
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "dalle3_etl", "convert", str(root), "-o", str(out), "--executor", "ray",
-         "--ray-address", ray_instance.address],
-        capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dalle3_etl",
+            "convert",
+            str(root),
+            "-o",
+            str(out),
+            "--executor",
+            "ray",
+            "--ray-address",
+            ray_instance.address,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=cli_env(),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert_same_output(out, reference)
@@ -324,9 +357,25 @@ def test_cli_without_address_starts_and_stops_a_local_instance(ray_instance, cor
     out = tmp_path / "out"
     shards = shard_paths(root)
     proc = subprocess.run(
-        [sys.executable, "-m", "dalle3_etl", "convert", *map(str, shards[:2]), "-o", str(out), "--executor", "ray",
-         "--workers", "2", "-q"],
-        capture_output=True, text=True, cwd=REPO, env=cli_env(), timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "dalle3_etl",
+            "convert",
+            *map(str, shards[:2]),
+            "-o",
+            str(out),
+            "--executor",
+            "ray",
+            "--workers",
+            "2",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=cli_env(),
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert "Token authentication" not in proc.stderr

@@ -7,6 +7,7 @@ import hashlib
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import convert
 
 from dalle3_etl.run import merge as merge_mod
 from dalle3_etl.run.merge import PartMerger, StreamingMerge, merge_parquet
@@ -14,8 +15,6 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import all_records
-
-from conftest import convert
 
 SMALL_GROUPS = dataclasses.replace(Settings(), row_group_rows=7)  # groups that straddle part boundaries
 

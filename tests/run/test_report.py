@@ -7,10 +7,9 @@ import io
 from rich.console import Console
 
 from dalle3_etl.run import report
-
-from dalle3_etl.shard import convert as shard
 from dalle3_etl.run.pipeline import run_convert
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard import convert as shard
 from dalle3_etl.sources.resolve import resolve_inputs
 
 

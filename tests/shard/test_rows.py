@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dalle3_etl.shard.rows import JsonInfo, Reason, Reject, choose_caption, clean_caption, json_size, parse_json
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard.rows import JsonInfo, Reason, Reject, choose_caption, clean_caption, json_size, parse_json
 
 CHAIN = Settings().caption_chain
 
@@ -84,7 +84,7 @@ def test_extra_fields_keep_lists_and_stringify_other_types():
         ("x \x00 y", "x y"),  # removing a control never leaves a double space
         ("nel\x85 fs\x1c", "nel fs"),  # NEL and \x1c-\x1f are whitespace
         ("\u200bhidden start", "\u200bhidden start"),  # format characters inside text are kept
-        ("\U0001F468\u200d\U0001F469", "\U0001F468\u200d\U0001F469"),  # (a ZWJ emoji sequence)
+        ("\U0001f468\u200d\U0001f469", "\U0001f468\u200d\U0001f469"),  # (a ZWJ emoji sequence)
     ],
 )
 def test_clean_caption_removes_controls_and_finds_invisible_captions_empty(raw, clean):

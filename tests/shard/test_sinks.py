@@ -9,7 +9,9 @@ import textwrap
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from dalle3_etl.shard import sinks
 
@@ -27,10 +29,20 @@ def _same(values, type_):
     got.validate(full=True)
 
 
-@pytest.mark.parametrize("values", [
-    [], ["a"], [""], ["", "", ""], [None], [None, None], ["x", None, "ü€😀", "", None, "tab\tnew"],
-    ["a" * 1000, "b"], [None] * 9 + ["last"],  # a validity bitmap across a byte boundary
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        ["a"],
+        [""],
+        ["", "", ""],
+        [None],
+        [None, None],
+        ["x", None, "ü€😀", "", None, "tab\tnew"],
+        ["a" * 1000, "b"],
+        [None] * 9 + ["last"],  # a validity bitmap across a byte boundary
+    ],
+)
 def test_strings_equal_pa_array(values):
     _same(values, pa.string())
 
@@ -40,9 +52,17 @@ def test_int32_equal_pa_array(values):
     _same(values, pa.int32())
 
 
-@pytest.mark.parametrize("values", [
-    [], [None], [[]], [[""]], [["a", "b"], None, [], ["ü"]], [None, ["x"]] * 5,
-])
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [None],
+        [[]],
+        [[""]],
+        [["a", "b"], None, [], ["ü"]],
+        [None, ["x"]] * 5,
+    ],
+)
 def test_string_lists_equal_pa_array(values):
     _same(values, pa.list_(pa.string()))
 

@@ -14,23 +14,30 @@ import tarfile
 import tracemalloc
 
 import pytest
+from badinput_helpers import meta_record, pax_data
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from badinput_helpers import meta_record, pax_data
 from dalle3_etl.shard import tarbytes, tarheader
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarstream import Member, TarFormatError, TarReader
 
 FORMATS = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT, "pax": tarfile.PAX_FORMAT}
 TYPE_KIND = {
-    tarfile.REGTYPE: "file", tarfile.AREGTYPE: "file", tarfile.CONTTYPE: "file",
-    tarfile.LNKTYPE: "hardlink", tarfile.SYMTYPE: "symlink", tarfile.CHRTYPE: "chardev",
-    tarfile.BLKTYPE: "blockdev", tarfile.DIRTYPE: "dir", tarfile.FIFOTYPE: "fifo",
+    tarfile.REGTYPE: "file",
+    tarfile.AREGTYPE: "file",
+    tarfile.CONTTYPE: "file",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.CHRTYPE: "chardev",
+    tarfile.BLKTYPE: "blockdev",
+    tarfile.DIRTYPE: "dir",
+    tarfile.FIFOTYPE: "fifo",
 }
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+
 
 class OnlyRead:
     """A non-seekable stream: only .read(), and short reads like a pipe."""
@@ -99,9 +106,9 @@ def reader_view(reader: TarReader, piece: int | None = None):
 
 
 def fix_checksum(raw: bytearray, hoff: int) -> None:
-    block = raw[hoff:hoff + 512]
+    block = raw[hoff : hoff + 512]
     block[148:156] = b" " * 8
-    raw[hoff + 148:hoff + 156] = b"%06o\0 " % sum(block)
+    raw[hoff + 148 : hoff + 156] = b"%06o\0 " % sum(block)
 
 
 def offsets(raw: bytes):
@@ -139,7 +146,9 @@ def members_for(fmt_name: str):
         ("a/0001.json", b'{"caption": "x"}' * 90),
         ("a/0001.jpg", rnd(5000)),
         ("a/empty.txt", b""),
-        ("a/s511", rnd(511, 2)), ("a/s512", rnd(512, 3)), ("a/s513", rnd(513, 4)),
+        ("a/s511", rnd(511, 2)),
+        ("a/s512", rnd(512, 3)),
+        ("a/s513", rnd(513, 4)),
         info("a/sub", tarfile.DIRTYPE),
         ("L" * 60 + "/" + "m" * 80 + ".jpg", rnd(700, 5)),
         ("données/画像-ü.jpg", rnd(1200, 6)),
@@ -160,6 +169,7 @@ def members_for(fmt_name: str):
 
 
 # -- equivalence with tarfile ----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fmt_name", list(FORMATS))
 def test_equivalence_with_tarfile(fmt_name, tmp_path):
@@ -190,8 +200,11 @@ def test_partial_reads_and_unread_members(fmt_name, tmp_path):
 
 
 def test_global_pax_header_and_non_ascii_pax(tmp_path):
-    raw = make_tar([("ascii.json", b"{}"), ("ünï/cödé.jpg", rnd(100))], tarfile.PAX_FORMAT,
-                   pax_headers={"comment": "made by a test"})
+    raw = make_tar(
+        [("ascii.json", b"{}"), ("ünï/cödé.jpg", rnd(100))],
+        tarfile.PAX_FORMAT,
+        pax_headers={"comment": "made by a test"},
+    )
     for mode, reader in readers(raw, tmp_path):
         assert reader_view(reader) == tarfile_view(raw), mode
 
@@ -209,9 +222,10 @@ def test_copy_to_matches(tmp_path):
 
 
 def test_position_and_bounded_buffers(tmp_path):
-    raw = make_tar([(f"k/{i:04d}.{ext}", rnd(size, i)) for i in range(30)
-                    for ext, size in (("json", 1500), ("jpg", 300_000))])
-    for mode, reader in readers(raw, tmp_path):
+    raw = make_tar(
+        [(f"k/{i:04d}.{ext}", rnd(size, i)) for i in range(30) for ext, size in (("json", 1500), ("jpg", 300_000))]
+    )
+    for _mode, reader in readers(raw, tmp_path):
         last = 0
         for m in reader:
             assert m.offset - 512 <= reader.position + reader._start <= m.offset
@@ -223,8 +237,9 @@ def test_position_and_bounded_buffers(tmp_path):
 
 
 def test_seekable_mode_does_not_read_skipped_bodies(tmp_path, monkeypatch):
-    raw = make_tar([(f"k/{i:04d}.{ext}", rnd(size, i)) for i in range(20)
-                    for ext, size in (("json", 1500), ("jpg", 1_000_000))])
+    raw = make_tar(
+        [(f"k/{i:04d}.{ext}", rnd(size, i)) for i in range(20) for ext, size in (("json", 1500), ("jpg", 1_000_000))]
+    )
     path = tmp_path / "big.tar"
     path.write_bytes(raw)
     real_pread = os.pread
@@ -272,14 +287,14 @@ def test_base256_and_pax_size_over_8gib(fmt_name, tmp_path):
 def test_v7_headers_and_signed_checksums(tmp_path):
     raw = bytearray(make_tar([("dir/", b""), ("dir/ü.bin", b"abc"), ("x.json", b"{}")], tarfile.USTAR_FORMAT))
     (h1, *_), (h2, *_), (h3, *_) = offsets(bytes(raw))
-    raw[h1 + 156:h1 + 157] = b"\0"  # v7 regular file whose name ends with '/': a directory
+    raw[h1 + 156 : h1 + 157] = b"\0"  # v7 regular file whose name ends with '/': a directory
     for hoff in (h1, h2, h3):
-        raw[hoff + 257:hoff + 265] = bytes(8)  # v7: no magic
+        raw[hoff + 257 : hoff + 265] = bytes(8)  # v7: no magic
         fix_checksum(raw, hoff)
-    block = raw[h2:h2 + 512]
+    block = raw[h2 : h2 + 512]
     block[148:156] = b" " * 8
     signed = sum(b - 256 if b > 127 else b for b in block)
-    raw[h2 + 148:h2 + 156] = b"%06o\0 " % signed  # some old tars wrote signed sums
+    raw[h2 + 148 : h2 + 156] = b"%06o\0 " % signed  # some old tars wrote signed sums
     raw = bytes(raw)
     expected = tarfile_view(raw)
     assert [e[3] for e in expected] == ["dir", "file", "file"]
@@ -288,8 +303,14 @@ def test_v7_headers_and_signed_checksums(tmp_path):
 
 
 def test_nti_matches_tarfile():
-    for field in (b"0000644\0", b"   17 \0", b"\0" * 8, b"00000001750\0",
-                  b"\x80" + (9 * 1024**3).to_bytes(11, "big"), b"\xff" + b"\xff" * 10 + b"\xfe"):
+    for field in (
+        b"0000644\0",
+        b"   17 \0",
+        b"\0" * 8,
+        b"00000001750\0",
+        b"\x80" + (9 * 1024**3).to_bytes(11, "big"),
+        b"\xff" + b"\xff" * 10 + b"\xfe",
+    ):
         assert tarheader.nti(field) == tarfile.nti(field)
     with pytest.raises(ValueError):
         tarheader.nti(b"12x4\0")
@@ -325,6 +346,7 @@ def test_hypothesis_equivalence(entries, fmt_name, seed):
 
 # -- damage ----------------------------------------------------------------------------------------
 
+
 def three_members() -> bytes:
     return make_tar([("s/0001.json", rnd(1500, 1)), ("s/0001.jpg", rnd(4000, 2)), ("s/0002.json", rnd(1000, 3))])
 
@@ -358,7 +380,7 @@ def test_bad_header_after_good_members(damage, tmp_path):
     if damage == "checksum":
         raw[h3 + 3] ^= 0x01
     else:
-        raw[h3:h3 + 512] = rnd(512, 42)
+        raw[h3 : h3 + 512] = rnd(512, 42)
     for mode, reader in readers(bytes(raw), tmp_path):
         got, err = collect(reader)
         assert got == ["s/0001.json", "s/0001.jpg"], mode
@@ -369,7 +391,7 @@ def test_bad_header_after_good_members(damage, tmp_path):
 def test_eof_inside_header(tmp_path):
     raw = three_members()
     h3 = offsets(raw)[2][0]
-    for mode, reader in readers(raw[:h3 + 100], tmp_path):
+    for mode, reader in readers(raw[: h3 + 100], tmp_path):
         got, err = collect(reader)
         assert got == ["s/0001.json", "s/0001.jpg"], mode
         assert err.offset == h3 and "truncated inside header" in str(err) and "'s/0001.jpg'" in str(err)
@@ -378,7 +400,7 @@ def test_eof_inside_header(tmp_path):
 def test_eof_inside_member_data(tmp_path):
     raw = three_members()
     _, d2, size2, name2 = offsets(raw)[1]
-    cut = raw[:d2 + 10]
+    cut = raw[: d2 + 10]
     for mode, reader in readers(cut, tmp_path):
         got, err = collect(reader)
         if mode == "stream":  # a stream cannot know before reading
@@ -402,7 +424,7 @@ def test_eof_inside_member_data(tmp_path):
 def test_eof_at_header_boundary_without_end_marker(tmp_path):
     raw = three_members()
     _, d3, size3, _ = offsets(raw)[2]
-    cut = raw[:d3 + (size3 + 511) // 512 * 512]
+    cut = raw[: d3 + (size3 + 511) // 512 * 512]
     for mode, reader in readers(cut, tmp_path):
         got, err = collect(reader)
         assert got == ["s/0001.json", "s/0001.jpg", "s/0002.json"], mode
@@ -413,7 +435,7 @@ def test_eof_at_header_boundary_without_end_marker(tmp_path):
 def test_eof_inside_padding(tmp_path):
     raw = three_members()
     _, d3, size3, _ = offsets(raw)[2]
-    for mode, reader in readers(raw[:d3 + size3 + 3], tmp_path):
+    for mode, reader in readers(raw[: d3 + size3 + 3], tmp_path):
         got, err = collect(reader)
         assert got == ["s/0001.json", "s/0001.jpg", "s/0002.json"], mode
         assert "padding after member 's/0002.json'" in str(err)
@@ -423,7 +445,7 @@ def test_single_zero_block_then_eof_is_accepted(tmp_path):
     raw = three_members()
     _, d3, size3, _ = offsets(raw)[2]
     end = d3 + (size3 + 511) // 512 * 512
-    for mode, reader in readers(raw[:end + 512], tmp_path):
+    for mode, reader in readers(raw[: end + 512], tmp_path):
         assert [m.name for m in reader] == ["s/0001.json", "s/0001.jpg", "s/0002.json"], mode
 
 
@@ -451,6 +473,7 @@ def test_meta_record_over_limit(tmp_path):
 
 
 # -- meta records are capped in total: per member (a chain) and per archive (global headers) ---------
+
 
 def insert_before(raw: bytes, index: int, blocks: bytes) -> bytes:
     """`raw` with `blocks` inserted right before member number `index` (its first header)."""
@@ -491,7 +514,7 @@ def pax_data_path(data: bytes) -> str:
     """The name a `meta_data` record carries."""
     if data.endswith(b"\0"):
         return data[:-1].decode()
-    return data[data.index(b"=") + 1:-1].decode()
+    return data[data.index(b"=") + 1 : -1].decode()
 
 
 def test_a_long_chain_of_pax_headers_is_refused_with_bounded_memory(tmp_path):
@@ -553,8 +576,9 @@ def test_a_large_global_header_is_not_carried_to_every_member(honoured, tmp_path
     hits = count_fast_path(monkeypatch)
     for mode, reader in readers(raw, tmp_path):
         got = [(m.name, m.size, m.offset - len(meta_record(b"g", big)), m.kind, m.problem) for m in reader]
-        assert got == [(n, s, o, k, "sparse member (not supported)" if honoured else None)
-                       for n, s, o, k, _ in expected], mode
+        assert got == [
+            (n, s, o, k, "sparse member (not supported)" if honoured else None) for n, s, o, k, _ in expected
+        ], mode
         # what is kept of the header is the presence of the one record that is honoured, not the header
         assert reader._global_pax == ({tarheader.SPARSE: b""} if honoured else {}), mode
     # a header with nothing honoured in it leaves the fast path open; one with a record in force closes it
@@ -566,16 +590,18 @@ def pax_tar_with_record(record: bytes) -> tuple[bytes, int]:
     """A pax tar whose second member's pax header data starts with the given record (same length)."""
     raw = bytearray(make_tar([("ok.json", b"{}"), ("ü.jpg", b"x")], tarfile.PAX_FORMAT))
     h2 = offsets(bytes(raw))[1][0]
-    assert raw[h2 + 156:h2 + 157] == b"x"
+    assert raw[h2 + 156 : h2 + 157] == b"x"
     data = h2 + 512
-    rec_len = int(raw[data:raw.index(b" ", data)])
+    rec_len = int(raw[data : raw.index(b" ", data)])
     assert len(record) == rec_len
-    raw[data:data + rec_len] = record
+    raw[data : data + rec_len] = record
     return bytes(raw), h2
 
 
-@pytest.mark.parametrize("record", [b"13 path\x00\xc3\xbc.jpg\n", b"99 path=\xc3\xbc.jpg\n", b"1x path=\xc3\xbc.jpg\n",
-                                    b"13 path=\xc3\xbc.jpgX"])
+@pytest.mark.parametrize(
+    "record",
+    [b"13 path\x00\xc3\xbc.jpg\n", b"99 path=\xc3\xbc.jpg\n", b"1x path=\xc3\xbc.jpg\n", b"13 path=\xc3\xbc.jpgX"],
+)
 def test_malformed_pax_records(record, tmp_path):
     raw, h2 = pax_tar_with_record(record)
     for mode, reader in readers(raw, tmp_path):
@@ -588,7 +614,7 @@ def test_malformed_pax_records(record, tmp_path):
 def test_pax_header_then_end_marker(tmp_path):
     raw = make_tar([("ok.json", b"{}"), ("ü.jpg", b"x")], tarfile.PAX_FORMAT)
     _, d2, _, _ = offsets(raw)[1]
-    damaged = raw[:d2 - 512] + bytes(4096)
+    damaged = raw[: d2 - 512] + bytes(4096)
     for mode, reader in readers(damaged, tmp_path):
         got, err = collect(reader)
         assert got == ["ok.json"] and "member it describes is missing" in str(err), mode
@@ -635,9 +661,17 @@ def test_unsafe_names(fmt_name, tmp_path):
 
 def test_link_device_fifo_and_other_members(tmp_path):
     odd = info("vol", b"V")
-    specs = [info("l", tarfile.SYMTYPE, "../../etc/passwd"), info("h", tarfile.LNKTYPE, "ok.json"),
-             info("c", tarfile.CHRTYPE), info("b", tarfile.BLKTYPE), info("f", tarfile.FIFOTYPE),
-             info("d/", tarfile.DIRTYPE), info("../up/", tarfile.DIRTYPE), odd, ("ok.json", b"{}")]
+    specs = [
+        info("l", tarfile.SYMTYPE, "../../etc/passwd"),
+        info("h", tarfile.LNKTYPE, "ok.json"),
+        info("c", tarfile.CHRTYPE),
+        info("b", tarfile.BLKTYPE),
+        info("f", tarfile.FIFOTYPE),
+        info("d/", tarfile.DIRTYPE),
+        info("../up/", tarfile.DIRTYPE),
+        odd,
+        ("ok.json", b"{}"),
+    ]
     raw = make_tar(specs)
     for mode, reader in readers(raw, tmp_path):
         got = [(m.name, m.kind, m.problem, m.linkname) for m in reader]
@@ -658,7 +692,10 @@ def test_name_normalisation(tmp_path):
     raw = make_tar([info("./", tarfile.DIRTYPE), ("./a/b.jpg", b"1"), ("a//c.json", b"2"), ("./x/./y.png", b"3")])
     for mode, reader in readers(raw, tmp_path):
         assert [(m.name, m.kind, m.problem) for m in reader] == [
-            (".", "dir", None), ("a/b.jpg", "file", None), ("a/c.json", "file", None), ("x/y.png", "file", None),
+            (".", "dir", None),
+            ("a/b.jpg", "file", None),
+            ("a/c.json", "file", None),
+            ("x/y.png", "file", None),
         ], mode
 
 
@@ -688,6 +725,7 @@ def test_gnu_longname_records_are_not_members(tmp_path):
 
 
 # -- random access ---------------------------------------------------------------------------------
+
 
 def test_pread_does_not_disturb_iteration(tmp_path):
     raw = make_tar([("a.json", rnd(1500, 1)), ("a.jpg", rnd(90_000, 2)), ("b.json", rnd(1500, 3))])
@@ -774,6 +812,7 @@ def test_copy_range_past_end_raises(tmp_path):
 
 # -- compressed input ------------------------------------------------------------------------------
 
+
 def test_open_tar_gzip_stream(tmp_path):
     plain = make_tar(members_for("pax"), tarfile.PAX_FORMAT)
     expected = tarfile_view(plain)
@@ -818,8 +857,13 @@ def test_open_tar_zstd_is_explained():
 def test_real_pipe_stream_skips_large_unread_bodies():
     import threading
 
-    raw = make_tar([(f"k/{i}.{ext}", rnd(size, i)) for i in range(3)
-                    for ext, size in (("json", 1500), ("jpg", 2 * 1024 * 1024 + 99))])
+    raw = make_tar(
+        [
+            (f"k/{i}.{ext}", rnd(size, i))
+            for i in range(3)
+            for ext, size in (("json", 1500), ("jpg", 2 * 1024 * 1024 + 99))
+        ]
+    )
     expected = [e for e in tarfile_view(raw)]
     rfd, wfd = os.pipe()
 
@@ -841,6 +885,7 @@ def test_real_pipe_stream_skips_large_unread_bodies():
 
 # -- the seekable fast path (`_next_plain`) gives what the general path gives ------------------------
 
+
 def _members(raw: bytes, tmp_path) -> list[tuple]:
     path = tmp_path / f"fp{random.random()}.tar"
     path.write_bytes(raw)
@@ -855,9 +900,18 @@ def _members(raw: bytes, tmp_path) -> list[tuple]:
 
 @pytest.mark.parametrize("fmt_name", list(FORMATS))
 def test_fast_path_matches_general_path(fmt_name, tmp_path, monkeypatch):
-    tricky = [("./dot/0001.json", b"{}"), ("a/.hidden.jpg", rnd(10)), ("sp ace/x,y=z@1.jpg", rnd(600, 11)),
-              ("c:drive.jpg", rnd(3)), ("back\\slash.jpg", rnd(3)), ("../up.jpg", rnd(3)), ("/abs.jpg", rnd(3)),
-              info("v7/", tarfile.DIRTYPE), ("tab\tname.json", b"{}"), ("big/0003.png", rnd(20000, 12))]
+    tricky = [
+        ("./dot/0001.json", b"{}"),
+        ("a/.hidden.jpg", rnd(10)),
+        ("sp ace/x,y=z@1.jpg", rnd(600, 11)),
+        ("c:drive.jpg", rnd(3)),
+        ("back\\slash.jpg", rnd(3)),
+        ("../up.jpg", rnd(3)),
+        ("/abs.jpg", rnd(3)),
+        info("v7/", tarfile.DIRTYPE),
+        ("tab\tname.json", b"{}"),
+        ("big/0003.png", rnd(20000, 12)),
+    ]
     raw = make_tar(members_for(fmt_name) + tricky, FORMATS[fmt_name])
     hits = count_fast_path(monkeypatch)
     with_fast = _members(raw, tmp_path)

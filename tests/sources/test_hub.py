@@ -5,18 +5,23 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from fakehub import FakeHub, fake_hub, hub_env, make_shard  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from dalle3_etl.sources.base import SourceError
 from dalle3_etl.sources.hub import stream, transfer
 from dalle3_etl.sources.hub.download import download
 from dalle3_etl.sources.hub.errors import HubIntegrityError, HubNotFoundError, HubTransferError, ShardSelectionError
-from dalle3_etl.sources.hub.resolve import (_expand_braces, _glob_regex, resolve_hub_input, resolve_hub_inputs,
-                                            with_keep_dir)
+from dalle3_etl.sources.hub.resolve import (
+    _expand_braces,
+    _glob_regex,
+    resolve_hub_input,
+    resolve_hub_inputs,
+    with_keep_dir,
+)
 from dalle3_etl.sources.hub.selection import parse_shard_selection
 from dalle3_etl.sources.hub.stream import HubShardSource, open_verified_stream
 from dalle3_etl.sources.resolve import resolve_inputs
-from fakehub import FakeHub, fake_hub, hub_env, make_shard  # noqa: F401  (fixtures)
 
 S0, S1, S2 = (f"data/data-{i:06d}.tar" for i in range(3))
 
@@ -50,17 +55,26 @@ def cli():
 
 # -- shard selection ---------------------------------------------------------------------------------
 
+
 def test_parse_shard_selection():
     assert parse_shard_selection("0-9,12") == [*range(10), 12]
     assert parse_shard_selection(" 3 , 1-2,2 ") == [1, 2, 3]
     assert parse_shard_selection("68") == [68]
-    for bad, says in [("", "empty"), ("1,,2", "empty item"), ("a", "'a'"), ("5-2", "backwards"),
-                      ("-3", "'-3'"), ("1-", "'1-'"), ("1000000", "out of range")]:
+    for bad, says in [
+        ("", "empty"),
+        ("1,,2", "empty item"),
+        ("a", "'a'"),
+        ("5-2", "backwards"),
+        ("-3", "'-3'"),
+        ("1-", "'1-'"),
+        ("1000000", "out of range"),
+    ]:
         with pytest.raises(ShardSelectionError, match=says):
             parse_shard_selection(bad)
 
 
 # -- download ----------------------------------------------------------------------------------------
+
 
 def test_download_subset(fake_hub, tmp_path):
     results = download(fake_hub.repo_id, tmp_path / "dl", shards="0-1", progress=False)
@@ -178,6 +192,7 @@ def test_an_unreachable_hub_ends_download_with_1_and_convert_with_2(hub_env, tmp
 
 # -- hf:// sources -----------------------------------------------------------------------------------
 
+
 def test_resolve_glob_pins_commit(fake_hub):
     sources = resolve_hub_input(fake_hub.uri("data/*.tar"))
     assert [s.shard_id for s in sources] == ["data-000000", "data-000001", "data-000002"]
@@ -187,8 +202,11 @@ def test_resolve_glob_pins_commit(fake_hub):
         assert s.size == len(data) and s.sha256 == hashlib.sha256(data).hexdigest()
         assert s.uri == f"hf://datasets/{fake_hub.repo_id}@{fake_hub.commit}/{s.path_in_repo}"
         # No commit in the fingerprint: adding shards upstream (a new commit) must not redo unchanged ones.
-        assert s.fingerprint == {"uri": f"hf://datasets/{fake_hub.repo_id}/{s.path_in_repo}", "size": s.size,
-                                 "sha256": s.sha256}
+        assert s.fingerprint == {
+            "uri": f"hf://datasets/{fake_hub.repo_id}/{s.path_in_repo}",
+            "size": s.size,
+            "sha256": s.sha256,
+        }
     picked = resolve_hub_input(fake_hub.uri("data/data-00000[0-1].tar", revision="main"))
     assert [s.shard_id for s in picked] == ["data-000000", "data-000001"]
     assert [s.shard_id for s in resolve_hub_input(fake_hub.uri("data"))] == [s.shard_id for s in sources]
@@ -201,10 +219,13 @@ def test_resolve_glob_pins_commit(fake_hub):
     assert later[1].fingerprint != sources[1].fingerprint  # its bytes changed
     # Through the project's input resolution, mixed with nothing else (pinned to the first commit).
     assert resolve_inputs([fake_hub.uri("data/data-00000?.tar", revision=sources[0].commit)]) == sources
-    for arg, says in [(fake_hub.uri("data/*.zip"), "matches no .tar"), (fake_hub.uri("data/x.tar"), "no such file"),
-                      (fake_hub.uri("data/*.tar", revision="nope"), "revision not found"),
-                      ("hf://datasets/a/b/data/*.tar", "repository not found"),
-                      (f"hf://datasets/{fake_hub.repo_id}", "give a path")]:
+    for arg, says in [
+        (fake_hub.uri("data/*.zip"), "matches no .tar"),
+        (fake_hub.uri("data/x.tar"), "no such file"),
+        (fake_hub.uri("data/*.tar", revision="nope"), "revision not found"),
+        ("hf://datasets/a/b/data/*.tar", "repository not found"),
+        (f"hf://datasets/{fake_hub.repo_id}", "give a path"),
+    ]:
         with pytest.raises(SourceError, match=says):
             resolve_hub_input(arg)
 

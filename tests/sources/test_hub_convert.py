@@ -6,10 +6,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from typer.testing import CliRunner
-
 from conftest import convert
 from fakehub import FakeHub, files_from_dir, hub_env  # noqa: F401  (fixture)
+from typer.testing import CliRunner
+
 from dalle3_etl.cli import app
 
 
@@ -27,10 +27,19 @@ def test_convert_from_hub_is_byte_identical_to_local(hub_corpus, converted, tmp_
     hub.cut("data/data-000001.tar", after=20_000)  # a dropped connection mid-shard is resumed with a Range request
     keep = tmp_path / "tars"
     out = tmp_path / "hub-out"
-    result = CliRunner().invoke(app, [
-        "convert", f"hf://datasets/{hub.repo_id}/data/*.tar", "-o", str(out), "--workers", "1",
-        "--keep-tars", str(keep),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "convert",
+            f"hf://datasets/{hub.repo_id}/data/*.tar",
+            "-o",
+            str(out),
+            "--workers",
+            "1",
+            "--keep-tars",
+            str(keep),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (out / "dalle3.parquet").read_bytes() == (local_out / "dalle3.parquet").read_bytes()
     assert (out / "rejects.jsonl").read_bytes() == (local_out / "rejects.jsonl").read_bytes()

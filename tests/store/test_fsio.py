@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import tree
+
 from dalle3_etl.store.fsio import OwnershipError, Root
 
 PACKAGE = Path(__file__).resolve().parents[2] / "dalle3_etl"
@@ -22,8 +22,13 @@ def test_root_refuses_paths_outside_or_at_the_root(tmp_path):
     (tmp_path / "out").mkdir()
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")
-    for path in (victim, tmp_path / "out", tmp_path / "out" / ".." / "victim.txt", tmp_path / "outside" / "x",
-                 Path(str(tmp_path / "out") + "2") / "x"):
+    for path in (
+        victim,
+        tmp_path / "out",
+        tmp_path / "out" / ".." / "victim.txt",
+        tmp_path / "outside" / "x",
+        Path(str(tmp_path / "out") + "2") / "x",
+    ):
         with pytest.raises(OwnershipError):
             root.unlink(path)
         with pytest.raises(OwnershipError):
@@ -75,8 +80,9 @@ def test_remove_files_removes_exactly_the_listed_regular_files(tmp_path):
         (base / name).write_bytes(b"x")
     (base / "link").symlink_to(outside)  # a user's link inside the shard's folder
     (base / "c.jpg").symlink_to(outside / "a.jpg")  # a user's link under a name the tool once wrote
-    removed = Root(out, link_ok=("data",)).remove_files(base, ["a.jpg", "a.txt", "sub/b.jpg", "link/a.jpg",
-                                                                "c.jpg", "../../x", "missing.jpg"])
+    removed = Root(out, link_ok=("data",)).remove_files(
+        base, ["a.jpg", "a.txt", "sub/b.jpg", "link/a.jpg", "c.jpg", "../../x", "missing.jpg"]
+    )
     assert removed == 3
     assert sorted(tree(base)) == ["c.jpg", "link", "notes.md"]  # sub/ was left empty: pruned
     assert (outside / "a.jpg").read_bytes() == b"user"
@@ -112,7 +118,7 @@ def test_every_delete_move_and_overwrite_in_the_package_goes_through_fsio():
             bad = direct.search(code) is not None
             for m in method.finditer(code):
                 receiver, name, first = m.groups()
-                if name == "replace" and (first in "\"'" or code[m.end() - 1:].startswith("os.sep")):
+                if name == "replace" and (first in "\"'" or code[m.end() - 1 :].startswith("os.sep")):
                     continue  # str.replace
                 if receiver in ("fs", "root") or (receiver == ")" and "Root(" in code):
                     continue  # fsio.Root

@@ -106,10 +106,18 @@ def test_a_record_written_before_shard_record_reads_back_and_writes_byte_identic
 def test_the_fields_of_an_old_record(layout):
     complete, damaged = ShardRecord.from_bytes(OLD_COMPLETE), ShardRecord.from_bytes(OLD_DAMAGED)
     assert (complete.samples, complete.rejects, complete.notes, complete.error, complete.published) == (
-        5, {}, {"size_from_header": 1}, None, True)
+        5,
+        {},
+        {"size_from_header": 1},
+        None,
+        True,
+    )
     assert not complete.damaged and complete.settings["parquet_name"] == "dalle3.parquet"
-    assert complete.source == {"mtime_ns": 1796061906995670762, "path": "/tmp/store_fx/in/data-000000.tar",
-                               "size": 61440}
+    assert complete.source == {
+        "mtime_ns": 1796061906995670762,
+        "path": "/tmp/store_fx/in/data-000000.tar",
+        "size": 61440,
+    }
     assert damaged.damaged and damaged.error.startswith("/tmp/store_fx/in/data-000001.tar: truncated")
     assert damaged.rejects == {"json_without_image": 1, "shard_unreadable": 1} and damaged.samples == 3
 
@@ -123,16 +131,26 @@ def test_an_update_writes_the_same_bytes_as_the_old_dict_update(layout):
     old["rejects"]["name_clash"] = old["rejects"].get("name_clash", 0) + 1
     old["published"] = True
     record = ShardRecord.from_bytes(OLD_DAMAGED)
-    record = replace(record, samples=record.samples - 1, published=True,
-                     rejects={**record.rejects, "name_clash": record.rejects.get("name_clash", 0) + 1})
+    record = replace(
+        record,
+        samples=record.samples - 1,
+        published=True,
+        rejects={**record.rejects, "name_clash": record.rejects.get("name_clash", 0) + 1},
+    )
     assert record.to_bytes() == orjson.dumps(old, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
-@pytest.mark.parametrize("text", [
-    OLD_COMPLETE[: len(OLD_COMPLETE) // 2],  # torn
-    OLD_COMPLETE.replace(b'"notes"', b'"nites"'),  # a field missing
-    b"[]", b"null", b"",
-], ids=["torn", "missing-key", "list", "null", "empty"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        OLD_COMPLETE[: len(OLD_COMPLETE) // 2],  # torn
+        OLD_COMPLETE.replace(b'"notes"', b'"nites"'),  # a field missing
+        b"[]",
+        b"null",
+        b"",
+    ],
+    ids=["torn", "missing-key", "list", "null", "empty"],
+)
 def test_a_record_that_does_not_parse_counts_as_no_record(layout, text):
     layout.record("data-000000").write_bytes(text)
     layout.record("data-000001").write_bytes(OLD_DAMAGED)

@@ -27,12 +27,25 @@ def layout(tmp_path) -> Layout:
 
 
 def _complete(layout: Layout, src: ShardSource, error: str | None = None) -> None:
-    write_record(layout, ShardRecord(shard=src.shard_id, source=dict(src.fingerprint), settings=Settings().output_fingerprint(),
-                                     samples=1, rejects={}, notes={}, error=error, published=True))
+    write_record(
+        layout,
+        ShardRecord(
+            shard=src.shard_id,
+            source=dict(src.fingerprint),
+            settings=Settings().output_fingerprint(),
+            samples=1,
+            rejects={},
+            notes={},
+            error=error,
+            published=True,
+        ),
+    )
 
 
 def _failed(layout: Layout, sid: str) -> None:
-    layout.fs.write_atomic(layout.state / "failed" / f"{sid}.json", orjson.dumps({"shard_id": sid, "failure": "OSError"}))
+    layout.fs.write_atomic(
+        layout.state / "failed" / f"{sid}.json", orjson.dumps({"shard_id": sid, "failure": "OSError"})
+    )
 
 
 def test_what_a_rerun_does_with_each_kind_of_shard(layout):
@@ -44,8 +57,11 @@ def test_what_a_rerun_does_with_each_kind_of_shard(layout):
 
     plan = plan_run(layout, [done, changed, damaged, failed, new], retry_failed=False)
     assert [s.shard_id for s in plan.todo] == ["s1", "s3", "s4"]
-    assert plan.why == {"s1": "input changed since it was converted", "s3": "failed last time",
-                        "s4": "not converted yet"}
+    assert plan.why == {
+        "s1": "input changed since it was converted",
+        "s3": "failed last time",
+        "s4": "not converted yet",
+    }
     assert plan.skipped == ["s0", "s2"] and plan.damaged == ["s2"] and plan.deferred == []
     assert "add --retry-failed" in plan.notices()[0]
 
@@ -77,10 +93,16 @@ def test_cleanup_removes_temporaries_everywhere_and_output_of_shards_without_a_r
     (layout.shard_data("s1") / "b.jpg").write_bytes(b"y")
     (layout.shard_data("s1") / "b.txt").write_bytes(b"caption")
     _part(layout, "s1", ["s1/b.jpg"])
-    temporaries = [layout.out / ".dalle3.parquet.tmp", layout.state / ".manifest.json.tmp-12",
-                   layout.state / "shards" / ".s1.json.tmp-7", layout.state / "parts" / ".s0.parquet.tmp",
-                   layout.state / "rejects" / ".s0.jsonl.tmp-3", layout.state / "failed" / ".s1.json.tmp-9",
-                   layout.staging("s1") / "pending" / "1", layout.trash / "0-shards" / "s9.json"]
+    temporaries = [
+        layout.out / ".dalle3.parquet.tmp",
+        layout.state / ".manifest.json.tmp-12",
+        layout.state / "shards" / ".s1.json.tmp-7",
+        layout.state / "parts" / ".s0.parquet.tmp",
+        layout.state / "rejects" / ".s0.jsonl.tmp-3",
+        layout.state / "failed" / ".s1.json.tmp-9",
+        layout.staging("s1") / "pending" / "1",
+        layout.trash / "0-shards" / "s9.json",
+    ]
     for path in temporaries:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"tmp")
@@ -95,9 +117,9 @@ def test_cleanup_removes_temporaries_everywhere_and_output_of_shards_without_a_r
 def test_status_tells_whether_dalle3_parquet_is_up_to_date(tmp_path):
     import io
 
+    from conftest import convert
     from rich.console import Console
 
-    from conftest import convert
     from dalle3_etl.check.status import print_status
     from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 

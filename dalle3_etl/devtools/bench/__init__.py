@@ -43,5 +43,14 @@ from dalle3_etl.devtools.bench.procs import Runner
 from dalle3_etl.devtools.bench.profiling import STAGES, profile_shard
 from dalle3_etl.devtools.bench.run import run_bench
 
-__all__ = ["BenchConfig", "run_bench", "ALL_MODES", "BASELINES", "STAGES", "SCRIPTS_DIR", "BenchError", "Runner",
-           "profile_shard"]
+__all__ = [
+    "BenchConfig",
+    "run_bench",
+    "ALL_MODES",
+    "BASELINES",
+    "STAGES",
+    "SCRIPTS_DIR",
+    "BenchError",
+    "Runner",
+    "profile_shard",
+]

@@ -16,8 +16,14 @@ CONVERT_MODES = {
     "convert-parquet-1w": ["--no-images", "--no-captions"],
 }
 ALL_MODES = (
-    "convert-parquet", "convert-captions", "convert-full", "convert-parquet-1w",
-    "old-recipe", "webdataset", "tar-json", "tar-xf",
+    "convert-parquet",
+    "convert-captions",
+    "convert-full",
+    "convert-parquet-1w",
+    "old-recipe",
+    "webdataset",
+    "tar-json",
+    "tar-xf",
 )
 BASELINES = ("tar-json", "tar-xf", "old-recipe", "webdataset")
 SCRIPTS_DIR = Path(__file__).resolve().parent / "baselines"  # old_recipe/ and wds_baseline.py, shipped in the package

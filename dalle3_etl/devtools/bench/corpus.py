@@ -12,6 +12,7 @@ from pathlib import Path
 from dalle3_etl.devtools.bench.config import BenchError, _rmtree
 from dalle3_etl.devtools.bench.machine import portable
 
+
 @dataclass
 class Corpus:
     path: Path
@@ -24,7 +25,7 @@ class Corpus:
 
 
 def _write_one(args: tuple[str, dict, int]) -> None:
-    from dalle3_etl.devtools.synth import SynthSpec, write_shard, shard_name
+    from dalle3_etl.devtools.synth import SynthSpec, shard_name, write_shard
 
     folder, spec, index = args
     write_shard(Path(folder) / f"{shard_name(index)}.tar", SynthSpec(**spec), index)
@@ -54,15 +55,20 @@ def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int,
                 _write_one(job)
         marker.write_text(json.dumps(spec))
     return Corpus(
-        path=folder, shards=paths, samples=shards * per_shard, bytes=sum(p.stat().st_size for p in paths),
-        generated=not reused, generate_seconds=0.0 if reused else time.perf_counter() - start, spec=spec,
+        path=folder,
+        shards=paths,
+        samples=shards * per_shard,
+        bytes=sum(p.stat().st_size for p in paths),
+        generated=not reused,
+        generate_seconds=0.0 if reused else time.perf_counter() - start,
+        spec=spec,
     )
 
 
 def existing_corpus(folder: Path) -> Corpus:
     """Shards the user already has: count samples (JSON members) by walking the tar headers."""
-    from dalle3_etl.shard.tarcompress import open_tar
     from dalle3_etl.shard.samples import classify
+    from dalle3_etl.shard.tarcompress import open_tar
 
     paths = sorted(folder.glob("*.tar"))
     if not paths:
@@ -73,5 +79,11 @@ def existing_corpus(folder: Path) -> Corpus:
             for member in open_tar(fh):
                 if member.problem is None and classify(member.name)[1] == "json":
                     samples += 1
-    return Corpus(path=folder, shards=paths, samples=samples, bytes=sum(p.stat().st_size for p in paths),
-                  generated=False, spec={"existing": portable(folder)})
+    return Corpus(
+        path=folder,
+        shards=paths,
+        samples=samples,
+        bytes=sum(p.stat().st_size for p in paths),
+        generated=False,
+        spec={"existing": portable(folder)},
+    )

@@ -7,12 +7,13 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from dalle3_etl.devtools.bench.config import ALL_MODES, CONVERT_MODES, BenchConfig, BenchError, _rmtree
 from dalle3_etl.devtools.bench.corpus import Corpus
 from dalle3_etl.devtools.bench.procs import Runner
+
 
 def _count(folder: Path, suffixes: tuple[str, ...]) -> int:
     n = 0
@@ -54,8 +55,19 @@ class Modes:
         cfg = self.cfg
         if mode in CONVERT_MODES:
             workers = 1 if mode.endswith("-1w") else cfg.workers
-            cmd = [self.python, "-m", "dalle3_etl", "convert", *self.shards, "-o", str(out), "-q",
-                   "-w", str(workers), *CONVERT_MODES[mode]]
+            cmd = [
+                self.python,
+                "-m",
+                "dalle3_etl",
+                "convert",
+                *self.shards,
+                "-o",
+                str(out),
+                "-q",
+                "-w",
+                str(workers),
+                *CONVERT_MODES[mode],
+            ]
             return lambda r: r.run(cmd)
         if mode == "tar-json":
             cmds = [["tar", "-xOf", s, "--wildcards", "*.json"] for s in self.shards]
@@ -63,6 +75,7 @@ class Modes:
             def tar_json(r: Runner) -> None:
                 with open(os.devnull, "wb") as null:
                     r.run_parallel(cmds, cfg.workers, stdout=null)
+
             return tar_json
         if mode == "tar-xf":
             cmds = [["tar", "xf", s, "-C", str(out)] for s in self.shards]
@@ -70,6 +83,7 @@ class Modes:
             def tar_xf(r: Runner) -> None:
                 out.mkdir(parents=True)
                 r.run_parallel(cmds, cfg.workers)
+
             return tar_xf
         if mode == "old-recipe":
             make_parquet = self._script("old_recipe", "make_parquet.py")
@@ -87,6 +101,7 @@ class Modes:
                 r.run([self.python, make_captions, str(data)])
                 t3 = time.perf_counter()
                 return {"tar xf": t1 - t0, "make_parquet.py": t2 - t1, "make_captions.py": t3 - t2}
+
             return old_recipe
         if mode == "webdataset":
             script = self._script("wds_baseline.py")
@@ -103,17 +118,25 @@ class Modes:
 
             layout = Layout(out)
             data = layout.data
-            return {"rows": _parquet_rows(pinned_parquet(layout)),
-                    "captions": _count(data, (".txt",)) if data.exists() else 0,
-                    "images": _count(data, (".jpg", ".jpeg", ".png", ".webp")) if data.exists() else 0}
+            return {
+                "rows": _parquet_rows(pinned_parquet(layout)),
+                "captions": _count(data, (".txt",)) if data.exists() else 0,
+                "images": _count(data, (".jpg", ".jpeg", ".png", ".webp")) if data.exists() else 0,
+            }
         if mode == "tar-xf":
             return {"json": _count(out, (".json",)), "images": _count(out, (".jpg", ".jpeg", ".png", ".webp"))}
         if mode == "old-recipe":
-            return {"rows": _parquet_rows(out / "dalle3.parquet"), "captions": _count(out / "data", (".txt",)),
-                    "json": _count(out / "data", (".json",))}
+            return {
+                "rows": _parquet_rows(out / "dalle3.parquet"),
+                "captions": _count(out / "data", (".txt",)),
+                "json": _count(out / "data", (".json",)),
+            }
         if mode == "webdataset":
-            return {"rows": _parquet_rows(out / "dalle3.parquet"), "captions": _count(out / "data", (".txt",)),
-                    "images": _count(out / "data", (".jpg", ".jpeg", ".png", ".webp"))}
+            return {
+                "rows": _parquet_rows(out / "dalle3.parquet"),
+                "captions": _count(out / "data", (".txt",)),
+                "images": _count(out / "data", (".jpg", ".jpeg", ".png", ".webp")),
+            }
         return {}
 
     def clean(self, mode: str) -> None:

@@ -9,11 +9,12 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from dalle3_etl.devtools.bench.config import POLL_SECONDS, BenchError, _remove
+
 
 @dataclass
 class ProcStat:

@@ -10,8 +10,14 @@ from dalle3_etl.devtools.bench.config import CONVERT_MODES, _rmtree
 from dalle3_etl.devtools.bench.machine import portable
 
 STAGES = (
-    "tar header walk", "JSON parse", "record building", "pairing + driver", "image header probe",
-    "parquet write", "file creation", "other",
+    "tar header walk",
+    "JSON parse",
+    "record building",
+    "pairing + driver",
+    "image header probe",
+    "parquet write",
+    "file creation",
+    "other",
 )
 
 
@@ -22,9 +28,24 @@ def _stage_of(filename: str, func: str) -> str:
             return "JSON parse"
         if any(s in func for s in ("posix.pread", "posix.lseek", "posix.read", "posix.fstat")):
             return "tar header walk"
-        if any(s in func for s in ("posix.open", "posix.write", "posix.close", "copy_file_range", "posix.mkdir",
-                                   "posix.replace", "posix.rename", "posix.stat", "posix.unlink", "posix.rmdir",
-                                   "posix.scandir", "posix.link", "posix.fsync")):
+        if any(
+            s in func
+            for s in (
+                "posix.open",
+                "posix.write",
+                "posix.close",
+                "copy_file_range",
+                "posix.mkdir",
+                "posix.replace",
+                "posix.rename",
+                "posix.stat",
+                "posix.unlink",
+                "posix.rmdir",
+                "posix.scandir",
+                "posix.link",
+                "posix.fsync",
+            )
+        ):
             return "file creation"
         if "pyarrow" in func or "write_batch" in func or "record_batch" in func:
             return "parquet write"
@@ -52,6 +73,7 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
     """cProfile one shard conversion in this process; self time grouped by stage."""
     import cProfile
     import pstats
+
     from dalle3_etl.settings import load_settings
     from dalle3_etl.shard.convert import convert_shard
     from dalle3_etl.sources.resolve import resolve_inputs
@@ -87,7 +109,10 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
     total = sum(by_stage.values())
     top.sort(reverse=True)
     return {
-        "mode": mode, "shard": portable(shard), "wall_s_unprofiled": wall, "profiled_s": total,
+        "mode": mode,
+        "shard": portable(shard),
+        "wall_s_unprofiled": wall,
+        "profiled_s": total,
         "stages": {s: {"seconds": v, "pct": 100 * v / total if total else 0.0} for s, v in by_stage.items()},
         "top_functions": [{"self_s": t, "function": f, "stage": s} for t, f, s in top[:15]],
     }

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 from dalle3_etl.devtools.bench.config import ALL_MODES, BenchConfig, BenchError, _rmtree
 from dalle3_etl.devtools.bench.corpus import Corpus, existing_corpus, generate_corpus
@@ -18,6 +18,7 @@ from dalle3_etl.devtools.bench.profiling import profile_shard
 from dalle3_etl.devtools.bench.report import print_report, write_results
 from dalle3_etl.devtools.bench.stats import ratios, summarize, targets
 from dalle3_etl.safetext import plain
+
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dict:
     """Measure every mode `cfg.reps` times (alternated), then the memory check and the profile if asked; print
@@ -73,8 +74,10 @@ def _corpus(cfg: BenchConfig, corpus_root: Path, generated: list[Path], log: Cal
     generated.append(folder)
     log(f"corpus: {cfg.shards} shards x {cfg.per_shard} samples, ~{cfg.image_bytes} B images in {folder}")
     corpus = generate_corpus(folder, cfg.shards, cfg.per_shard, cfg.image_bytes, cfg.seed, cfg.workers)
-    log(f"  {'generated' if corpus.generated else 'reused'}: {corpus.samples:,} samples, "
-        f"{corpus.bytes / 1e9:.2f} GB" + (f" in {corpus.generate_seconds:.1f}s" if corpus.generated else ""))
+    log(
+        f"  {'generated' if corpus.generated else 'reused'}: {corpus.samples:,} samples, "
+        f"{corpus.bytes / 1e9:.2f} GB" + (f" in {corpus.generate_seconds:.1f}s" if corpus.generated else "")
+    )
     return corpus
 
 
@@ -91,24 +94,33 @@ def _run_modes(cfg: BenchConfig, corpus: Corpus, work: Path, log: Callable[[str]
             stat.check = modes.check(mode)
             modes.clean(mode)
             runs[mode].append(stat)
-            log(f"rep {rep + 1}/{cfg.reps} {mode:20s} {stat.seconds:8.2f}s  "
+            log(
+                f"rep {rep + 1}/{cfg.reps} {mode:20s} {stat.seconds:8.2f}s  "
                 f"{corpus.samples / stat.seconds:9.0f} samples/s  peak RSS {stat.peak_rss_kb / 1024:6.1f} MB  "
-                f"load {stat.load_before:.1f}  {stat.check}")
+                f"load {stat.load_before:.1f}  {stat.check}"
+            )
         order = order[1:] + order[:1]  # rotate: no mode always runs first (cold) or after the same one
     return {m: summarize(runs[m], corpus) for m in cfg.modes}
 
 
-def _result(cfg: BenchConfig, corpus: Corpus, version: dict, results: dict[str, dict], memory: dict | None,
-            profile: dict | None) -> dict:
+def _result(
+    cfg: BenchConfig, corpus: Corpus, version: dict, results: dict[str, dict], memory: dict | None, profile: dict | None
+) -> dict:
     """The JSON result (paths in it are portable: relative to the checkout, or names)."""
     return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": machine_info(Path(cfg.location)),
         "code": version,
         "config": {k: (portable(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "corpus": {"path": portable(corpus.path), "shards": len(corpus.shards), "samples": corpus.samples,
-                   "bytes": corpus.bytes, "spec": corpus.spec, "generated": corpus.generated,
-                   "generate_seconds": corpus.generate_seconds},
+        "corpus": {
+            "path": portable(corpus.path),
+            "shards": len(corpus.shards),
+            "samples": corpus.samples,
+            "bytes": corpus.bytes,
+            "spec": corpus.spec,
+            "generated": corpus.generated,
+            "generate_seconds": corpus.generate_seconds,
+        },
         "modes": results,
         "ratios": ratios(results),
         "memory_check": memory,

@@ -10,6 +10,7 @@ from dalle3_etl.devtools.bench.config import BASELINES, CONVERT_MODES, FLAT_TOLE
 from dalle3_etl.devtools.bench.corpus import Corpus
 from dalle3_etl.devtools.bench.procs import RunStat
 
+
 def summarize(runs: list[RunStat], corpus: Corpus) -> dict:
     secs = [r.seconds for r in runs]
     med = statistics.median(secs)
@@ -21,7 +22,9 @@ def summarize(runs: list[RunStat], corpus: Corpus) -> dict:
     for name in runs[0].steps:
         steps[name] = statistics.median(r.steps[name] for r in runs)
     return {
-        "median_s": med, "min_s": min(secs), "max_s": max(secs),
+        "median_s": med,
+        "min_s": min(secs),
+        "max_s": max(secs),
         "spread_pct": 100.0 * (max(secs) - min(secs)) / med if med else 0.0,
         "stdev_s": statistics.stdev(secs) if len(secs) > 1 else 0.0,
         "samples_per_s": corpus.samples / med if med else 0.0,
@@ -46,12 +49,14 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
             per_rep = [a["seconds"] / b["seconds"] for a, b in zip(res["runs"], results[base]["runs"])]
             out[f"{mode} / {base}"] = {
                 "ratio": res["median_s"] / results[base]["median_s"],
-                "per_rep_min": min(per_rep), "per_rep_max": max(per_rep),
+                "per_rep_min": min(per_rep),
+                "per_rep_max": max(per_rep),
                 "ratio_of_fastest": res["min_s"] / results[base]["min_s"],  # least disturbed runs of each
             }
     return out
 
 
+# Over 60 lines: one flat list of the targets, each a few lines; splitting it would scatter one table.
 def targets(results: dict[str, dict], memory: dict | None) -> list[dict]:
     def med(mode: str) -> float | None:
         return results[mode]["median_s"] if mode in results else None
@@ -63,26 +68,57 @@ def targets(results: dict[str, dict], memory: dict | None) -> list[dict]:
             checks.append({"target": name, "measured": None, "limit": f"{op} {limit}", "met": None, "how": how})
             return
         met = measured <= limit if op == "<=" else measured >= limit
-        checks.append({"target": name, "measured": round(measured, 3), "limit": f"{op} {limit}", "met": met, "how": how})
+        checks.append(
+            {"target": name, "measured": round(measured, 3), "limit": f"{op} {limit}", "met": met, "how": how}
+        )
 
     def ratio(a: str, b: str) -> float | None:
         x, y = med(a), med(b)
         return None if x is None or y is None else x / y
 
-    add("parquet-only time vs GNU tar JSON read limit", ratio("convert-parquet", "tar-json"), "<=", 3.0,
-        "convert-parquet / tar-json (median wall time)")
-    add("full mode time vs plain parallel tar xf", ratio("convert-full", "tar-xf"), "<=", 1.5,
-        "convert-full / tar-xf")
-    add("full mode speed-up over the old recipe", ratio("old-recipe", "convert-full"), ">=", 5.0,
-        "old-recipe / convert-full")
-    add("2 workers vs 1 worker, parquet-only", ratio("convert-parquet-1w", "convert-parquet"), ">=", 1.8,
-        "convert-parquet-1w / convert-parquet")
+    add(
+        "parquet-only time vs GNU tar JSON read limit",
+        ratio("convert-parquet", "tar-json"),
+        "<=",
+        3.0,
+        "convert-parquet / tar-json (median wall time)",
+    )
+    add("full mode time vs plain parallel tar xf", ratio("convert-full", "tar-xf"), "<=", 1.5, "convert-full / tar-xf")
+    add(
+        "full mode speed-up over the old recipe",
+        ratio("old-recipe", "convert-full"),
+        ">=",
+        5.0,
+        "old-recipe / convert-full",
+    )
+    add(
+        "2 workers vs 1 worker, parquet-only",
+        ratio("convert-parquet-1w", "convert-parquet"),
+        ">=",
+        1.8,
+        "convert-parquet-1w / convert-parquet",
+    )
     convert_rss = [r["peak_rss_mb"] for m, r in results.items() if m in CONVERT_MODES]
-    add("peak RSS of every convert process (MB)", max(convert_rss) if convert_rss else None, "<=", RSS_LIMIT_MB,
-        "max over convert runs and their processes")
+    add(
+        "peak RSS of every convert process (MB)",
+        max(convert_rss) if convert_rss else None,
+        "<=",
+        RSS_LIMIT_MB,
+        "max over convert runs and their processes",
+    )
     if memory:
-        add("peak RSS growth when shard size grows 10x", memory["size_10x_ratio"], "<=", 1 + FLAT_TOLERANCE,
-            "max process peak RSS, 10x samples per shard / 1x")
-        add("peak RSS growth when shard count grows 10x", memory["count_10x_ratio"], "<=", 1 + FLAT_TOLERANCE,
-            "max process peak RSS, 10x shards / 1x")
+        add(
+            "peak RSS growth when shard size grows 10x",
+            memory["size_10x_ratio"],
+            "<=",
+            1 + FLAT_TOLERANCE,
+            "max process peak RSS, 10x samples per shard / 1x",
+        )
+        add(
+            "peak RSS growth when shard count grows 10x",
+            memory["count_10x_ratio"],
+            "<=",
+            1 + FLAT_TOLERANCE,
+            "max process peak RSS, 10x shards / 1x",
+        )
     return checks

@@ -7,7 +7,13 @@ from __future__ import annotations
 import random
 
 #: Default caption field followed by the default fallback chain, in order.
-CAPTION_FIELDS: tuple[str, ...] = ("short_caption", "long_caption", "short_caption2", "long_caption2", "original_prompt")
+CAPTION_FIELDS: tuple[str, ...] = (
+    "short_caption",
+    "long_caption",
+    "short_caption2",
+    "long_caption2",
+    "original_prompt",
+)
 
 
 def clean_caption(text: str) -> str:
@@ -16,26 +22,86 @@ def clean_caption(text: str) -> str:
 
 
 _SUBJECTS = (
-    "a cat", "a fluffy orange cat", "an astronaut", "a red fox", "a lighthouse", "an old sailing ship",
-    "a robot", "two children", "a samurai", "a dragon", "a bowl of ramen", "a vintage car", "a hummingbird",
-    "an elderly man", "a woman in a yellow raincoat", "a castle", "a tiny mouse", "a koi fish",
-    "a steaming cup of coffee", "a wizard", "a golden retriever", "a neon sign reading \"OPEN\"",
-    "a piñata", "a plate of crème brûlée", "the Zürich skyline", "a naïve painting of a cow",
-    "a café terrace", "an über-modern villa", "a 日本語 sign", "a street in 東京", "a bouquet 🌸",
-    "a sleepy 🐱", "a rocket 🚀", "a sparkling crystal ✨", "Ünïcödé letters", "a caterpillar's house",
+    "a cat",
+    "a fluffy orange cat",
+    "an astronaut",
+    "a red fox",
+    "a lighthouse",
+    "an old sailing ship",
+    "a robot",
+    "two children",
+    "a samurai",
+    "a dragon",
+    "a bowl of ramen",
+    "a vintage car",
+    "a hummingbird",
+    "an elderly man",
+    "a woman in a yellow raincoat",
+    "a castle",
+    "a tiny mouse",
+    "a koi fish",
+    "a steaming cup of coffee",
+    "a wizard",
+    "a golden retriever",
+    'a neon sign reading "OPEN"',
+    "a piñata",
+    "a plate of crème brûlée",
+    "the Zürich skyline",
+    "a naïve painting of a cow",
+    "a café terrace",
+    "an über-modern villa",
+    "a 日本語 sign",
+    "a street in 東京",
+    "a bouquet 🌸",
+    "a sleepy 🐱",
+    "a rocket 🚀",
+    "a sparkling crystal ✨",
+    "Ünïcödé letters",
+    "a caterpillar's house",
 )
 _ACTIONS = (
-    "sitting on", "floating above", "walking through", "standing next to", "hiding behind", "reading a book in",
-    "dancing in", "looking at", "flying over", "sleeping under", "painting", "exploring",
+    "sitting on",
+    "floating above",
+    "walking through",
+    "standing next to",
+    "hiding behind",
+    "reading a book in",
+    "dancing in",
+    "looking at",
+    "flying over",
+    "sleeping under",
+    "painting",
+    "exploring",
 )
 _PLACES = (
-    "a misty forest", "a crowded market", "the surface of Mars", "a snowy mountain", "an underwater city",
-    "a sunlit kitchen", "a rainy street at night", "a field of sunflowers", "a futuristic city",
-    "a quiet library", "a desert oasis", "a cozy living room", "an ancient temple", "a frozen lake",
+    "a misty forest",
+    "a crowded market",
+    "the surface of Mars",
+    "a snowy mountain",
+    "an underwater city",
+    "a sunlit kitchen",
+    "a rainy street at night",
+    "a field of sunflowers",
+    "a futuristic city",
+    "a quiet library",
+    "a desert oasis",
+    "a cozy living room",
+    "an ancient temple",
+    "a frozen lake",
 )
 _STYLES = (
-    "digital art", "oil painting", "watercolor", "photorealistic", "3D render", "pixel art", "anime style",
-    "studio lighting", "cinematic, 35mm", "isometric illustration", "charcoal sketch", "low poly",
+    "digital art",
+    "oil painting",
+    "watercolor",
+    "photorealistic",
+    "3D render",
+    "pixel art",
+    "anime style",
+    "studio lighting",
+    "cinematic, 35mm",
+    "isometric illustration",
+    "charcoal sketch",
+    "low poly",
 )
 _LONG_SENTENCES = (
     "The image shows {s} {a} {p}.",
@@ -48,7 +114,7 @@ _LONG_SENTENCES = (
     "There is no visible text in the image.",
     "The composition follows the rule of thirds, with {s} placed off-centre.",
     "It looks like {st}, with crisp edges and smooth gradients.",
-    "A sign in the corner reads \"Bienvenue\", written in a playful font.",
+    'A sign in the corner reads "Bienvenue", written in a playful font.',
     "Everything is framed by {p}, giving a sense of depth.",
 )
 

@@ -9,7 +9,7 @@ import io
 import random
 import struct
 import zlib
-from functools import lru_cache
+from functools import cache
 
 _DALLE_SIZES = ((1024, 1024), (1792, 1024), (1024, 1792))
 _OTHER_SIZES = ((512, 768), (1344, 768), (896, 1152), (2048, 2048), (768, 512), (1152, 896))
@@ -30,7 +30,7 @@ def _norm_fmt(fmt: str) -> str:
     raise ValueError(f"unsupported image format {fmt!r} (jpeg/jpg/png)")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _base_image(fmt: str, width: int, height: int, progressive: bool) -> tuple[bytes, str]:
     """Encode a solid-colour image once per (format, size, progressive); return (bytes, md5 of its pixels)."""
     from PIL import Image  # imported lazily: the converter does not need Pillow to import this module

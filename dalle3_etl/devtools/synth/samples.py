@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Iterator
+from collections.abc import Iterator
 
 import orjson
 
 from dalle3_etl.devtools.synth.captions import _MISSING, _SUBJECTS, _caption_fields, _long_caption, _short_caption
 from dalle3_etl.devtools.synth.images import (
-    _DALLE_SIZES, _EXT_CHOICES, _EXT_WEIGHTS, _FORMAT_OF_EXT, _SIZE_CHOICES, _SIZE_WEIGHTS, _base_image, _pad_image,
+    _DALLE_SIZES,
+    _EXT_CHOICES,
+    _EXT_WEIGHTS,
+    _FORMAT_OF_EXT,
+    _SIZE_CHOICES,
+    _SIZE_WEIGHTS,
+    _base_image,
+    _pad_image,
 )
 from dalle3_etl.devtools.synth.spec import SynthSpec, TruthRow, shard_name
 
@@ -86,7 +93,7 @@ def _shard_plan(spec: SynthSpec, rng: random.Random) -> tuple[list[str], list[in
     kind = ["normal"] * n
     level = [0] * n
     fb_offset = rng.randrange(4)
-    for j, pos in enumerate(order[:n_none]):
+    for pos in order[:n_none]:
         kind[pos] = "none"
     for j, pos in enumerate(order[n_none : n_none + n_fb]):
         kind[pos] = "fallback"
@@ -155,8 +162,17 @@ def _sample_image(spec: SynthSpec, rng: random.Random, stem: str, key: str) -> t
 
 
 def _json_member(
-    rng: random.Random, key: str, ext: str, image_member: str, img: bytes, pil_md5: str, width: int, height: int,
-    source: str | None, caps: dict[str, object], missing_size: bool,
+    rng: random.Random,
+    key: str,
+    ext: str,
+    image_member: str,
+    img: bytes,
+    pil_md5: str,
+    width: int,
+    height: int,
+    source: str | None,
+    caps: dict[str, object],
+    missing_size: bool,
 ) -> bytes:
     """The sample's JSON, fields as upstream (absent ones left out)."""
     doc: dict[str, object] = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 #: Fixed tar member metadata (determinism: same spec -> identical bytes).
 TAR_MTIME = 1_700_000_000

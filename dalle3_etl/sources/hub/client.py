@@ -52,10 +52,15 @@ def resolve_commit(api: HfApi, repo_id: str, repo_type: str, revision: str | Non
     return info.sha
 
 
-def list_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: str, base: str,
-               recursive: bool) -> list[RepoFile]:
-    entries = hub_call(what, lambda: list(api.list_repo_tree(
-        repo_id, base or None, recursive=recursive, revision=commit, repo_type=repo_type)))
+def list_files(
+    api: HfApi, what: str, repo_id: str, repo_type: str, commit: str, base: str, recursive: bool
+) -> list[RepoFile]:
+    entries = hub_call(
+        what,
+        lambda: list(
+            api.list_repo_tree(repo_id, base or None, recursive=recursive, revision=commit, repo_type=repo_type)
+        ),
+    )
     return [e for e in entries if isinstance(e, RepoFile)]
 
 

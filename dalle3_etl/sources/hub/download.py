@@ -44,9 +44,20 @@ class DownloadResult:
     moved_to: Path | None = None  # where a mismatching file was moved
 
 
-def download(repo: str, local_dir: Path, *, revision: str | None = None, shards: str | None = None,
-             workers: int = 4, progress: bool = True, token: str | None = None, repo_type: str = "dataset",
-             reverify: bool = False, endpoint: str | None = None, console=None) -> list[DownloadResult]:
+def download(
+    repo: str,
+    local_dir: Path,
+    *,
+    revision: str | None = None,
+    shards: str | None = None,
+    workers: int = 4,
+    progress: bool = True,
+    token: str | None = None,
+    repo_type: str = "dataset",
+    reverify: bool = False,
+    endpoint: str | None = None,
+    console=None,
+) -> list[DownloadResult]:
     """Download shards ``data/data-NNNNNN.tar`` of ``repo`` into ``local_dir/data/``, each checked against the Hub.
 
     ``shards``: a selection like ``"0-9,12"`` (`parse_shard_selection`); ``None`` = every ``data/*.tar`` of the
@@ -74,8 +85,9 @@ def download(repo: str, local_dir: Path, *, revision: str | None = None, shards:
     return [results[entry.path] for entry in entries]
 
 
-def _select_files(api: HfApi, what: str, repo: str, repo_type: str, commit: str,
-                  indices: list[int] | None) -> list[RepoFile]:
+def _select_files(
+    api: HfApi, what: str, repo: str, repo_type: str, commit: str, indices: list[int] | None
+) -> list[RepoFile]:
     """The shard files to download, in order: those ``indices`` name, else every ``data/*.tar`` of the commit.
     Raises `HubNotFoundError` naming the missing shards (and those there are), or when there are none."""
     try:
@@ -92,7 +104,8 @@ def _select_files(api: HfApi, what: str, repo: str, repo_type: str, commit: str,
         if missing:
             have = sorted(int(m[1]) for p in listing if (m := re.fullmatch(r"data/data-(\d{6})\.tar", p)))
             raise HubNotFoundError(
-                f"{what}: no shard(s) {ranges(missing)} in the repo (it has {ranges(have) or 'none'})")
+                f"{what}: no shard(s) {ranges(missing)} in the repo (it has {ranges(have) or 'none'})"
+            )
     return [listing[p] for p in wanted]
 
 
@@ -111,8 +124,14 @@ class _Job:
 
     def fetch(self, entry: RepoFile) -> Path:
         path = hf_hub_download(
-            self.repo, entry.path, repo_type=self.repo_type, revision=self.commit, local_dir=self.local_dir,
-            endpoint=self.endpoint, token=self.token, tqdm_class=self.tracker.bar_class(entry.path),
+            self.repo,
+            entry.path,
+            repo_type=self.repo_type,
+            revision=self.commit,
+            local_dir=self.local_dir,
+            endpoint=self.endpoint,
+            token=self.token,
+            tqdm_class=self.tracker.bar_class(entry.path),
         )
         self.tracker.fetched(entry.path)
         return Path(path)
@@ -127,15 +146,19 @@ class _Job:
 
 
 def _failed(entry: RepoFile, error: str) -> DownloadResult:
-    return DownloadResult(entry.path, None, file_size(entry), entry.lfs.sha256 if entry.lfs else None, ok=False,
-                          error=error)
+    return DownloadResult(
+        entry.path, None, file_size(entry), entry.lfs.sha256 if entry.lfs else None, ok=False, error=error
+    )
 
 
 def _fetch_and_verify(job: _Job, entries: list[RepoFile], workers: int) -> dict[str, DownloadResult]:
     """Fetch ``workers`` files at a time; hash each one in a second pool as soon as it lands. By repo path."""
     results: dict[str, DownloadResult] = {}
-    with job.tracker, ThreadPoolExecutor(workers, thread_name_prefix="hub-dl") as fetchers, \
-            ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1)), thread_name_prefix="hub-sha") as hashers:
+    with (
+        job.tracker,
+        ThreadPoolExecutor(workers, thread_name_prefix="hub-dl") as fetchers,
+        ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1)), thread_name_prefix="hub-sha") as hashers,
+    ):
         pending: dict[Future, RepoFile] = {fetchers.submit(job.fetch, e): e for e in entries}
         checks: list[Future] = []
         try:
@@ -162,7 +185,9 @@ def _marker(local_dir: Path, name: str) -> Path:
     return local_dir / ".cache" / "dalle3-etl" / "verified" / (name + ".json")
 
 
-def _verify_file(local_dir: Path, entry: RepoFile, path: Path, tracker: DownloadTracker, reverify: bool) -> DownloadResult:
+def _verify_file(
+    local_dir: Path, entry: RepoFile, path: Path, tracker: DownloadTracker, reverify: bool
+) -> DownloadResult:
     name = entry.path
     exp_size = file_size(entry)
     exp_sha = entry.lfs.sha256.lower() if entry.lfs is not None else None
@@ -175,8 +200,15 @@ def _verify_file(local_dir: Path, entry: RepoFile, path: Path, tracker: Download
         root = Root(local_dir)
         root.replace(path, moved)
         root.unlink(marker)
-        return DownloadResult(**base, path=None, ok=False, size=size, sha256=sha, moved_to=moved,
-                              error=f"{name}: {message}; moved it to {moved}")
+        return DownloadResult(
+            **base,
+            path=None,
+            ok=False,
+            size=size,
+            sha256=sha,
+            moved_to=moved,
+            error=f"{name}: {message}; moved it to {moved}",
+        )
 
     if st.st_size != exp_size:
         return bad(f"size mismatch: expected {exp_size} bytes, got {st.st_size} bytes", st.st_size, None)

@@ -35,5 +35,11 @@ class ShardSelectionError(HubError, UsageError, ValueError):
     """A ``--shards`` selection such as ``0-9,12`` could not be parsed."""
 
 
-__all__ = ["HubError", "HubNotFoundError", "HubUnavailableError", "HubIntegrityError", "HubTransferError",
-           "ShardSelectionError"]
+__all__ = [
+    "HubError",
+    "HubNotFoundError",
+    "HubUnavailableError",
+    "HubIntegrityError",
+    "HubTransferError",
+    "ShardSelectionError",
+]

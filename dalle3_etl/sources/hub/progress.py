@@ -27,19 +27,29 @@ class DownloadTracker:
         self.progress = None
         if enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
 
             self.progress = Progress(  # markup=False: descriptions hold file names from the Hub, printed as they are
-                TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=console or Console(stderr=True),
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console or Console(stderr=True),
             )
             self._overall = self.progress.add_task(self._overall_text(), total=sum(self._sizes.values()) or None)
 
     def _overall_text(self) -> str:
         return f"all files ({self._verified}/{self._n} verified)"
 
-    def __enter__(self) -> "DownloadTracker":
+    def __enter__(self) -> DownloadTracker:
         if self.progress is not None:
             self.progress.start()
         return self
@@ -138,7 +148,7 @@ class ClientBar:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "ClientBar":
+    def __enter__(self) -> ClientBar:
         return self
 
     def __exit__(self, *exc: Any) -> None:

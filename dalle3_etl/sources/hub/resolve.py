@@ -26,18 +26,27 @@ def _uri(repo_type: str, repo_id: str, commit: str | None, path: str) -> str:
     return f"hf://{prefix}{repo_id}{at}/{path}"
 
 
-def _source(entry: RepoFile, *, repo_id: str, repo_type: str, commit: str, endpoint: str,
-            keep_dir: Path | None) -> HubShardSource:
+def _source(
+    entry: RepoFile, *, repo_id: str, repo_type: str, commit: str, endpoint: str, keep_dir: Path | None
+) -> HubShardSource:
     size = entry.lfs.size if entry.lfs is not None else entry.size
     sha = entry.lfs.sha256 if entry.lfs is not None else None
     uri = _uri(repo_type, repo_id, commit, entry.path)
     # The fingerprint names the file without the commit: the repo gets new commits when shards are added, and a
     # shard whose bytes did not change (same sha256) must not be converted again because of that.
     return HubShardSource(
-        shard_id=shard_id_for(entry.path), uri=uri, size=int(size),
+        shard_id=shard_id_for(entry.path),
+        uri=uri,
+        size=int(size),
         fingerprint={"uri": _uri(repo_type, repo_id, None, entry.path), "size": int(size), "sha256": sha},
-        repo_id=repo_id, repo_type=repo_type, commit=commit, path_in_repo=entry.path, sha256=sha,
-        blob_id=entry.blob_id, endpoint=endpoint, keep_dir=str(keep_dir) if keep_dir is not None else None,
+        repo_id=repo_id,
+        repo_type=repo_type,
+        commit=commit,
+        path_in_repo=entry.path,
+        sha256=sha,
+        blob_id=entry.blob_id,
+        endpoint=endpoint,
+        keep_dir=str(keep_dir) if keep_dir is not None else None,
     )
 
 
@@ -121,8 +130,9 @@ def _match_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: st
     if exact:
         infos = []
         for i in range(0, len(exact), 100):
-            infos += hub_call(what, api.get_paths_info, repo_id, exact[i : i + 100], revision=commit,
-                               repo_type=repo_type)
+            infos += hub_call(
+                what, api.get_paths_info, repo_id, exact[i : i + 100], revision=commit, repo_type=repo_type
+            )
         by_path = {info.path: info for info in infos}
         missing = [p for p in exact if p not in by_path]
         if missing:
@@ -131,8 +141,11 @@ def _match_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: st
         for p in exact:
             info = by_path[p]
             if isinstance(info, RepoFolder):
-                files = [f for f in list_files(api, what, repo_id, repo_type, commit, info.path, True)
-                         if f.path.endswith(SHARD_SUFFIXES)]
+                files = [
+                    f
+                    for f in list_files(api, what, repo_id, repo_type, commit, info.path, True)
+                    if f.path.endswith(SHARD_SUFFIXES)
+                ]
                 if not files:
                     raise HubNotFoundError(f"{what}: folder {p} contains no .tar shards")
                 found.update((f.path, f) for f in files)
@@ -159,8 +172,9 @@ def _match_files(api: HfApi, what: str, repo_id: str, repo_type: str, commit: st
     return list(found.values())
 
 
-def resolve_hub_input(arg: str, *, keep_dir: Path | str | None = None, endpoint: str | None = None,
-                      token: str | bool | None = None) -> list[HubShardSource]:
+def resolve_hub_input(
+    arg: str, *, keep_dir: Path | str | None = None, endpoint: str | None = None, token: str | bool | None = None
+) -> list[HubShardSource]:
     """``hf://datasets/<owner>/<name>[@<rev>]/<path>`` -> shard sources pinned to the revision's commit.
 
     ``path`` may be a file (any name), a folder (its ``.tar`` shards, recursively) or a glob (``data/*.tar``,
@@ -174,8 +188,9 @@ def resolve_hub_input(arg: str, *, keep_dir: Path | str | None = None, endpoint:
     return resolve_hub_inputs([arg], keep_dir=keep_dir, endpoint=endpoint, token=token)
 
 
-def resolve_hub_inputs(args: list[str], *, keep_dir: Path | str | None = None, endpoint: str | None = None,
-                       token: str | bool | None = None) -> list[HubShardSource]:
+def resolve_hub_inputs(
+    args: list[str], *, keep_dir: Path | str | None = None, endpoint: str | None = None, token: str | bool | None = None
+) -> list[HubShardSource]:
     """`resolve_hub_input` for several arguments, resolving each repo revision to its commit once (all arguments
     naming the same ``repo@rev`` are pinned to the same commit, even if the branch moves meanwhile)."""
     kd = Path(keep_dir).expanduser().resolve() if keep_dir is not None else None

@@ -27,7 +27,8 @@ def parse_shard_selection(text: str) -> list[int]:
         m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", item)
         if m is None:
             raise ShardSelectionError(
-                f"{text!r}: {item!r} is not a shard number or range (use non-negative numbers like 7 or 0-9)")
+                f"{text!r}: {item!r} is not a shard number or range (use non-negative numbers like 7 or 0-9)"
+            )
         lo = int(m[1])
         hi = int(m[2]) if m[2] is not None else lo
         if hi < lo:

@@ -38,7 +38,7 @@ class HubShardSource(ShardSource):
     endpoint: str | None = field(default=None, compare=False)
     keep_dir: str | None = field(default=None, compare=False)
 
-    def open(self) -> "HubStream":
+    def open(self) -> HubStream:
         return open_verified_stream(self, keep_dir=self.keep_dir)
 
 
@@ -56,9 +56,16 @@ def _new_hasher(src: HubShardSource):
 class HubStream(io.RawIOBase):
     """Non-seekable, verified, resuming binary stream of one Hub file; see `open_verified_stream`."""
 
-    def __init__(self, source: HubShardSource, *, keep_dir: Path | str | None = None,
-                 token: str | bool | None = None, chunk_size: int | None = None, max_retries: int | None = None,
-                 drain_limit: int | None = None):
+    def __init__(
+        self,
+        source: HubShardSource,
+        *,
+        keep_dir: Path | str | None = None,
+        token: str | bool | None = None,
+        chunk_size: int | None = None,
+        max_retries: int | None = None,
+        drain_limit: int | None = None,
+    ):
         super().__init__()
         self.source = source
         self.name = source.uri
@@ -79,8 +86,9 @@ class HubStream(io.RawIOBase):
         final = kept_path(keep_dir, self._path) if keep_dir is not None else None
         if final is not None and final.is_file() and final.stat().st_size == self._size:
             self._local = final
-        self._body = Body(source, local=self._local, token=token, chunk_size=chunk_size or CHUNK_SIZE,
-                          max_retries=max_retries)
+        self._body = Body(
+            source, local=self._local, token=token, chunk_size=chunk_size or CHUNK_SIZE, max_retries=max_retries
+        )
         if final is not None and self._local is None:
             self._keep = KeepWriter(final)
 
@@ -219,9 +227,12 @@ class HubStream(io.RawIOBase):
             if self._local is not None:
                 bad = set_aside(self._local)
                 moved = f"; moved it to {bad}, it will be downloaded again next time"
-            self._fail(HubIntegrityError(
-                f"{self._path}: {self._algo} mismatch reading {where}: expected {self._expected}, got {actual} "
-                f"({self._received} bytes){moved}"))
+            self._fail(
+                HubIntegrityError(
+                    f"{self._path}: {self._algo} mismatch reading {where}: expected {self._expected}, got {actual} "
+                    f"({self._received} bytes){moved}"
+                )
+            )
         self.digest = actual
         self._done = True
         if self._keep is not None:
@@ -229,8 +240,9 @@ class HubStream(io.RawIOBase):
             self._keep = None
 
 
-def open_verified_stream(source: HubShardSource, *, keep_dir: Path | str | None = None,
-                         token: str | bool | None = None, **kwargs: Any) -> HubStream:
+def open_verified_stream(
+    source: HubShardSource, *, keep_dir: Path | str | None = None, token: str | bool | None = None, **kwargs: Any
+) -> HubStream:
     """Open ``source`` for sequential reading over HTTP (see `HubStream`).
 
     Reading to the end raises `HubIntegrityError` (naming the file, expected and actual sha256) if the bytes do not

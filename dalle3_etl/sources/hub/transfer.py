@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Iterator
 
 import httpx2
 from huggingface_hub import constants, hf_hub_url
@@ -48,8 +48,9 @@ class Body:
     copy) the bytes come from that file instead of the network.
     """
 
-    def __init__(self, source, *, local: Path | None, token: str | bool | None, chunk_size: int,
-                 max_retries: int | None):
+    def __init__(
+        self, source, *, local: Path | None, token: str | bool | None, chunk_size: int, max_retries: int | None
+    ):
         self.source = source
         self._path = source.path_in_repo
         self._size = source.size
@@ -84,7 +85,7 @@ class Body:
                 raise
             except Exception as exc:
                 if not _transient(exc):
-                    raise HubTransferError(f"{self._path}: reading {self.source.uri} failed: {one_line(exc)}")
+                    raise HubTransferError(f"{self._path}: reading {self.source.uri} failed: {one_line(exc)}") from exc
                 error = exc
             else:
                 if chunk is not None:
@@ -96,7 +97,8 @@ class Body:
                         continue
                     if received + len(chunk) > self._size:
                         raise HubIntegrityError(
-                            f"{self._path}: the server sent more than the {self._size} bytes the Hub lists for it")
+                            f"{self._path}: the server sent more than the {self._size} bytes the Hub lists for it"
+                        )
                     return chunk
                 if self._local is not None:
                     raise HubIntegrityError(f"{self._path}: kept copy {self._local} is shorter than expected")
@@ -106,11 +108,19 @@ class Body:
             why = one_line(error) if error is not None else "body ended early"
             if failures > self._max_retries:
                 raise HubTransferError(
-                    f"{self._path}: gave up after {failures} attempts at byte {received} of {self._size} "
-                    f"({why})")
+                    f"{self._path}: gave up after {failures} attempts at byte {received} of {self._size} ({why})"
+                )
             wait = min(RETRY_WAIT * 2 ** (failures - 1), MAX_RETRY_WAIT)
-            logger.warning("%s: %s at byte %d of %d; resuming in %.1fs (attempt %d/%d)", self._path, why,
-                           received, self._size, wait, failures, self._max_retries)
+            logger.warning(
+                "%s: %s at byte %d of %d; resuming in %.1fs (attempt %d/%d)",
+                self._path,
+                why,
+                received,
+                self._size,
+                wait,
+                failures,
+                self._max_retries,
+            )
             time.sleep(wait)
 
     def _connect(self, received: int) -> None:
@@ -122,15 +132,21 @@ class Body:
             self._iter = iter(lambda: fh.read(self._chunk_size), b"")
             return
         src = self.source
-        url = hf_hub_url(src.repo_id, src.path_in_repo, repo_type=src.repo_type, revision=src.commit,
-                         endpoint=hub_endpoint(src.endpoint))
+        url = hf_hub_url(
+            src.repo_id,
+            src.path_in_repo,
+            repo_type=src.repo_type,
+            revision=src.commit,
+            endpoint=hub_endpoint(src.endpoint),
+        )
         headers = build_hf_headers(token=self._token)
         headers["Accept-Encoding"] = "identity"
         if received:
             headers["Range"] = f"bytes={received}-"
         try:
-            resp = stack.enter_context(http_stream_backoff(
-                "GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT))
+            resp = stack.enter_context(
+                http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
+            )
             hf_raise_for_status(resp)
         except BaseException:
             stack.close()
@@ -148,17 +164,19 @@ class Body:
             if m is None or int(m[1]) != received:
                 raise HubTransferError(
                     f"{self._path}: asked for bytes {received}- but got Content-Range "
-                    f"{resp.headers.get('Content-Range')!r}")
+                    f"{resp.headers.get('Content-Range')!r}"
+                )
             if m[3] != "*" and int(m[3]) != self._size:
-                raise HubIntegrityError(
-                    f"{self._path}: the server has {m[3]} bytes, the Hub lists {self._size}")
+                raise HubIntegrityError(f"{self._path}: the server has {m[3]} bytes, the Hub lists {self._size}")
         elif resp.status_code == 200:
             self._skip = received  # Range ignored: the body starts over
             length = resp.headers.get("Content-Length")
-            if length is not None and resp.headers.get("Content-Encoding", "identity") == "identity" \
-                    and int(length) != self._size:
-                raise HubIntegrityError(
-                    f"{self._path}: the server sends {length} bytes, the Hub lists {self._size}")
+            if (
+                length is not None
+                and resp.headers.get("Content-Encoding", "identity") == "identity"
+                and int(length) != self._size
+            ):
+                raise HubIntegrityError(f"{self._path}: the server sends {length} bytes, the Hub lists {self._size}")
         else:
             raise HubTransferError(f"{self._path}: unexpected HTTP {resp.status_code} from {url}")
 

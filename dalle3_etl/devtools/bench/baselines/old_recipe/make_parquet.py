@@ -29,12 +29,14 @@ def main(data_dir: str = "data", out: str = "dalle3.parquet") -> int:
             meta = json.load(f)
         if "width" not in meta:
             continue
-        rows.append({
-            "width": meta["width"],
-            "height": meta["height"],
-            "caption": meta.get("short_caption"),
-            "filename": meta["image_name"],
-        })
+        rows.append(
+            {
+                "width": meta["width"],
+                "height": meta["height"],
+                "caption": meta.get("short_caption"),
+                "filename": meta["image_name"],
+            }
+        )
     df = pd.DataFrame(rows, columns=["width", "height", "caption", "filename"])
     df.to_parquet(out, index=False)
     print(f"{len(df)} rows -> {out}")
