@@ -11,7 +11,6 @@ import functools
 import signal
 import threading
 from pathlib import Path
-from typing import NoReturn
 
 import typer
 from rich.console import Console
@@ -37,7 +36,6 @@ app = typer.Typer(
 )
 
 EXIT_FAILED = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
@@ -45,11 +43,6 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 def print_error(message: str) -> None:
     # plain, not markup: messages quote paths, names and commands that hold [brackets] (pip install 'dalle3-etl[ray]')
     Console(stderr=True, soft_wrap=True).print(Text.assemble(("error:", "red"), " ", plain(message)))
-
-
-def fail_usage(message: str) -> NoReturn:
-    print_error(message)
-    raise typer.Exit(EXIT_USAGE)
 
 
 def command(name: str | None = None):

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dalle3_etl.devtools.bench.config import RSS_LIMIT_MB
+from dalle3_etl.optional import require
 
 
 def print_table(result: dict, log: Callable[[str], None]) -> None:
@@ -42,7 +43,7 @@ def print_table(result: dict, log: Callable[[str], None]) -> None:
 
 
 def write_chart(result: dict, path: Path) -> None:
-    import matplotlib
+    matplotlib = require("matplotlib", "bench", "the bench chart")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
