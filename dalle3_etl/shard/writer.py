@@ -1,5 +1,6 @@
-"""One finished sample to files and a row: its size (JSON, else image header), its image and caption files,
-created exclusively in the shard's staging folder, its row in the shard's parquet part, and reject lines.
+"""One finished sample to files and a row: its size (JSON, else image header), the filters (`shape`, before
+anything is written), its image and caption files, created exclusively in the shard's staging folder, its row
+in the shard's parquet part, and reject lines.
 
 `SampleWriter` also takes an image member in as it is read (`image_ref`): its signature is checked, then it
 is left in the tar (seekable input: only its offset is kept, the body is copied later with `copy_range`),
