@@ -91,6 +91,12 @@ def convert(
         None, "--flat/--subfolders", help="All images directly in OUT/data (refuses clashing names)."
     ),
     max_json_bytes: int | None = typer.Option(None, help="Reject JSON members larger than this."),
+    min_side: int | None = typer.Option(None, metavar="PX", help="Keep images whose shorter side is >= PX."),
+    max_aspect: float | None = typer.Option(None, metavar="R", help="Keep images whose longer/shorter side is <= R."),
+    sources: str | None = typer.Option(None, metavar="A,B", help="Keep only samples of these JSON 'source's."),
+    exclude_sources: str | None = typer.Option(None, metavar="A,B", help="Leave out these JSON 'source's."),
+    min_caption_chars: int | None = typer.Option(None, metavar="N", help="Keep captions of N+ characters (cleaned)."),
+    extra_captions: str | None = typer.Option(None, metavar="FIELDS", help="JSON fields adding captions per image."),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     restart: bool = typer.Option(
@@ -131,6 +137,12 @@ def convert(
         captions=captions,
         flat=flat,
         max_json_bytes=max_json_bytes,
+        min_side=min_side,
+        max_aspect=max_aspect,
+        sources=_csv(sources),
+        exclude_sources=_csv(exclude_sources),
+        min_caption_chars=min_caption_chars,
+        extra_captions=_csv(extra_captions),
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning

@@ -39,12 +39,16 @@ def _setting(default: Any, **rules: Any) -> Any:
     """A dataclass field and what `_check` requires of its value beyond its type:
     min / max / above (number >= / <= / >), choices (str, one of them), lower (str, lower-cased first),
     pattern ((regex, what it means)), unique ("refuse" or "dedupe" a list's repeated items),
-    reserved (a function giving names a list must not hold)."""
+    reserved (a function giving names a list must not hold), off_or_min (a number: 0 for off, else at least
+    this), pinned ("when_set": in the output fingerprint only when not the default, so an output made before
+    the setting existed resumes unchanged)."""
     return field(default=default, metadata=rules)
 
 
 #: The parquet columns every conversion writes, in order (`--fields` adds more after them).
 BASE_COLUMNS = ("filename", "caption", "width", "height", "key", "shard", "source")
+#: With `--extra-captions`: every caption of a row (the first included), after the base columns.
+CAPTIONS_COLUMN = "captions"
 
 
 def _always_written() -> tuple[str, ...]:
@@ -86,10 +90,21 @@ class Settings:
     parquet_name: str = _setting(
         "dalle3.parquet", pattern=(_NAME + r"\.parquet", "a plain file name ending in .parquet")
     )
+    # Shaping (shard/shape.py): filters decided on the JSON and the header's size; 0 / () = off.
+    min_side: int = _setting(0, min=0, max=2**31 - 1, pinned="when_set")  # shorter side, px
+    max_aspect: float = _setting(0.0, off_or_min=1, pinned="when_set")  # longer side / shorter side
+    sources: tuple[str, ...] = _setting((), unique="dedupe", pinned="when_set")  # keep only these `source`s
+    exclude_sources: tuple[str, ...] = _setting((), unique="dedupe", pinned="when_set")
+    min_caption_chars: int = _setting(0, min=0, pinned="when_set")  # on the cleaned caption
+    extra_captions: tuple[str, ...] = _setting((), unique="dedupe", pinned="when_set")  # more captions per image
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.extra_captions and CAPTIONS_COLUMN in self.fields:
+            raise SettingsError(
+                f"fields: {CAPTIONS_COLUMN!r} is the column --extra-captions writes; it cannot be copied as a field too"
+            )
 
     @cached_property  # read once per JSON member: computed once (a frozen dataclass still has a __dict__)
     def caption_chain(self) -> tuple[str, ...]:
@@ -98,8 +113,11 @@ class Settings:
     def output_fingerprint(self) -> dict[str, Any]:
         """The settings that change the output, as plain JSON-able values."""
         out = {}
+        specs = _specs(Settings)
         for key in OUTPUT_KEYS:
             value = getattr(self, key)
+            if specs[key][1].get("pinned") == "when_set" and value == _DEFAULTS[key]:
+                continue  # off: the fingerprint is the one of a version without this setting
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -117,7 +135,14 @@ OUTPUT_KEYS = (
     "max_pending",
     "max_dimension",
     "parquet_name",
+    "min_side",
+    "max_aspect",
+    "sources",
+    "exclude_sources",
+    "min_caption_chars",
+    "extra_captions",
 )
+_DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
 
 class _Bad(ValueError):
@@ -175,6 +200,8 @@ def _check(kind: Any, rules: dict[str, Any], value: Any) -> Any:
         raise _Bad(f"must be at most {rules['max']}")
     if "above" in rules and value <= rules["above"]:
         raise _Bad(f"must be more than {rules['above']}")
+    if "off_or_min" in rules and value != 0 and value < rules["off_or_min"]:
+        raise _Bad(f"must be 0 (off) or at least {rules['off_or_min']}")
     return value
 
 

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from dalle3_etl.check.target import open_output
 from dalle3_etl.safetext import plain, safe
+from dalle3_etl.settings import CAPTIONS_COLUMN
 
 HEAD_MIN_CAPTION = 20  # cells; below this, head drops the shard and source columns
 
@@ -29,7 +30,11 @@ def head_table(out: Path, rows: int, width: int) -> Table:
         else []
         for name in names
     }
-    caption = cells.pop(target.caption, None)
+    caption_name = target.caption
+    if CAPTIONS_COLUMN in cells:  # --extra-captions: how many captions each row has; the first is `caption`
+        cells[CAPTIONS_COLUMN] = [str(len(v)) for v in batch.column(CAPTIONS_COLUMN).to_pylist()]
+        caption_name = "caption" if caption_name == CAPTIONS_COLUMN else caption_name
+    caption = cells.pop(caption_name, None)
     widths = {name: max([cell_len(plain(name)), *map(cell_len, values)]) for name, values in cells.items()}
     for optional in ("shard", "source"):
         if _caption_room(widths, width) < HEAD_MIN_CAPTION and optional in widths:
@@ -39,7 +44,7 @@ def head_table(out: Path, rows: int, width: int) -> Table:
         table.add_column(safe(name), no_wrap=True, justify="right" if name in (target.width, target.height) else "left")
     columns = [cells[name] for name in widths]
     if caption is not None:
-        table.add_column(safe(target.caption), no_wrap=True)
+        table.add_column(safe(caption_name), no_wrap=True)
         room = max(_caption_room(widths, width), HEAD_MIN_CAPTION)
         columns.append([_shorten(c, room) for c in caption])
     for values in zip(*columns):

@@ -22,6 +22,7 @@ from rich.table import Table
 from dalle3_etl.check.target import is_image_name, open_output
 from dalle3_etl.optional import require
 from dalle3_etl.safetext import human_bytes, safe
+from dalle3_etl.shard.shape import filter_of
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import Layout
 
@@ -44,6 +45,7 @@ class Stats:
     resolutions: Counter = field(default_factory=Counter)
     caption_chars: pa.ChunkedArray = field(default_factory=lambda: pa.chunked_array([], pa.int32()))
     rejects: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)  # `filtered` rejects by filter, from their details
 
     def caption_distribution(self) -> dict[str, float]:
         lengths = self.caption_chars
@@ -76,6 +78,7 @@ class Stats:
             "caption_chars": self.caption_distribution(),
             "rejects": dict(self.rejects.most_common()),
             "rejects_total": sum(self.rejects.values()),
+            "filtered": dict(self.filtered.most_common()),
         }
 
 
@@ -119,7 +122,10 @@ def compute_stats(out: Path) -> Stats:
             )
             _count_into(stats.resolutions, resolution)
         if target.caption in names:
-            lengths.extend(pc.drop_null(pc.utf8_length(group.column(target.caption))).chunks)
+            captions = group.column(target.caption)
+            if pa.types.is_list(captions.type):  # --extra-captions with the parquet strategy: every caption
+                captions = pc.list_flatten(captions)
+            lengths.extend(pc.drop_null(pc.utf8_length(captions)).chunks)
     stats.caption_chars = pa.chunked_array(lengths, pa.int32())
     _disk_usage(stats, target.data_dir)
     rejects = Layout(Path(out)).merged_rejects
@@ -127,7 +133,10 @@ def compute_stats(out: Path) -> Stats:
         with open(rejects, "rb") as fh:
             for line in fh:
                 if line.strip():
-                    stats.rejects[orjson.loads(line).get("reason", "?")] += 1
+                    reject = orjson.loads(line)
+                    stats.rejects[reject.get("reason", "?")] += 1
+                    if reject.get("reason") == "filtered":
+                        stats.filtered[filter_of(reject.get("detail", "")) or "?"] += 1
     return stats
 
 
@@ -169,6 +178,9 @@ def print_stats(stats: Stats, top: int, console: Console) -> None:
         console.print(table)
     if data["rejects"]:
         console.print(_counts_table("rejects by reason", data["rejects"], data["rejects_total"], "reason"))
+    if data["filtered"]:
+        filtered = data["rejects"].get("filtered", 0)
+        console.print(_counts_table("filtered by filter", data["filtered"], filtered, "filter"))
 
 
 def require_matplotlib() -> None:

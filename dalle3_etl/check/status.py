@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from dalle3_etl.safetext import safe
+from dalle3_etl.shard.shape import FILTERS, filtered_notes
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import lock_holder
@@ -69,8 +70,20 @@ def print_status(out: Path, console: Console | None = None) -> None:
         f"{samples:,} samples",
         highlight=False,
     )
+    filtered = filtered_counts(Path(out))
+    if filtered:
+        shown = ", ".join(f"{name} {count:,}" for name, count in filtered.items())
+        console.print(safe(f"filtered: {sum(filtered.values()):,} samples ({shown})"))
     for line in _dataset_lines(Path(out), samples):
         console.print(safe(line))
+
+
+def filtered_counts(out: Path) -> dict[str, int]:
+    """Samples left out by each filter (--min-side...), over the completed shards, from their records' notes."""
+    total: Counter[str] = Counter()
+    for rec in all_records(Layout(out)).values():
+        total.update(filtered_notes(rec.notes))
+    return {name: total[name] for name in FILTERS if total[name]}
 
 
 def _dataset_lines(out: Path, samples: int) -> list[str]:

@@ -10,8 +10,10 @@ Every check below is named; the report gives, per check, how many things fail it
   SimpleTuner keys them (path relative to `instance_data_dir`, extension kept).
 - missing_caption_file / empty_caption_file / multiline_caption_file: with textfile captions, every image
   on disk has a non-empty `<stem>.txt` without a newline (SimpleTuner reads each line as a caption and
-  stops at start-up when an image has no caption file).
-- empty_caption, bad_size: no null or blank caption; width and height positive.
+  stops at start-up when an image has no caption file). An output made with `--extra-captions` holds one
+  caption a line: several lines are expected there, and an empty line is an empty caption file.
+- empty_caption, bad_size: no null or blank caption (in a list of captions: none of them); width and height
+  positive.
 - shard_rows: rows per shard equal the shard's completion record.
 - stray_file: no temporary files, staging or unpublished `--flat` files left by an interrupted run. The tool
   writes temporaries only beside its own files at the top of OUT and in its state folder, never where a
@@ -100,8 +102,19 @@ def _read_caption(path: str) -> bytes | None:
         return None
 
 
-def _walk_images(target: Target, report: VerifyReport, progress: Callable[[int], None]) -> set[str]:
-    """Keys of the images SimpleTuner finds under instance_data_dir; checks caption files and temporaries."""
+def _blank_line(data: bytes) -> int:
+    """The number of the first empty (or blank) line of a caption file, 0 when there is none."""
+    for number, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            return number
+    return 0
+
+
+def _walk_images(
+    target: Target, report: VerifyReport, progress: Callable[[int], None], several: bool = False
+) -> set[str]:
+    """Keys of the images SimpleTuner finds under instance_data_dir; checks caption files and temporaries.
+    `several`: the output was made with --extra-captions, its caption files hold one caption a line."""
     checks = report.checks
     textfile = target.caption_strategy == "textfile"
     keys: set[str] = set()
@@ -126,6 +139,10 @@ def _walk_images(target: Target, report: VerifyReport, progress: Callable[[int],
             report.counts["caption_files"] += 1
             if not data.strip():
                 checks["empty_caption_file"].fail(prefix + caption)
+            elif several:
+                blank = _blank_line(data)
+                if blank:
+                    checks["empty_caption_file"].fail(f"{prefix}{caption}: line {blank} is empty")
             elif b"\n" in data or b"\r" in data:
                 checks["multiline_caption_file"].fail(prefix + caption)
     report.counts["images_on_disk"] = len(keys)
@@ -134,6 +151,20 @@ def _walk_images(target: Target, report: VerifyReport, progress: Callable[[int],
 
 def _is_text(kind: pa.DataType) -> bool:
     return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_caption(kind: pa.DataType) -> bool:
+    """Text, or a list of texts (--extra-captions' `captions` column: SimpleTuner takes a list cell)."""
+    return _is_text(kind) or (pa.types.is_list(kind) and _is_text(kind.value_type))
+
+
+def _blank_captions(captions: pa.Array) -> pa.Array:
+    """Per row: whether the caption is empty or blank (a list: empty, or any of its captions is)."""
+    if not pa.types.is_list(captions.type):
+        return pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(captions)), 0)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pc.list_flatten(captions))), 0), True)
+    rows = pc.filter(pc.list_parent_indices(captions), blank)
+    return pc.or_(pc.is_in(pa.array(range(len(captions))), value_set=rows), pc.equal(pc.list_value_length(captions), 0))
 
 
 def _open_parquet(target: Target, check: Check) -> pq.ParquetFile | None:
@@ -153,7 +184,7 @@ def _open_parquet(target: Target, check: Check) -> pq.ParquetFile | None:
     usable = True
     for name, want in (
         (target.filename, _is_text),
-        (target.caption, _is_text),
+        (target.caption, _is_caption),
         (target.width, pa.types.is_integer),
         (target.height, pa.types.is_integer),
     ):
@@ -197,7 +228,7 @@ def _check_rows(
     root = target.data_dir
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=target.columns + (["shard"] if has_shard else [])):
         filenames, captions, widths, heights = (batch.column(i) for i in range(4))
-        blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(captions)), 0)
+        blank = _blank_captions(captions)
         _fail_where(checks["empty_caption"], blank, filenames, "null or empty caption")
         bad = pc.or_(pc.less_equal(widths, 0), pc.less_equal(heights, 0))
         _fail_where(checks["bad_size"], bad, filenames, "width or height missing or not positive")
@@ -264,7 +295,12 @@ def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | N
     if not textfile:
         for code in CAPTION_FILE_CHECKS:
             checks[code].skip("caption_strategy is parquet")
-    disk = _walk_images(target, report, lambda n: say(f"looking for images under {target.data_dir}: {n:,} so far"))
+    several = bool(pinned_settings(layout).get("extra_captions"))
+    if several:
+        checks["multiline_caption_file"].skip("made with --extra-captions: one caption a line")
+    disk = _walk_images(
+        target, report, lambda n: say(f"looking for images under {target.data_dir}: {n:,} so far"), several
+    )
     if not deep:
         checks["header_size"].skip("add --deep to re-read every image header")
 

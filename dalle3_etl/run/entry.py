@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from dalle3_etl.settings import Settings
+from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
 from dalle3_etl.store.layout import Layout
 
 
@@ -32,7 +32,7 @@ def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any
         "metadata_backend": "parquet",
         "parquet": {
             "path": str(out.parquet(settings.parquet_name)),
-            "caption_column": "caption",
+            "caption_column": caption_column(settings),
             "filename_column": "filename",
             "width_column": "width",
             "height_column": "height",
@@ -47,6 +47,12 @@ def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any
         "cache_dir": str(out.cache("text", st.id)),
     }
     return [image, text_embeds]
+
+
+def caption_column(settings: Settings) -> str:
+    """The column SimpleTuner takes captions from: with --extra-captions and the parquet strategy, the list of
+    every caption (SimpleTuner accepts a list cell); with textfile it reads the .txt files, one caption a line."""
+    return CAPTIONS_COLUMN if settings.extra_captions and not settings.captions else "caption"
 
 
 def write_dataloader_config(layout: Layout, settings: Settings) -> Path:

@@ -22,6 +22,12 @@ SETTING_FLAGS = {
     "captions": "--captions/--no-captions",
     "flat": "--flat/--subfolders",
     "max_json_bytes": "--max-json-bytes",
+    "min_side": "--min-side",
+    "max_aspect": "--max-aspect",
+    "sources": "--sources",
+    "exclude_sources": "--exclude-sources",
+    "min_caption_chars": "--min-caption-chars",
+    "extra_captions": "--extra-captions",
 }
 
 

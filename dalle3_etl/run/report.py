@@ -22,6 +22,9 @@ from dalle3_etl.run.pipeline import Reporter, RunSummary
 from dalle3_etl.run.plan import Plan
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.shard.convert import ShardResult
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.manifest import pinned_settings
+from dalle3_etl.store.records import all_records
 
 LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a terminal
 
@@ -182,6 +185,9 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_row("shards failed or damaged", str(len(summary.failed)))
     table.add_row("samples converted this run", f"{samples:,}")
     table.add_row("rows in parquet", f"{summary.rows:,}")
+    embedded = captions_to_embed(summary)
+    if embedded is not None:
+        table.add_row("captions SimpleTuner will embed (rows + extra captions)", f"{embedded:,}")
     for reason, count in sorted(rejects.items()):
         table.add_row(f"rejected: {reason}", f"{count:,}")
     for note, count in sorted(notes.items()):
@@ -193,4 +199,13 @@ def summary_table(summary: RunSummary) -> Table:
     return table
 
 
-__all__ = ["RichReporter", "summary_table"]
+def captions_to_embed(summary: RunSummary) -> int | None:
+    """With --extra-captions: the captions of the whole dataset, each a text embedding in SimpleTuner's cache
+    (rows + the extra captions every completed shard's record counts); None without extra captions."""
+    layout = Layout(summary.out)
+    if not pinned_settings(layout).get("extra_captions"):
+        return None
+    return summary.rows + sum(rec.notes.get("extra_captions", 0) for rec in all_records(layout).values())
+
+
+__all__ = ["RichReporter", "captions_to_embed", "summary_table"]

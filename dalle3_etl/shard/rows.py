@@ -41,6 +41,7 @@ class Reason(StrEnum):
     NAME_UNUSABLE = "name_unusable"
     SHARD_UNREADABLE = "shard_unreadable"
     SAMPLE_ERROR = "sample_error"
+    FILTERED = "filtered"
 
 
 #: Every reason code with what it means (README table, `--help` texts, tests).
@@ -69,6 +70,8 @@ REASONS: dict[Reason, str] = {
     "compression); samples before the damage are kept",
     Reason.SAMPLE_ERROR: "an unexpected error while handling this sample (the detail names the exception and where "
     "it was raised); the rest of the shard is converted. A bug: please report it",
+    Reason.FILTERED: "left out by a filter (--min-side, --max-aspect, --sources, --exclude-sources, "
+    "--min-caption-chars); the detail names the filter and the value ('min_side: 816 < 1024')",
 }
 
 
@@ -89,6 +92,7 @@ class JsonInfo:
     extras: dict[str, Any]
     size_invalid: bool = False  # the JSON has width/height, but a value is not a usable size
     image_ext: str | None = None  # extension of the JSON's `image_name`, lower case, when it has one
+    captions: list[str] | None = None  # with --extra-captions: every caption, the first one first
 
 
 # Control characters that are not whitespace (tab, newline, \x1c-\x1f and NEL are whitespace: they become a space).
@@ -141,6 +145,20 @@ def choose_caption(obj: dict[str, Any], chain: tuple[str, ...]) -> tuple[str | N
         if caption is not None:
             return caption, name
     return None, "; ".join(f"{name}: {_describe(obj.get(name))}" for name in chain)
+
+
+def all_captions(obj: dict[str, Any], extra: tuple[str, ...], first: str) -> list[str]:
+    """`first`, then the captions of the `extra` fields in order (a list field gives each of its strings),
+    cleaned like the first; empty ones and repeats (after cleaning) dropped."""
+    out = [first]
+    for name in extra:
+        value = obj.get(name)
+        for item in (value,) if isinstance(value, str) else value if isinstance(value, list) else ():
+            if isinstance(item, str):
+                text = clean_caption(item)
+                if text and text not in out:  # a handful of captions: a list is as fast as a set
+                    out.append(text)
+    return out
 
 
 _DIGITS = re.compile(r"[0-9]{1,12}")
@@ -234,6 +252,7 @@ def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
     if source is not None and not isinstance(source, str):
         source = orjson.dumps(source).decode()
     extras = {name: _extra_value(name, obj.get(name)) for name in settings.fields}
+    captions = all_captions(obj, settings.extra_captions, caption) if settings.extra_captions and caption else None
     return JsonInfo(
         caption,
         caption_detail,
@@ -244,4 +263,5 @@ def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
         extras,
         size_invalid,
         _image_ext(obj.get("image_name")),
+        captions,
     )

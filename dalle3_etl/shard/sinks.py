@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dalle3_etl.settings import LIST_FIELDS, Settings
+from dalle3_etl.settings import CAPTIONS_COLUMN, LIST_FIELDS, Settings
 from dalle3_etl.store.fsio import Root
 
 #: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
@@ -40,6 +40,8 @@ def schema_for(settings: Settings) -> pa.Schema:
         pa.field("shard", pa.string(), nullable=False),
         pa.field("source", pa.string()),
     ]
+    if settings.extra_captions:  # every caption of the row, the first (`caption`) included
+        cols.append(pa.field(CAPTIONS_COLUMN, pa.list_(pa.string()), nullable=False))
     for name in settings.fields:
         cols.append(pa.field(name, pa.list_(pa.string()) if name in LIST_FIELDS else pa.string()))
     return pa.schema(cols)

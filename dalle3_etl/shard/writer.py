@@ -1,5 +1,6 @@
-"""One finished sample to files and a row: its size (JSON, else image header), its image and caption files,
-created exclusively in the shard's staging folder, its row in the shard's parquet part, and reject lines.
+"""One finished sample to files and a row: its size (JSON, else image header), the filters (`shape`, before
+anything is written), its image and caption files, created exclusively in the shard's staging folder, its row
+in the shard's parquet part, and reject lines.
 
 `SampleWriter` also takes an image member in as it is read (`image_ref`): its signature is checked, then it
 is left in the tar (seekable input: only its offset is kept, the body is copied later with `copy_range`),
@@ -21,6 +22,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard import imageheader
 from dalle3_etl.shard.rows import JsonInfo, Reason, Reject
 from dalle3_etl.shard.samples import Entry
+from dalle3_etl.shard.shape import NOTE_PREFIX, Filters, filter_of
 from dalle3_etl.shard.sinks import NEW_FILE, FileTree, PartWriter, caption_relpath
 from dalle3_etl.shard.tarstream import Member, TarReader
 from dalle3_etl.store.crash import crash_point
@@ -66,6 +68,9 @@ class SampleWriter:
         self._pending_seq = 0
         self._rejects_fh = open(layout.staged_rejects(shard_id), "wb")
         self.part = PartWriter(layout.staged_part(shard_id), settings)
+        filters = Filters.from_settings(settings)
+        self.filters = filters if filters.active else None
+        self.extra_captions = bool(settings.extra_captions)
 
     def close(self) -> None:
         """Finish the part and the reject lines (the shard is read to its end)."""
@@ -132,6 +137,8 @@ class SampleWriter:
         if size is None:
             return
         width, height = size
+        if self.filters is not None and self._filtered(info, width, height, ref, image_member):
+            return
         ext = image_member[image_member.rfind(".") :]
         if info.image_ext is not None and not _same_ext(info.image_ext, ext[1:]):
             self.notes["image_name_ext_differs"] += (
@@ -149,7 +156,7 @@ class SampleWriter:
             return
         try:
             if self.write_files:
-                self.bytes_out += self._write_sample(filename, ref, info.caption)
+                self.bytes_out += self._write_sample(filename, ref, self._caption_text(info))
         except OSError as exc:
             if exc.errno not in _NAME_ERRNOS:
                 raise  # the disk, not the name: the shard fails and is redone next run
@@ -167,11 +174,30 @@ class SampleWriter:
                 f"cannot create {filename!r} in the output: {exc.strerror}{why}",
             )
             return
-        self.part.add(
-            (filename, info.caption, width, height, entry.key, self.shard_id, info.source, *info.extras.values())
-        )
+        self._add_row(filename, info, width, height, entry.key)
         self.samples += 1
         crash_point("sample", self.shard_id, self.samples)
+
+    def _caption_text(self, info: JsonInfo) -> str:
+        """The caption file's text: the caption, or with --extra-captions one caption a line (no newline at the end)."""
+        return "\n".join(info.captions) if self.extra_captions else info.caption
+
+    def _add_row(self, filename: str, info: JsonInfo, width: int, height: int, key: str) -> None:
+        extras = info.extras.values()
+        if self.extra_captions:  # the captions column comes before the --fields ones
+            self.notes["extra_captions"] += len(info.captions) - 1
+            extras = (info.captions, *extras)
+        self.part.add((filename, info.caption, width, height, key, self.shard_id, info.source, *extras))
+
+    def _filtered(self, info: JsonInfo, width: int, height: int, ref: ImageRef, image_member: str) -> bool:
+        """Whether a filter leaves the sample out (then rejected as `filtered`, counted per filter)."""
+        rejected = self.filters.check(info, width, height)
+        if rejected is None:
+            return False
+        self.discard(ref)
+        self.notes[NOTE_PREFIX + filter_of(rejected.detail)] += 1
+        self.reject(image_member, rejected.reason, rejected.detail)
+        return True
 
     def _size(self, info: JsonInfo, ref: ImageRef, image_member: str) -> tuple[int, int] | None:
         """(width, height): the JSON's, else the image header's; None when the sample is rejected for it."""
