@@ -115,6 +115,15 @@ def convert(
         None, "--keep-tars", help="With hf:// inputs: also save the downloaded tars here."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress, no summary."),
+    dry_run: bool = typer.Option(
+        False,
+        "--dry-run",
+        help="Read only the JSON and image headers, write nothing (OUT need not exist) and print what a run would "
+        "do: samples read, rejected, filtered, duplicates, kept; bytes it would write; kept rows by source and "
+        "resolution.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: print one JSON object instead of tables."),
+    top: int = typer.Option(10, "--top", min=1, help="With --dry-run: how many sources and resolutions to list."),
 ) -> None:
     """Convert shards into OUT/dalle3.parquet, OUT/data/<shard>/<image> + .txt captions and OUT/multidatabackend.json.
 
@@ -127,6 +136,7 @@ def convert(
         raise UsageError(f"--executor {executor!r}: unknown executor; use one of: {', '.join(EXECUTORS)}")
     if workers is not None and workers < 1:  # in a config file, workers = 0 means all cores
         raise UsageError(f"--workers {workers}: must be at least 1 (leave --workers out to use all cores)")
+    _check_dry_run_options(dry_run, as_json, retry_failed, keep_tars)
     settings = load_settings(
         config,
         workers=workers,
@@ -150,10 +160,12 @@ def convert(
     from dalle3_etl.run.preflight import check_out_dir
     from dalle3_etl.run.report import RichReporter
 
-    check_out_dir(out)  # before the inputs: a bad OUT is refused without looking at them
+    check_out_dir(out, write=not dry_run)  # before the inputs: a bad OUT is refused without looking at them
     sources = resolve_inputs(inputs, keep_dir=keep_tars)
     previous = _stop_on_sigterm()
     try:
+        if dry_run:
+            raise typer.Exit(_dry_run(sources, out, settings, executor, ray_address, restart, quiet, as_json, top))
         summary = run_convert(
             sources,
             out,
@@ -172,6 +184,34 @@ def convert(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(summary.exit_code)
+
+
+def _check_dry_run_options(dry_run: bool, as_json: bool, retry_failed: bool, keep_tars: Path | None) -> None:
+    if as_json and not dry_run:
+        raise UsageError("--json is for --dry-run (a conversion prints its summary; `stats OUT --json` after it)")
+    if dry_run and retry_failed:
+        raise UsageError("--dry-run counts every input shard as a fresh conversion would: leave out --retry-failed")
+    if dry_run and keep_tars is not None:
+        raise UsageError("--dry-run writes nothing: leave out --keep-tars")
+
+
+def _dry_run(sources, out, settings, executor, ray_address, restart, quiet, as_json, top) -> int:
+    """`convert --dry-run`: the funnel as tables (or JSON); the exit code convert would give (1: a shard is
+    damaged or failed)."""
+    import orjson
+
+    from dalle3_etl.run.dry import dry_run
+    from dalle3_etl.run.dryreport import RichDryReporter, print_funnel
+
+    reporter = RichDryReporter(quiet=quiet or as_json)
+    funnel = dry_run(
+        sources, out, settings, executor=executor, ray_address=ray_address, restart_run=restart, reporter=reporter
+    )
+    if as_json:
+        typer.echo(orjson.dumps(funnel.to_json(top), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_funnel(funnel, top, Console())
+    return funnel.exit_code
 
 
 class Terminated(KeyboardInterrupt):

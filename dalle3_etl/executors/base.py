@@ -1,9 +1,10 @@
 """What every executor shares: the task (`ShardTask`), the `Executor` protocol, its callbacks, and `run_task`.
 
 Every executor runs the same function, `run_task`, on the same `ShardTask`, so their outputs are the
-same bytes. Executors report progress `(shard id, bytes, samples)` and each finished `ShardResult`
-through callbacks; the driver (`pipeline`) decides what to run and merges afterwards. The executors
-themselves are in `local` (this process, a local process pool) and `ray`; `choose` picks one.
+same bytes (a dry run's tasks say `dry`: `run_task` then decides the shard's samples and writes nothing).
+Executors report progress `(shard id, bytes, samples)` and each finished `ShardResult` through callbacks;
+the driver (`pipeline`) decides what to run and merges afterwards. The executors themselves are in `local`
+(this process, a local process pool) and `ray`; `choose` picks one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Protocol
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardResult, convert_shard
+from dalle3_etl.shard.dry import dry_run_shard
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.layout import Layout
 
@@ -31,6 +33,12 @@ class ShardTask:
     source: ShardSource
     out: str
     settings: Settings
+    dry: bool = False  # `convert --dry-run`: decide every sample, write nothing (`shard.dry.dry_run_shard`)
+
+    @property
+    def workers_lock(self) -> str | None:
+        """The lock a worker holds while it may write into OUT (`RunLock`); none in a dry run, which never does."""
+        return None if self.dry else str(Layout(Path(self.out)).workers_lock)
 
 
 #: Environment variable naming a file to which every process that converts a shard appends its peak
@@ -65,16 +73,21 @@ def _log_peak_rss() -> None:
 
 
 def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult:
-    """Convert one shard. Never raises for a shard's own problems: a failed result says what went wrong."""
+    """Convert one shard (or, `task.dry`, decide its samples: a `DryResult`). Never raises for a shard's own
+    problems: a failed result says what went wrong."""
     try:
-        result = convert_shard(task.source, Path(task.out), task.settings, progress)
+        if task.dry:
+            result = dry_run_shard(task.source, Path(task.out), task.settings, progress)
+        else:
+            result = convert_shard(task.source, Path(task.out), task.settings, progress)
         _log_peak_rss()
         return result
     except Exception as exc:  # a bug or an unexpected input error: report it, keep the run going
-        try:
-            forget_shard(Layout(Path(task.out)), task.source.shard_id, task.settings)
-        except OSError:
-            pass
+        if not task.dry:  # a dry run left nothing behind
+            try:
+                forget_shard(Layout(Path(task.out)), task.source.shard_id, task.settings)
+            except OSError:
+                pass
         where = traceback.extract_tb(exc.__traceback__)[-1]
         return ShardResult(
             shard_id=task.source.shard_id,

@@ -39,14 +39,15 @@ class InlineExecutor:
 _progress_queue = None
 
 
-def _init_worker(progress_queue, driver_pid: int, workers_lock: str) -> None:
+def _init_worker(progress_queue, driver_pid: int, workers_lock: str | None) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     mark_pool_worker()  # its RSS log lines say "pool"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; no tracebacks from each
     # SIGTERM keeps its default (die): a broken pool stops its other workers with SIGTERM.
     _die_with_driver(driver_pid)
-    hold_workers_lock(workers_lock)
+    if workers_lock is not None:  # None: a dry run, which never writes into OUT
+        hold_workers_lock(workers_lock)
 
 
 def _die_with_driver(driver_pid: int) -> None:
@@ -126,7 +127,7 @@ class LocalExecutor:
             max_workers=min(self.workers, len(tasks)),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(progress_queue, os.getpid(), str(Layout(Path(tasks[0].out)).workers_lock)),
+            initargs=(progress_queue, os.getpid(), tasks[0].workers_lock),
         )
         retry: list[ShardTask] = []
         try:

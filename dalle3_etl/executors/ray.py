@@ -25,7 +25,6 @@ import os
 import signal
 import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 from dalle3_etl import __version__
@@ -34,7 +33,6 @@ from dalle3_etl.executors.base import ProgressCb, ResultCb, ShardTask, run_task
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.optional import require
 from dalle3_etl.shard.convert import ShardResult
-from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import workers_lock_held
 
 MAX_RETRIES = 3  # reruns of a task whose worker process or node died (OOM killer, lost node)
@@ -112,7 +110,8 @@ def _shard_task(task: ShardTask, board: Any, driver_version: str) -> ShardResult
         )
     # Held during the task: a new run on OUT (after this run's driver was killed) waits until this
     # task is gone, so it cannot commit a shard under the new run's feet.
-    with workers_lock_held(Layout(Path(task.out)).workers_lock):
+    held = workers_lock_held(task.workers_lock) if task.workers_lock is not None else contextlib.nullcontext()
+    with held:  # a dry run (no lock) never writes into OUT
         return run_task(task, _reporter(board) if board is not None else None)
 
 

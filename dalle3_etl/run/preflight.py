@@ -31,9 +31,10 @@ SETTING_FLAGS = {
 }
 
 
-def check_out_dir(out: Path) -> None:
+def check_out_dir(out: Path, *, write: bool = True) -> None:
     """Refuse an OUT that cannot become a dalle3-etl output, before any input is read or anything written:
-    a file, a folder holding other things, a path under a file, a folder this process cannot write in.
+    a file, a folder holding other things, a path under a file, a folder this process cannot write in
+    (not checked without `write`: a dry run writes nothing).
     (What only creating it can tell, e.g. OUT in /proc, is refused by `run_convert` when it creates OUT.)"""
     out = Path(out).absolute()
     try:
@@ -55,7 +56,7 @@ def check_out_dir(out: Path) -> None:
             there = there.parent
         if not there.is_dir():
             raise StateError(f"output {out} cannot be created: {there} is a file, not a directory")
-        if not os.access(there, os.W_OK | os.X_OK):
+        if write and not os.access(there, os.W_OK | os.X_OK):
             raise StateError(
                 f"output {out} cannot be written: no write permission in {there} (or read-only filesystem)"
             )

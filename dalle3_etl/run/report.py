@@ -30,9 +30,10 @@ LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a te
 
 
 class RichReporter(Reporter):
-    def __init__(self, console: Console | None = None, quiet: bool = False):
+    def __init__(self, console: Console | None = None, quiet: bool = False, verb: str = "Converting"):
         self.console = console or Console(stderr=False)
         self.quiet = quiet
+        self.verb = verb  # what the run does to the shards it lists at the start
         self.live = self.console.is_terminal and not quiet
         self.bar: Progress | None = None
         self.shard_bytes: dict[str, int] = {}
@@ -56,7 +57,7 @@ class RichReporter(Reporter):
         for line in plan.notices():
             self._print(safe(line))
         if plan.todo:
-            self.console.print(f"Converting {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
+            self.console.print(f"{self.verb} {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
         if self.live and plan.todo:
             self.bar = Progress(
                 TextColumn("[bold]{task.description}"),

@@ -196,33 +196,16 @@ class ShardConverter:
         layout = self.layout
         forget_shard(layout, self.shard_id, self.settings)
         self.staging.mkdir(parents=True)
-        error = None
         self.writer = writer = SampleWriter(self.shard_id, layout, self.settings, self.staging)
         try:
-            with self.src.open() as fh:
-                try:
-                    writer.reader = reader = open_tar(fh)
-                    self._convert_members(reader)
-                except tarstream.TarFormatError as exc:
-                    error = f"{self.src.uri}: {exc}"
-                    writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))
+            error = self.read_all()
             writer.close()
             crash_point("staged", self.shard_id)
             self.commit()
         except BaseException:
             writer.abort()
             raise
-        result = ShardResult(
-            shard_id=self.shard_id,
-            ok=True,
-            samples=writer.samples,
-            rejects=dict(sorted(writer.counts.items())),
-            notes=dict(sorted(writer.notes.items())),
-            bytes_in=self.src.size,
-            bytes_out=writer.bytes_out,
-            seconds=time.monotonic() - start,
-            error=error,
-        )
+        result = self.result(error, start)
         sync_filesystem(layout.state)  # the record must never reach the disk before the files it describes
         crash_point("committed", self.shard_id)
         write_record(
@@ -240,6 +223,37 @@ class ShardConverter:
         )
         crash_point("recorded", self.shard_id)
         return result
+
+    def read_all(self) -> str | None:
+        """Read the shard to its end through `self.writer`; returns the damage that stopped it early (also
+        a `shard_unreadable` line), None when the tar was read whole."""
+        writer = self.writer
+        with self.src.open() as fh:
+            try:
+                writer.reader = reader = open_tar(fh)
+                self._convert_members(reader)
+            except tarstream.TarFormatError as exc:
+                writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))
+                return f"{self.src.uri}: {exc}"
+        return None
+
+    def result(
+        self, error: str | None, start: float, result_type: type[ShardResult] | None = None, **more: Any
+    ) -> ShardResult:
+        """The shard's counts for the driver; a dry run (`shard.dry`) gives its own `result_type` and fields."""
+        writer = self.writer
+        return (result_type or ShardResult)(
+            shard_id=self.shard_id,
+            ok=True,
+            samples=writer.samples,
+            rejects=dict(sorted(writer.counts.items())),
+            notes=dict(sorted(writer.notes.items())),
+            bytes_in=self.src.size,
+            bytes_out=writer.bytes_out,
+            seconds=time.monotonic() - start,
+            error=error,
+            **more,
+        )
 
     def commit(self) -> None:
         """Move the staged part, rejects and files into place. The record is written after this."""

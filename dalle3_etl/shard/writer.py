@@ -65,12 +65,17 @@ class SampleWriter:
         self.prefix = "" if settings.flat else f"{shard_id}/"
         self.write_files = settings.images or settings.captions
         self.reader: TarReader | None = None  # set once the shard is open: image bodies are copied from it
+        self.stage_streamed = settings.images  # streamed image bodies staged until their JSON comes (else probed)
         self._pending_seq = 0
-        self._rejects_fh = open(layout.staged_rejects(shard_id), "wb")
-        self.part = PartWriter(layout.staged_part(shard_id), settings)
-        filters = Filters.from_settings(settings)
+        filters = Filters.from_settings(self.settings)
         self.filters = filters if filters.active else None
-        self.extra_captions = bool(settings.extra_captions)
+        self.extra_captions = bool(self.settings.extra_captions)
+        self._open_sinks()
+
+    def _open_sinks(self) -> None:
+        """Where reject lines and rows go: the staged `rejects.jsonl` and parquet part (`shard.dry`: counted)."""
+        self._rejects_fh = open(self.layout.staged_rejects(self.shard_id), "wb")
+        self.part = PartWriter(self.layout.staged_part(self.shard_id), self.settings)
 
     def close(self) -> None:
         """Finish the part and the reject lines (the shard is read to its end)."""
@@ -103,7 +108,7 @@ class SampleWriter:
             return Reject(Reason.IMAGE_INVALID, problem)
         if reader.seekable:
             return ImageRef(offset=member.offset, size=member.size)
-        if self.settings.images:
+        if self.stage_streamed:
             self._pending_seq += 1
             path = os.path.join(self.layout.staged_pending(self.shard_id), f"{self._pending_seq}")
             os.makedirs(os.path.dirname(path), exist_ok=True)
