@@ -98,6 +98,13 @@ def convert(
         None, "--flat/--subfolders", help="All images directly in OUT/data (refuses clashing names)."
     ),
     max_json_bytes: int | None = typer.Option(None, help="Reject JSON members larger than this."),
+    dedup: str | None = typer.Option(
+        None,
+        "--dedup",
+        metavar="FIELD",
+        help="Keep only the first sample (shard order, then member order) of each value of this JSON field "
+        "(md5_pil_hash, md5_file_hash, sha512_hash...); later ones are 'duplicate' rejects.",
+    ),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     restart: bool = typer.Option(
@@ -138,6 +145,7 @@ def convert(
         captions=captions,
         flat=flat,
         max_json_bytes=max_json_bytes,
+        dedup=dedup,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning

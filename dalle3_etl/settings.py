@@ -39,7 +39,7 @@ def _setting(default: Any, **rules: Any) -> Any:
     """A dataclass field and what `_check` requires of its value beyond its type:
     min / max / above (number >= / <= / >), choices (str, one of them), lower (str, lower-cased first),
     pattern ((regex, what it means)), unique ("refuse" or "dedupe" a list's repeated items),
-    reserved (a function giving names a list must not hold)."""
+    reserved (a function giving names a list must not hold), off ("" is allowed: the option is off)."""
     return field(default=default, metadata=rules)
 
 
@@ -86,10 +86,12 @@ class Settings:
     parquet_name: str = _setting(
         "dalle3.parquet", pattern=(_NAME + r"\.parquet", "a plain file name ending in .parquet")
     )
+    dedup: str = _setting("", off=True)  # JSON field holding a hash: later samples with the same value are dropped
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _refuse_dedup_flat(self)
 
     @cached_property  # read once per JSON member: computed once (a frozen dataclass still has a __dict__)
     def caption_chain(self) -> tuple[str, ...]:
@@ -117,7 +119,18 @@ OUTPUT_KEYS = (
     "max_pending",
     "max_dimension",
     "parquet_name",
+    "dedup",
 )
+
+
+def _refuse_dedup_flat(settings: Settings) -> None:
+    """--flat publishes each shard's files for good at merge time, --dedup may take a published file back
+    when a shard sorting first is added later: the two are not combined."""
+    if settings.dedup and settings.flat:
+        raise SettingsError(
+            f"dedup = {settings.dedup!r} (--dedup) cannot be combined with flat = true (--flat): "
+            "duplicates are removed from OUT/data/<shard>/ folders only; drop one of the two"
+        )
 
 
 class _Bad(ValueError):
@@ -162,6 +175,8 @@ def _check(kind: Any, rules: dict[str, Any], value: Any) -> Any:
         value = float(value)
     if kind is str:
         value = value.lower() if rules.get("lower") else value
+        if not value and rules.get("off"):
+            return value
         if not value:
             raise _Bad("must not be empty")
         if "choices" in rules and value not in rules["choices"]:

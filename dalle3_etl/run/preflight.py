@@ -22,6 +22,7 @@ SETTING_FLAGS = {
     "captions": "--captions/--no-captions",
     "flat": "--flat/--subfolders",
     "max_json_bytes": "--max-json-bytes",
+    "dedup": "--dedup",
 }
 
 
@@ -61,7 +62,9 @@ def check_settings(layout: Layout, settings: Settings) -> None:
     manifest = read_manifest(layout)
     if manifest is None:
         return
-    diffs = settings_differences(manifest.get("settings", {}), settings.output_fingerprint())
+    # a setting added after OUT was made is absent from its manifest: OUT was made with its default
+    pinned = {**Settings().output_fingerprint(), **manifest.get("settings", {})}
+    diffs = settings_differences(pinned, settings.output_fingerprint())
     if diffs:
         named = [
             f"{line}  ({SETTING_FLAGS[line.split(':')[0]]})" if line.split(":")[0] in SETTING_FLAGS else line
