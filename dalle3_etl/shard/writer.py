@@ -66,15 +66,22 @@ class SampleWriter:
         self._pending_seq = 0
         self._rejects_fh = open(layout.staged_rejects(shard_id), "wb")
         self.part = PartWriter(layout.staged_part(shard_id), settings)
+        # --dedup: keys of this shard's rows so far; samples repeating one are listed in the dups file
+        self._keys: set[bytes] = set()
+        self._dups_fh = open(layout.staged_dups(shard_id), "wb") if settings.dedup else None
 
     def close(self) -> None:
         """Finish the part and the reject lines (the shard is read to its end)."""
         self.part.close()
         self._rejects_fh.close()
+        if self._dups_fh is not None:
+            self._dups_fh.close()
 
     def abort(self) -> None:
         """Close without finishing; what was written goes with the shard's staging folder."""
         self._rejects_fh.close()
+        if self._dups_fh is not None:
+            self._dups_fh.close()
         self.part.abort()
 
     def reject(self, member: str, reason: Reason, detail: str) -> None:
@@ -147,6 +154,8 @@ class SampleWriter:
                 f"folder trees break tools that walk or delete folders recursively)",
             )
             return
+        if self._dups_fh is not None and self._repeated(info.dedup_key, image_member, ref):
+            return
         try:
             if self.write_files:
                 self.bytes_out += self._write_sample(filename, ref, info.caption)
@@ -167,11 +176,32 @@ class SampleWriter:
                 f"cannot create {filename!r} in the output: {exc.strerror}{why}",
             )
             return
+        if self.part.keys is not None:
+            self._keep_key(info.dedup_key)
         self.part.add(
             (filename, info.caption, width, height, entry.key, self.shard_id, info.source, *info.extras.values())
         )
         self.samples += 1
         crash_point("sample", self.shard_id, self.samples)
+
+    def _repeated(self, key: bytes | None, image_member: str, ref: ImageRef) -> bool:
+        """--dedup: a sample whose key a row of this shard already has is left out (no file, no row) and listed
+        in the shard's dups file; the merge writes its reject line, naming the sample kept, which may be in an
+        earlier shard. `at`: the rows before it, so the merge puts its line in member order among the rows'."""
+        if key is None or key not in self._keys:
+            return False
+        self.discard(ref)
+        line = {"member": _printable(image_member), "key": key.hex(), "at": self.samples}
+        self._dups_fh.write(orjson.dumps(line) + b"\n")
+        return True
+
+    def _keep_key(self, key: bytes | None) -> None:
+        """--dedup: the key of a row about to be added (None: the field is missing, the sample is kept)."""
+        if key is None:
+            self.notes["dedup_field_missing"] += 1
+        else:
+            self._keys.add(key)
+        self.part.keys.append(key)
 
     def _size(self, info: JsonInfo, ref: ImageRef, image_member: str) -> tuple[int, int] | None:
         """(width, height): the JSON's, else the image header's; None when the sample is rejected for it."""
