@@ -211,8 +211,11 @@ def test_the_command_line_refuses_dedup_with_flat_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_duplicate_reason_is_documented():
-    assert Reason.DUPLICATE in REASONS
+def test_the_readme_documents_the_flag_and_the_duplicate_reason():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    bad_input = readme[readme.index("## Bad input") :]
+    assert "| `--dedup FIELD` |" in readme
+    assert f"| `{Reason.DUPLICATE}` |" in bad_input and REASONS[Reason.DUPLICATE]
     assert orjson.dumps({"reason": Reason.DUPLICATE}) == b'{"reason":"duplicate"}'
 
 
