@@ -2,8 +2,8 @@
 output is always byte for byte that of one uninterrupted run over the same inputs (parquet, rejects.jsonl,
 files under OUT/data), and verify passes.
 
-The synthetic corpus's `md5_pil_hash` is the md5 of solid-colour pixels, one per (format, size): most samples
-repeat one, within their shard and across shards.
+The synthetic corpus (test_resume's: 4 shards of 25 samples) has `md5_pil_hash` the md5 of solid-colour
+pixels, one per (format, size): most samples repeat one, within their shard and across shards.
 """
 
 from __future__ import annotations
@@ -14,21 +14,12 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import convert
-from test_resume import assert_same_output, data_files, invoke, leftovers, run_convert_cli
+from test_resume import assert_same_output, corpus, data_files, invoke, leftovers, run_convert_cli  # noqa: F401
 
 from dalle3_etl.check.verify import verify
-from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.store.layout import Layout
 
-SPEC = SynthSpec(shards=4, per_shard=25, seed=11, image_bytes=1000)
 DEDUP = ("--dedup", "md5_pil_hash")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dedup-corpus")
-    write_corpus(root, SPEC)
-    return root
 
 
 @pytest.fixture(scope="module")
