@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from dalle3_etl.run.held import hold_files
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.rows import Reason
-from dalle3_etl.shard.sinks import DEDUP_COLUMN, column_array
+from dalle3_etl.shard.sinks import column_array
 from dalle3_etl.store.crash import crash_point
 from dalle3_etl.store.layout import Layout
 
@@ -130,7 +130,7 @@ class DedupMerger:
     either. Rows are numbered in merge order as the parts hold them (before any is dropped): a shard's first
     row is `starts[i]`, which names the sample a duplicate points at."""
 
-    def __init__(self, layout: Layout, settings: Settings, parts: Any):
+    def __init__(self, layout: Layout, settings: Settings, parts: Any):  # a run.merge.PartMerger (merge imports us)
         self.layout = layout
         self.settings = settings
         self.parts = parts
@@ -170,7 +170,7 @@ class DedupMerger:
 
     def _drop_seen(self, shard_id: str, batch: pa.RecordBatch, first: int, dropped: list) -> pa.RecordBatch:
         """The batch without its hidden key column and without the rows whose key was seen before."""
-        keys = batch.column(DEDUP_COLUMN)
+        keys = batch.column(batch.num_columns - 1)  # the hidden key column is last (`--fields _dedup` is a name too)
         data = keys.buffers()[1]
         halves = memoryview(data)[keys.offset * 16 : (keys.offset + len(keys)) * 16].cast("Q") if data else []
         valid = keys.is_valid().to_pylist() if keys.null_count else None
