@@ -14,7 +14,7 @@ parts `PartMerger` merges, in the same pass:
 - a shard's own reject lines go to rejects.jsonl first, then its duplicate lines, in member order;
 - `dedup.json` keeps, per shard, the rows dropped and the duplicates, for verify, status and stats.
 
-`KeyTable` holds the keys seen, in arrays: 1.2 M keys take 32 MB (a Python set of the same 16-byte `bytes`
+`KeyTable` holds the keys seen, in arrays: 1.2 M keys take 28 MB (a Python set of the same 16-byte `bytes`
 takes 92 MB; tests/run/test_dedup.py bounds the table with tracemalloc).
 """
 
@@ -38,89 +38,86 @@ from dalle3_etl.shard.sinks import column_array
 from dalle3_etl.store.crash import crash_point
 from dalle3_etl.store.layout import Layout
 
-EMPTY = 0xFFFFFFFF  # "not in the table"; values (merged row numbers) stay below it
+EMPTY = 0xFFFFFFFF  # "no first occurrence"; row numbers stay below it
 _PAIR = struct.Struct("=QQ")  # a 16-byte key as two native 64-bit halves, as the part's buffer is read
 
 
 class KeyTable:
-    """128-bit keys -> the merged row number of their first occurrence.
+    """16-byte keys -> the row number of their first occurrence, rows numbered from 0 in the order added.
 
-    Laid out like CPython's dict, in arrays: the entries in insertion order (high half, low half, value:
-    20 bytes a key) and an open-addressing index of entry numbers (4 bytes a slot, linear probing, 0 is a
-    free slot), rebuilt twice as large when 3/4 full. 1.2 M keys: 24 MB of entries + 8 MB of index."""
+    Every row's key is kept, in row order, in one array (`keys`: 16 bytes a row, copied a batch at a time)
+    and an open-addressing index holds, for each distinct key, 1 + the row of its first occurrence (4 bytes a
+    slot; linear probing; 0 is a free slot), rebuilt larger when 3/4 full. 1.2 M rows: 19 MB of keys and
+    8 MB of index. The loop in `add_keys` is the driver's cost of --dedup (about 1 µs a row)."""
 
-    def __init__(self, capacity: int = 1 << 16):
-        self.his = array("Q")
-        self.los = array("Q")
-        self.vals = array("I")
+    def __init__(self, capacity: int = 1 << 17):
+        self.keys = array("Q")
+        self.size = 0  # distinct keys
         self._index(max(16, 1 << (capacity - 1).bit_length()))
 
     @property
-    def size(self) -> int:
-        return len(self.vals)
+    def rows(self) -> int:
+        return len(self.keys) // 2
 
     @property
     def nbytes(self) -> int:
-        return sum(a.itemsize * len(a) for a in (self.his, self.los, self.vals, self.slots))
+        return self.keys.itemsize * len(self.keys) + self.slots.itemsize * len(self.slots)
 
     def _index(self, capacity: int) -> None:
+        """(Re)build the index with `capacity` slots from the first occurrences it holds."""
+        old = getattr(self, "slots", ())
         self.mask = mask = capacity - 1
         self.limit = capacity * 3 // 4
-        self.slots = None  # the old index goes before the new one is made
         slots = array("I", [0]) * capacity
-        for n, lo in enumerate(self.los, 1):
-            i = lo & mask  # the key is a hash: its bits are uniform
-            while slots[i]:
-                i = (i + 1) & mask
-            slots[i] = n
+        keys = self.keys
+        for n in old:
+            if n:
+                i = keys[2 * n - 2] & mask  # the low half: a hash's bits are uniform
+                while slots[i]:
+                    i = (i + 1) & mask
+                slots[i] = n
         self.slots = slots
 
-    def add(self, hi: int, lo: int, value: int) -> int:
-        """The value of the key if it is in the table, else EMPTY after adding it with `value`."""
-        seen = self.add_keys(memoryview(_PAIR.pack(lo, hi)).cast("Q"), None, value)
-        return seen[0][1] if seen else EMPTY
-
-    def get(self, hi: int, lo: int) -> int | None:
-        slots, los, his, mask = self.slots, self.los, self.his, self.mask
-        i = lo & mask
-        while n := slots[i]:
-            if los[n - 1] == lo and his[n - 1] == hi:
-                return self.vals[n - 1]
-            i = (i + 1) & mask
-        return None
-
-    def add_keys(self, halves: memoryview, valid: list[bool] | None, first: int) -> list[tuple[int, int]]:
-        """Add the keys of one batch (`halves`: low, high of each row; `valid`: None when no key is null) whose
-        rows are numbered from `first`. Returns (row in the batch, first occurrence) of the rows seen before.
-        This loop is the driver's cost of --dedup (about 1 µs a key)."""
+    def add_keys(self, data: bytes | memoryview, valid: list[bool] | None = None) -> list[tuple[int, int]]:
+        """Add the keys of a batch (`data`: 16 bytes a row; `valid`: None when every row has a key, else False
+        for a row without one). Returns (row in the batch, row of the first occurrence) of the rows whose key
+        was added before."""
+        keys = self.keys
+        first = len(keys) // 2
+        keys.frombytes(data)
+        halves = memoryview(data).cast("B").cast("Q")
         seen = []
-        slots, los, his, vals, mask = self.slots, self.los, self.his, self.vals, self.mask
-        value = first - 1
+        slots, mask, limit, size = self.slots, self.mask, self.limit, self.size
+        row = first - 1
         for lo, hi in zip(halves[::2], halves[1::2]):
-            value += 1
-            if valid is not None and not valid[value - first]:
+            row += 1
+            if valid is not None and not valid[row - first]:
                 continue  # the field is missing: kept
             i = lo & mask
             while n := slots[i]:
-                if los[n - 1] == lo and his[n - 1] == hi:
-                    seen.append((value - first, vals[n - 1]))
+                if keys[2 * n - 2] == lo and keys[2 * n - 1] == hi:
+                    seen.append((row - first, n - 1))
                     break
                 i = (i + 1) & mask
             else:
-                los.append(lo)
-                his.append(hi)
-                vals.append(value)
-                slots[i] = len(vals)
-                if len(vals) > self.limit:
-                    self._index(2 * (mask + 1))
-                    slots, mask = self.slots, self.mask
+                slots[i] = row + 1
+                size += 1
+                if size > limit:  # 4 times larger while small: fewer rebuilds
+                    self._index((mask + 1) * (4 if mask < 1 << 20 else 2))
+                    slots, mask, limit = self.slots, self.mask, self.limit
+        self.size = size
         return seen
 
-
-def key_halves(key: bytes) -> tuple[int, int]:
-    """(high, low) of a 16-byte key, as `KeyTable` gets them from a part's `_dedup` column."""
-    lo, hi = _PAIR.unpack(key)
-    return hi, lo
+    def get(self, key: bytes) -> int | None:
+        """The row of the key's first occurrence, or None."""
+        lo, hi = _PAIR.unpack(key)
+        slots, keys, mask = self.slots, self.keys, self.mask
+        i = lo & mask
+        while n := slots[i]:
+            if keys[2 * n - 2] == lo and keys[2 * n - 1] == hi:
+                return n - 1
+            i = (i + 1) & mask
+        return None
 
 
 class DedupMerger:
@@ -138,7 +135,6 @@ class DedupMerger:
         self.ids: list[str] = []
         self.starts: list[int] = []
         self.counts: dict[str, dict[str, int]] = {}
-        self._next_row = 0
         self._rejects_tmp = layout.tmp(layout.merged_rejects)
         self._rejects = open(self._rejects_tmp, "wb")
 
@@ -147,13 +143,12 @@ class DedupMerger:
         return self.parts.merged
 
     def add(self, shard_id: str) -> None:
-        first = self._next_row
+        first = self.table.rows
         self.ids.append(shard_id)
         self.starts.append(first)
         dropped: list[tuple[int, int, str]] = []  # (row in the part, first occurrence, member)
         for batch in self.parts.batches(shard_id):
-            self.parts.take(self._drop_seen(shard_id, batch, self._next_row, dropped))
-            self._next_row += batch.num_rows
+            self.parts.take(self._drop_seen(shard_id, batch, dropped))
         repeats = self._repeats(shard_id)  # (rows before it, first occurrence, member): no row, no files
         names = self._names({v for _, v, _ in dropped} | {v for _, v, _ in repeats})
         # member order: a repeat listed with `at` rows before it comes just before row `at` (stable sort)
@@ -168,13 +163,14 @@ class DedupMerger:
         self.parts.merged.append(shard_id)
         crash_point("dedup", shard_id)
 
-    def _drop_seen(self, shard_id: str, batch: pa.RecordBatch, first: int, dropped: list) -> pa.RecordBatch:
+    def _drop_seen(self, shard_id: str, batch: pa.RecordBatch, dropped: list) -> pa.RecordBatch:
         """The batch without its hidden key column and without the rows whose key was seen before."""
+        first = self.table.rows
         keys = batch.column(batch.num_columns - 1)  # the hidden key column is last (`--fields _dedup` is a name too)
         data = keys.buffers()[1]
-        halves = memoryview(data)[keys.offset * 16 : (keys.offset + len(keys)) * 16].cast("Q") if data else []
+        data = memoryview(data)[keys.offset * 16 : (keys.offset + len(keys)) * 16] if len(keys) else b""
         valid = keys.is_valid().to_pylist() if keys.null_count else None
-        seen = self.table.add_keys(halves, valid, first) if len(keys) else []
+        seen = self.table.add_keys(data, valid)
         public = pa.RecordBatch.from_arrays(batch.columns[:-1], schema=self.parts.schema)
         if not seen:
             return public
@@ -196,7 +192,7 @@ class DedupMerger:
         out = []
         for line in data.splitlines():
             item = orjson.loads(line)
-            v = self.table.get(*key_halves(bytes.fromhex(item["key"])))
+            v = self.table.get(bytes.fromhex(item["key"]))
             out.append((item["at"], EMPTY if v is None else v, item["member"]))
         return out
 
@@ -263,4 +259,4 @@ def read_dedup_counts(layout: Layout) -> dict[str, dict[str, int]]:
         return {}
 
 
-__all__ = ["DedupMerger", "KeyTable", "key_halves", "read_dedup_counts"]
+__all__ = ["DedupMerger", "KeyTable", "read_dedup_counts"]
