@@ -120,6 +120,7 @@ class SampleWriter:
 
     # -- a finished sample -----------------------------------------------------------------------------
 
+    # Over 60 lines: one sample's steps in order (member faults, caption, size, name, --dedup, files, row).
     def finish(self, entry: Entry) -> None:
         """Write a paired sample's files and row, or reject it (one line for each member at fault)."""
         info = entry.json.payload

@@ -201,6 +201,18 @@ def test_dedup_is_pinned_and_checked_like_every_output_setting(tmp_path):
     assert Settings(dedup="").dedup == ""  # off, as by default
 
 
+def test_an_output_made_before_dedup_existed_resumes_without_it_and_refuses_it(tmp_path):
+    paths = write_shards(tmp_path / "in", {"data-000000.tar": s("x", "h1"), "data-000001.tar": s("y", "h1")})
+    out = convert(paths, tmp_path / "out").out
+    manifest = out / ".dalle3-etl" / "manifest.json"
+    data = orjson.loads(manifest.read_bytes())
+    del data["settings"]["dedup"]  # as an earlier version wrote it
+    manifest.write_bytes(orjson.dumps(data))
+    assert len(convert(paths, out).rows) == 2  # resumed: the missing setting is its default
+    with pytest.raises(StateError, match=r"dedup: was '', now 'md5_pil_hash'"):
+        convert(paths, out, dedup=H)
+
+
 def test_the_command_line_refuses_dedup_with_flat_before_any_work(tmp_path):
     paths = write_shards(tmp_path / "in", {"data-000000.tar": s("x", "h1")})
     result = CliRunner().invoke(

@@ -57,6 +57,7 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
 
 
 # Over 60 lines: one flat list of the issue's targets, each a few lines; splitting it would scatter one table.
+# Over 60 lines: one `add` per target of the issues, each a few lines.
 def targets(results: dict[str, dict], memory: dict | None) -> list[dict]:
     def med(mode: str) -> float | None:
         return results[mode]["median_s"] if mode in results else None
