@@ -5,7 +5,8 @@ bytes depend only on the rows: not on worker count, executor, or which run conve
 Both outputs are written to a temporary name and renamed into place. During a run, `StreamingMerge`
 merges each part as soon as every shard before it is settled, so little is left to merge at the end.
 
-With `--flat`, `merge` first publishes each shard's files into OUT/data in shard order (`run.flat`).
+With `--flat`, `merge` first publishes each shard's files into OUT/data in shard order (`run.flat`). With
+`--dedup`, `make_merger` wraps the merger in `run.dedup.DedupMerger`, which drops duplicates in the same pass.
 """
 
 from __future__ import annotations
