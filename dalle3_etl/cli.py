@@ -97,6 +97,13 @@ def convert(
     exclude_sources: str | None = typer.Option(None, metavar="A,B", help="Leave out these JSON 'source's."),
     min_caption_chars: int | None = typer.Option(None, metavar="N", help="Keep captions of N+ characters (cleaned)."),
     extra_captions: str | None = typer.Option(None, metavar="FIELDS", help="JSON fields adding captions per image."),
+    dedup: str | None = typer.Option(
+        None,
+        "--dedup",
+        metavar="FIELD",
+        help="Keep only the first sample (shard order, then member order) of each value of this JSON field "
+        "(md5_pil_hash, md5_file_hash, sha512_hash...); later ones are 'duplicate' rejects.",
+    ),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     restart: bool = typer.Option(
@@ -153,6 +160,7 @@ def convert(
         exclude_sources=_csv(exclude_sources),
         min_caption_chars=min_caption_chars,
         extra_captions=_csv(extra_captions),
+        dedup=dedup,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning

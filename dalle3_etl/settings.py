@@ -41,7 +41,7 @@ def _setting(default: Any, **rules: Any) -> Any:
     pattern ((regex, what it means)), unique ("refuse" or "dedupe" a list's repeated items),
     reserved (a function giving names a list must not hold), off_or_min (a number: 0 for off, else at least
     this), pinned ("when_set": in the output fingerprint only when not the default, so an output made before
-    the setting existed resumes unchanged)."""
+    the setting existed resumes unchanged), off ("" is allowed: the option is off)."""
     return field(default=default, metadata=rules)
 
 
@@ -97,6 +97,9 @@ class Settings:
     exclude_sources: tuple[str, ...] = _setting((), unique="dedupe", pinned="when_set")
     min_caption_chars: int = _setting(0, min=0, pinned="when_set")  # on the cleaned caption
     extra_captions: tuple[str, ...] = _setting((), unique="dedupe", pinned="when_set")  # more captions per image
+    dedup: str = _setting(
+        "", off=True, pinned="when_set"
+    )  # JSON field holding a hash: later samples with the same value are dropped
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
@@ -105,18 +108,20 @@ class Settings:
             raise SettingsError(
                 f"fields: {CAPTIONS_COLUMN!r} is the column --extra-captions writes; it cannot be copied as a field too"
             )
+        _refuse_dedup_flat(self)
 
     @cached_property  # read once per JSON member: computed once (a frozen dataclass still has a __dict__)
     def caption_chain(self) -> tuple[str, ...]:
         return (self.caption_field, *[f for f in self.caption_fallbacks if f != self.caption_field])
 
-    def output_fingerprint(self) -> dict[str, Any]:
-        """The settings that change the output, as plain JSON-able values."""
+    def output_fingerprint(self, *, every: bool = False) -> dict[str, Any]:
+        """The settings that change the output, as plain JSON-able values (pinned in OUT's manifest). A
+        setting pinned only "when_set" is left out while it has its default (`every`: put in all the same)."""
         out = {}
         specs = _specs(Settings)
         for key in OUTPUT_KEYS:
             value = getattr(self, key)
-            if specs[key][1].get("pinned") == "when_set" and value == _DEFAULTS[key]:
+            if not every and specs[key][1].get("pinned") == "when_set" and value == _DEFAULTS[key]:
                 continue  # off: the fingerprint is the one of a version without this setting
             out[key] = list(value) if isinstance(value, tuple) else value
         return out
@@ -141,8 +146,19 @@ OUTPUT_KEYS = (
     "exclude_sources",
     "min_caption_chars",
     "extra_captions",
+    "dedup",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
+
+
+def _refuse_dedup_flat(settings: Settings) -> None:
+    """--flat publishes each shard's files for good at merge time, --dedup may take a published file back
+    when a shard sorting first is added later: the two are not combined."""
+    if settings.dedup and settings.flat:
+        raise SettingsError(
+            f"dedup = {settings.dedup!r} (--dedup) cannot be combined with flat = true (--flat): "
+            "duplicates are removed from OUT/data/<shard>/ folders only; drop one of the two"
+        )
 
 
 class _Bad(ValueError):
@@ -187,6 +203,8 @@ def _check(kind: Any, rules: dict[str, Any], value: Any) -> Any:
         value = float(value)
     if kind is str:
         value = value.lower() if rules.get("lower") else value
+        if not value and rules.get("off"):
+            return value
         if not value:
             raise _Bad("must not be empty")
         if "choices" in rules and value not in rules["choices"]:

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.safetext import safe
 from dalle3_etl.shard.shape import FILTERS, filtered_notes
 from dalle3_etl.sources.base import natural_key
@@ -28,14 +29,18 @@ from dalle3_etl.store.records import all_records
 def shard_states(out: Path) -> dict[str, dict]:
     layout = Layout(out)
     records = all_records(layout)
+    dedup = read_dedup_counts(layout)  # --dedup: what the merge decided (records keep the conversion's counts)
     states: dict[str, dict] = {}
     for sid, rec in records.items():
+        dups = dedup.get(sid, {})
         states[sid] = {
             "state": "damaged" if rec.damaged else "done",
-            "samples": rec.samples,
-            "rejects": sum(rec.rejects.values()),
+            "samples": rec.samples - dups.get("dropped", 0),
+            "rejects": sum(rec.rejects.values()) + dups.get("duplicates", 0),
             "detail": rec.error or "",
         }
+        if dups:
+            states[sid]["duplicates"] = dups.get("duplicates", 0)
     for sid in layout.failed_ids():
         if sid not in states:
             info = orjson.loads(layout.failed(sid).read_bytes())
@@ -74,6 +79,9 @@ def print_status(out: Path, console: Console | None = None) -> None:
     if filtered:
         shown = ", ".join(f"{name} {count:,}" for name, count in filtered.items())
         console.print(safe(f"filtered: {sum(filtered.values()):,} samples ({shown})"))
+    duplicates = sum(st.get("duplicates", 0) for st in states.values())
+    if duplicates:
+        console.print(f"{duplicates:,} duplicates left out by --dedup (counted in rejects).", highlight=False)
     for line in _dataset_lines(Path(out), samples):
         console.print(safe(line))
 

@@ -14,7 +14,8 @@ Every check below is named; the report gives, per check, how many things fail it
   caption a line: several lines are expected there, and an empty line is an empty caption file.
 - empty_caption, bad_size: no null or blank caption (in a list of captions: none of them); width and height
   positive.
-- shard_rows: rows per shard equal the shard's completion record.
+- shard_rows: rows per shard equal the shard's completion record (less, with --dedup, the duplicates of
+  earlier shards the merge left out: `dedup.json`).
 - stray_file: no temporary files, staging or unpublished `--flat` files left by an interrupted run. The tool
   writes temporaries only beside its own files at the top of OUT and in its state folder, never where a
   member can land (OUT/data), so an image named like a temporary is never flagged.
@@ -44,6 +45,7 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.check.report import MAX_EXAMPLES, Check, VerifyReport
 from dalle3_etl.check.target import Target, is_image_name, read_target
+from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.shard import imageheader
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import TMP_GLOB, Layout
@@ -256,7 +258,8 @@ def _check_rows(
 
 def _check_shard_rows(layout: Layout, per_shard: Counter[str], report: VerifyReport) -> None:
     check = report.checks["shard_rows"]
-    records = {sid: rec.samples for sid, rec in all_records(layout).items()}
+    dropped = read_dedup_counts(layout)  # --dedup: rows the merge left out as duplicates of earlier shards
+    records = {sid: rec.samples - dropped.get(sid, {}).get("dropped", 0) for sid, rec in all_records(layout).items()}
     report.counts["shards"] = len(records)
     for sid in sorted(set(records) | set(per_shard), key=lambda s: natural_key(str(s))):
         if sid not in records:

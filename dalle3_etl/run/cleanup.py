@@ -76,8 +76,11 @@ def restart(layout: Layout, settings: Settings) -> None:
         layout.seen_dir,
         layout.records_dir,
         layout.trash,
+        layout.dups_dir,
+        layout.held_dir,
     ):
         fs.remove_tree(folder)
+    fs.unlink(layout.dedup_counts)
     fs.unlink(layout.manifest)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from dalle3_etl.executors.base import ShardTask
 from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
+from dalle3_etl.run.dedup import KeyTable
 from dalle3_etl.run.pipeline import Reporter
 from dalle3_etl.run.plan import Plan, plan_run, refuse_foreign_folders
 from dalle3_etl.run.preflight import check_out_dir, check_settings
@@ -78,7 +79,22 @@ def cross_shard_rules(settings: Settings) -> list[CrossShardRule]:
     rules: list[CrossShardRule] = []
     if settings.flat and (settings.images or settings.captions):
         rules.append(FlatNames(settings))
+    if settings.dedup:
+        rules.append(DedupKeys())
     return rules
+
+
+class DedupKeys:
+    """`--dedup` (`run.dedup.DedupMerger`): a kept row whose key an earlier row has (shard order, then member
+    order) is a `duplicate`; a row without a key is kept. The same `KeyTable` as the merge."""
+
+    def __init__(self) -> None:
+        self.table = KeyTable()
+
+    def decide(self, shard_id: str, row: DryRow) -> str | None:
+        if row.key is None:
+            return None
+        return Reason.DUPLICATE if self.table.add_keys(row.key) else None
 
 
 @dataclass

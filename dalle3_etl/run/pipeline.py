@@ -17,6 +17,7 @@ from dalle3_etl.executors.base import ShardTask
 from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.cleanup import clean_leftovers, restart
+from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.run.entry import write_dataloader_config
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
@@ -41,6 +42,7 @@ class RunSummary:
     dataloader: Path | None = None
     interrupted: bool = False
     incomplete: dict[str, str] = field(default_factory=dict)  # input shard id -> failed / damaged / not converted
+    duplicates: int | None = None  # --dedup: duplicate rejects in the whole output, as the merge decided
 
     @property
     def failed(self) -> list[ShardResult]:
@@ -162,6 +164,8 @@ def _convert_and_merge(
         reporter.merging()
         done = sorted(all_records(layout), key=natural_key)
         summary.rows = merge(layout, done, settings, streaming)
+        if settings.dedup:
+            summary.duplicates = sum(c["duplicates"] for sid, c in read_dedup_counts(layout).items() if sid in done)
         summary.parquet = layout.parquet(settings.parquet_name)
         summary.dataloader = write_dataloader_config(layout, settings)
     finally:

@@ -28,6 +28,7 @@ SETTING_FLAGS = {
     "exclude_sources": "--exclude-sources",
     "min_caption_chars": "--min-caption-chars",
     "extra_captions": "--extra-captions",
+    "dedup": "--dedup",
 }
 
 
@@ -68,7 +69,10 @@ def check_settings(layout: Layout, settings: Settings) -> None:
     manifest = read_manifest(layout)
     if manifest is None:
         return
-    diffs = settings_differences(manifest.get("settings", {}), settings.output_fingerprint())
+    # a setting absent from OUT's manifest (added later, or pinned only when set) was its default there
+    defaults = Settings().output_fingerprint(every=True)
+    pinned = {**defaults, **manifest.get("settings", {})}
+    diffs = settings_differences(pinned, {**defaults, **settings.output_fingerprint()})
     if diffs:
         named = [
             f"{line}  ({SETTING_FLAGS[line.split(':')[0]]})" if line.split(":")[0] in SETTING_FLAGS else line

@@ -191,6 +191,8 @@ def summary_table(summary: RunSummary) -> Table:
         table.add_row("captions SimpleTuner will embed (rows + extra captions)", f"{embedded:,}")
     for reason, count in sorted(rejects.items()):
         table.add_row(f"rejected: {reason}", f"{count:,}")
+    if summary.duplicates is not None:
+        table.add_row("duplicates left out (--dedup, whole output)", f"{summary.duplicates:,}")
     for note, count in sorted(notes.items()):
         table.add_row(note.replace("_", " "), f"{count:,}")
     table.add_row("bytes read", human_bytes(sum(r.bytes_in for r in results)))

@@ -49,6 +49,8 @@ def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
     fs.unlink(layout.part(shard_id))
     fs.unlink(layout.rejects(shard_id))
     fs.remove_tree(layout.flat_files(shard_id))
+    fs.unlink(layout.dups(shard_id))  # --dedup: its repeats, and its files a merge held back as duplicates
+    fs.remove_tree(layout.held(shard_id))
 
 
 def part_filenames(layout: Layout, shard_id: str) -> list[str] | None:

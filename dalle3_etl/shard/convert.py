@@ -268,6 +268,9 @@ class ShardConverter:
         crash_point("commit", sid)
         fs.replace(layout.staged_part(sid), layout.part(sid))
         fs.replace(layout.staged_rejects(sid), layout.rejects(sid))
+        if self.settings.dedup:
+            layout.dups_dir.mkdir(exist_ok=True)
+            fs.replace(layout.staged_dups(sid), layout.dups(sid))
         fs.remove_tree(self.staging)
 
 

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from dalle3_etl.settings import BASE_COLUMNS, Settings
 from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
-from dalle3_etl.shard.rows import JsonInfo
+from dalle3_etl.shard.rows import JsonInfo, Reason
 from dalle3_etl.shard.samples import Entry
 from dalle3_etl.shard.sinks import written_names
 from dalle3_etl.shard.writer import ImageRef, SampleWriter
@@ -45,7 +45,7 @@ class DryRow(NamedTuple):
     resolution: str  # "WxH"
     image_bytes: int
     caption_bytes: int
-    key: str | None  # the sample's dedup key (`DrySampleWriter.row_key`), None without one
+    key: bytes | None  # the sample's --dedup key (`DrySampleWriter.row_key`), None without one
 
 
 @dataclass
@@ -61,8 +61,8 @@ class DryResult(ShardResult):
 
 def rows_needed(settings: Settings) -> bool:
     """Whether the driver decides something about each kept sample across shards, so needs `DryRow`s:
-    `--flat` names (claimed in shard order at merge time). A cross-shard dedup adds its setting here."""
-    return settings.flat and (settings.images or settings.captions)
+    `--flat` names (claimed in shard order at merge time), `--dedup` keys (compared in shard order)."""
+    return bool(settings.dedup) or (settings.flat and (settings.images or settings.captions))
 
 
 class NameBook:
@@ -138,6 +138,8 @@ class _NoLines:
 class _CountedPart:
     """Stands in for the parquet part: each row is counted by the dry writer instead."""
 
+    keys = None  # --dedup: the keys go to `DryRow.key`, for the driver
+
     def __init__(self, add) -> None:
         self.add = add
 
@@ -179,9 +181,13 @@ class DrySampleWriter(SampleWriter):
         self._sample_bytes = (image, text)
         return image + text
 
-    def row_key(self, info: JsonInfo) -> str | None:
-        """The sample's key for a dedup across shards (decided by the driver): none yet."""
-        return None
+    def row_key(self, info: JsonInfo) -> bytes | None:
+        """The sample's `--dedup` key, compared across shards by the driver (`run.dry.DedupKeys`)."""
+        return info.dedup_key
+
+    def _list_repeat(self, line: dict) -> None:
+        """A repeat within the shard: a `duplicate` the merge would write; counted."""
+        self.counts[str(Reason.DUPLICATE)] += 1
 
     def _count_row(self, values: tuple) -> None:
         source = values[_SOURCE]

@@ -9,6 +9,7 @@ counts as empty, so the caption chain goes on to the next field.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class Reason(StrEnum):
     SHARD_UNREADABLE = "shard_unreadable"
     SAMPLE_ERROR = "sample_error"
     FILTERED = "filtered"
+    DUPLICATE = "duplicate"
 
 
 #: Every reason code with what it means (README table, `--help` texts, tests).
@@ -72,6 +74,8 @@ REASONS: dict[Reason, str] = {
     "it was raised); the rest of the shard is converted. A bug: please report it",
     Reason.FILTERED: "left out by a filter (--min-side, --max-aspect, --sources, --exclude-sources, "
     "--min-caption-chars); the detail names the filter and the value ('min_side: 816 < 1024')",
+    Reason.DUPLICATE: "--dedup FIELD: an earlier sample (shard order, then member order) has the same value of "
+    "FIELD; the detail names the sample kept",
 }
 
 
@@ -93,6 +97,7 @@ class JsonInfo:
     size_invalid: bool = False  # the JSON has width/height, but a value is not a usable size
     image_ext: str | None = None  # extension of the JSON's `image_name`, lower case, when it has one
     captions: list[str] | None = None  # with --extra-captions: every caption, the first one first
+    dedup_key: bytes | None = None  # --dedup: 16-byte digest of the field's value (None: the field is missing)
 
 
 # Control characters that are not whitespace (tab, newline, \x1c-\x1f and NEL are whitespace: they become a space).
@@ -264,4 +269,19 @@ def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
         size_invalid,
         _image_ext(obj.get("image_name")),
         captions,
+        dedup_key(obj.get(settings.dedup)) if settings.dedup else None,
     )
+
+
+def dedup_key(value: Any) -> bytes | None:
+    """The key `--dedup` compares: blake2b-128 of the field's string value (another JSON value: its JSON text).
+    None for a missing, null or blank value: that sample is kept (a blank is not a hash)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        data = value.encode("utf-8", "surrogatepass")
+    else:
+        data = orjson.dumps(value)
+    return hashlib.blake2b(data, digest_size=16).digest()

@@ -47,6 +47,29 @@ def schema_for(settings: Settings) -> pa.Schema:
     return pa.schema(cols)
 
 
+#: --dedup: the part's last column, the sample's 16-byte key (null: field missing); never in the merged parquet.
+DEDUP_COLUMN = "_dedup"
+DEDUP_KEY_BYTES = 16
+
+
+def part_schema(settings: Settings) -> pa.Schema:
+    """A shard part's schema: the merged parquet's, and with --dedup the hidden key column last."""
+    schema = schema_for(settings)
+    if settings.dedup:
+        schema = schema.append(pa.field(DEDUP_COLUMN, pa.binary(DEDUP_KEY_BYTES)))
+    return schema
+
+
+def key_array(keys: list[bytes | None]) -> pa.Array:
+    """The `_dedup` column from 16-byte keys (None: null), from buffers like `column_array`."""
+    nulls = keys.count(None)
+    zero = bytes(DEDUP_KEY_BYTES)
+    data = b"".join(zero if k is None else k for k in keys) if nulls else b"".join(keys)
+    return pa.Array.from_buffers(
+        pa.binary(DEDUP_KEY_BYTES), len(keys), [_validity(keys, nulls), pa.py_buffer(data)], null_count=nulls
+    )
+
+
 def parquet_writer(path: Path, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
     # No statistics timestamps or pandas metadata: the bytes depend only on the rows.
     return pq.ParquetWriter(str(path), schema, compression=compression, write_statistics=True)
@@ -120,13 +143,15 @@ def column_array(values: list, type_: pa.DataType) -> pa.Array:
 
 
 class PartWriter:
-    """Collects rows (tuples in schema order) and writes one record batch every `batch_rows` rows."""
+    """Collects rows (tuples in schema order) and writes one record batch every `batch_rows` rows.
+    With --dedup, each row's key is appended to `keys` before the row is added (the hidden last column)."""
 
     def __init__(self, path: Path, settings: Settings):
         self.path = path
-        self.schema = schema_for(settings)
+        self.schema = part_schema(settings)
         self.batch_rows = settings.batch_rows
         self.pending: list[tuple] = []
+        self.keys: list[bytes | None] | None = [] if settings.dedup else None
         self.rows = 0
         self._writer = parquet_writer(path, self.schema, "zstd")
 
@@ -141,6 +166,9 @@ class PartWriter:
             return
         columns = zip(*self.pending)  # rows -> columns, in C
         arrays = [column_array(list(values), type_) for values, type_ in zip(columns, self.schema.types)]
+        if self.keys is not None:
+            arrays.append(key_array(self.keys))
+            self.keys = []
         batch = pa.record_batch(arrays, schema=self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows

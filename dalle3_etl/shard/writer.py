@@ -70,21 +70,30 @@ class SampleWriter:
         filters = Filters.from_settings(self.settings)
         self.filters = filters if filters.active else None
         self.extra_captions = bool(self.settings.extra_captions)
+        # --dedup: keys of this shard's rows so far; samples repeating one are listed in the dups file
+        self._keys: set[bytes] = set()
+        self._dups_fh = None
         self._open_sinks()
 
     def _open_sinks(self) -> None:
         """Where reject lines and rows go: the staged `rejects.jsonl` and parquet part (`shard.dry`: counted)."""
         self._rejects_fh = open(self.layout.staged_rejects(self.shard_id), "wb")
         self.part = PartWriter(self.layout.staged_part(self.shard_id), self.settings)
+        if self.settings.dedup:
+            self._dups_fh = open(self.layout.staged_dups(self.shard_id), "wb")
 
     def close(self) -> None:
         """Finish the part and the reject lines (the shard is read to its end)."""
         self.part.close()
         self._rejects_fh.close()
+        if self._dups_fh is not None:
+            self._dups_fh.close()
 
     def abort(self) -> None:
         """Close without finishing; what was written goes with the shard's staging folder."""
         self._rejects_fh.close()
+        if self._dups_fh is not None:
+            self._dups_fh.close()
         self.part.abort()
 
     def reject(self, member: str, reason: Reason, detail: str) -> None:
@@ -123,6 +132,7 @@ class SampleWriter:
 
     # -- a finished sample -----------------------------------------------------------------------------
 
+    # Over 60 lines: one sample's steps in order (member faults, caption, size, name, --dedup, files, row).
     def finish(self, entry: Entry) -> None:
         """Write a paired sample's files and row, or reject it (one line for each member at fault)."""
         info = entry.json.payload
@@ -159,6 +169,8 @@ class SampleWriter:
                 f"folder trees break tools that walk or delete folders recursively)",
             )
             return
+        if self.settings.dedup and self._repeated(info.dedup_key, image_member, ref):
+            return
         try:
             if self.write_files:
                 self.bytes_out += self._write_sample(filename, ref, self._caption_text(info))
@@ -179,6 +191,8 @@ class SampleWriter:
                 f"cannot create {filename!r} in the output: {exc.strerror}{why}",
             )
             return
+        if self.settings.dedup:
+            self._keep_key(info.dedup_key)
         self._add_row(filename, info, width, height, entry.key)
         self.samples += 1
         crash_point("sample", self.shard_id, self.samples)
@@ -203,6 +217,29 @@ class SampleWriter:
         self.notes[NOTE_PREFIX + filter_of(rejected.detail)] += 1
         self.reject(image_member, rejected.reason, rejected.detail)
         return True
+
+    def _repeated(self, key: bytes | None, image_member: str, ref: ImageRef) -> bool:
+        """--dedup: a sample whose key a row of this shard already has is left out (no file, no row) and listed
+        in the shard's dups file; the merge writes its reject line, naming the sample kept, which may be in an
+        earlier shard. `at`: the rows before it, so the merge puts its line in member order among the rows'."""
+        if key is None or key not in self._keys:
+            return False
+        self.discard(ref)
+        self._list_repeat({"member": _printable(image_member), "key": key.hex(), "at": self.samples})
+        return True
+
+    def _list_repeat(self, line: dict) -> None:
+        """A repeat within the shard, for the merge to reject (`shard.dry` counts it instead)."""
+        self._dups_fh.write(orjson.dumps(line) + b"\n")
+
+    def _keep_key(self, key: bytes | None) -> None:
+        """--dedup: the key of a row about to be added (None: the field is missing, the sample is kept)."""
+        if key is None:
+            self.notes["dedup_field_missing"] += 1
+        else:
+            self._keys.add(key)
+        if self.part.keys is not None:
+            self.part.keys.append(key)
 
     def _size(self, info: JsonInfo, ref: ImageRef, image_member: str) -> tuple[int, int] | None:
         """(width, height): the JSON's, else the image header's; None when the sample is rejected for it."""

@@ -43,6 +43,8 @@ class Layout:
       owned/<id>                  the claim: OUT/data/<id> is the tool's
       failed/<id>.json            nothing committed last time, and why
       seen/<id>                   a run set out to convert it
+      dups/<id>.jsonl             --dedup: samples left out as repeats of an earlier one of the same shard
+      held/<id>/                  --dedup: files of its rows the merge found to be duplicates (`dedup.json`: counts)
       trash/                      left by a --restart of an earlier version
     """
 
@@ -153,6 +155,19 @@ class Layout:
         return self.state / "seen"
 
     @property
+    def dups_dir(self) -> Path:
+        return self.state / "dups"
+
+    @property
+    def held_dir(self) -> Path:
+        return self.state / "held"
+
+    @property
+    def dedup_counts(self) -> Path:
+        """--dedup: what the last merge decided per shard (duplicates dropped), for verify, status and stats."""
+        return self.state / "dedup.json"
+
+    @property
     def temporary_folders(self) -> tuple[Path, ...]:
         """The state folders the tool writes files into atomically, so where its temporaries may be left."""
         return (self.state, self.records_dir, self.parts_dir, self.rejects_dir, self.failed_dir, self.owned_dir)
@@ -178,6 +193,18 @@ class Layout:
 
     def staging(self, shard_id: str) -> Path:
         return self.staging_dir / shard_id
+
+    def dups(self, shard_id: str) -> Path:
+        """--dedup: one line per sample the shard left out because an earlier one of the shard had its key."""
+        return self.dups_dir / f"{shard_id}.jsonl"
+
+    def staged_dups(self, shard_id: str) -> Path:
+        return self.staging(shard_id) / "dups.jsonl"
+
+    def held(self, shard_id: str) -> Path:
+        """--dedup: the images and caption files of the shard's rows that are duplicates of an earlier shard's,
+        laid out as under OUT/data/<shard> (moved back if a later merge finds them first occurrences again)."""
+        return self.held_dir / shard_id
 
     def staged_part(self, shard_id: str) -> Path:
         return self.staging(shard_id) / "part.parquet"
@@ -229,6 +256,8 @@ class Layout:
             | _ids(self.flat_dir)
             | _ids(self.owned_dir)
             | _ids(self.staging_dir)
+            | _ids(self.dups_dir, ".jsonl")
+            | _ids(self.held_dir)
         )
 
     def ensure(self) -> None:

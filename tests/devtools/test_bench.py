@@ -65,6 +65,7 @@ def test_every_mode_did_its_work(result):
     checks = {name: mode["check"] for name, mode in result["modes"].items()}
     assert checks["convert-parquet"] == {"rows": captioned, "captions": 0, "images": 0}
     assert checks["convert-parquet-1w"] == {"rows": captioned, "captions": 0, "images": 0}
+    assert checks["convert-parquet-dedup"] == {"rows": captioned, "captions": 0, "images": 0}  # no file hash repeats
     assert checks["convert-captions"] == {"rows": captioned, "captions": captioned, "images": 0}
     assert checks["convert-full"] == {"rows": captioned, "captions": captioned, "images": captioned}
     assert checks["old-recipe"]["rows"] == with_size
@@ -93,7 +94,7 @@ def test_ratios_targets_memory_and_profile(result):
     tar = result["modes"]["tar-xf"]["median_s"]
     assert ratios["convert-full / tar-xf"]["ratio"] == pytest.approx(result["modes"]["convert-full"]["median_s"] / tar)
     targets = {t["target"]: t for t in result["targets"]}
-    assert len(targets) == 7
+    assert len(targets) == 8
     assert all(isinstance(t["met"], bool) and t["measured"] is not None for t in targets.values())
     mem = result["memory_check"]
     assert set(mem["cases"]) == {"1x", "size_10x", "count_10x"}

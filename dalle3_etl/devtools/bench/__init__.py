@@ -11,6 +11,8 @@ Modes (names used by ``--modes``):
 * ``convert-parquet``, ``convert-captions``, ``convert-full``: ``dalle3-etl convert -w N`` with
   ``--no-images --no-captions``, ``--no-images``, and the defaults (images + captions + parquet);
 * ``convert-parquet-1w``: parquet-only with one worker (for the 2-vs-1 worker scaling target);
+* ``convert-parquet-dedup``: parquet-only with ``--dedup md5_file_hash`` (every key distinct in synth: the
+  driver's table holds every key and every row is kept), against ``convert-parquet`` (10 % target);
 * ``old-recipe``: ``tar xf`` every shard, one after the other, into one folder, then
   ``baselines/old_recipe/make_parquet.py`` and ``make_captions.py`` (single process, as users run it);
 * ``webdataset``: ``baselines/wds_baseline.py`` with N worker processes (same outputs as the old recipe);

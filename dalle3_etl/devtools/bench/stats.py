@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict
 
-from dalle3_etl.devtools.bench.config import BASELINES, CONVERT_MODES, FLAT_TOLERANCE, RSS_LIMIT_MB
+from dalle3_etl.devtools.bench.config import BASELINES, CONVERT_MODES, DEDUP_TOLERANCE, FLAT_TOLERANCE, RSS_LIMIT_MB
 from dalle3_etl.devtools.bench.corpus import Corpus
 from dalle3_etl.devtools.bench.procs import RunStat
 
@@ -57,6 +57,7 @@ def ratios(results: dict[str, dict]) -> dict[str, dict]:
 
 
 # Over 60 lines: one flat list of the issue's targets, each a few lines; splitting it would scatter one table.
+# Over 60 lines: one `add` per target of the issues, each a few lines.
 def targets(results: dict[str, dict], memory: dict | None) -> list[dict]:
     def med(mode: str) -> float | None:
         return results[mode]["median_s"] if mode in results else None
@@ -97,6 +98,13 @@ def targets(results: dict[str, dict], memory: dict | None) -> list[dict]:
         ">=",
         1.8,
         "convert-parquet-1w / convert-parquet",
+    )
+    add(
+        "parquet-only with --dedup vs without",
+        ratio("convert-parquet-dedup", "convert-parquet"),
+        "<=",
+        1 + DEDUP_TOLERANCE,
+        "convert-parquet-dedup / convert-parquet",
     )
     convert_rss = [r["peak_rss_mb"] for m, r in results.items() if m in CONVERT_MODES]
     add(
