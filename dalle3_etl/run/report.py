@@ -21,10 +21,10 @@ from rich.text import Text
 from dalle3_etl.run.pipeline import Reporter, RunSummary
 from dalle3_etl.run.plan import Plan
 from dalle3_etl.safetext import human_bytes, plain, safe
+from dalle3_etl.settings import CAPTIONS_COLUMN
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.manifest import pinned_settings
-from dalle3_etl.store.records import all_records
 
 LOG_EVERY = 10.0  # seconds between plain progress lines when stdout is not a terminal
 
@@ -206,9 +206,14 @@ def captions_to_embed(summary: RunSummary) -> int | None:
     """With --extra-captions: the captions of the whole dataset, each a text embedding in SimpleTuner's cache
     (rows + the extra captions every completed shard's record counts); None without extra captions."""
     layout = Layout(summary.out)
-    if not pinned_settings(layout).get("extra_captions"):
+    if not pinned_settings(layout).get("extra_captions") or summary.parquet is None or not summary.parquet.exists():
         return None
-    return summary.rows + sum(rec.notes.get("extra_captions", 0) for rec in all_records(layout).values())
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    # the merged parquet's `captions` lists: exact also when --dedup left rows of completed shards out
+    lists = pq.read_table(summary.parquet, columns=[CAPTIONS_COLUMN]).column(CAPTIONS_COLUMN)
+    return int(pc.sum(pc.list_value_length(lists)).as_py() or 0)
 
 
 __all__ = ["RichReporter", "captions_to_embed", "summary_table"]

@@ -273,31 +273,48 @@ def test_the_ray_executor_gives_the_same_funnel(corpus, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_funnel_with_filters_dedup_and_extra_captions_equals_the_real_run(tmp_path):
-    """Everything the issue shapes at once: duplicates within and across shards (a repeat of an earlier shard's
-    hash), a sample without the hash, filters, extra captions: the dry run counts what the real run then does."""
+def _shaped_sample(key: str, md5: str | None, w: int = 1024, source: str = "dalle3") -> list:
+    fields = {"width": w, "height": 1024, "source": source, "long_caption": f"a long caption of {key}"}
+    if md5 is not None:
+        fields["md5_pil_hash"] = md5
+    return [(f"{key}.jpg", img()), (f"{key}.json", js(caption=f"caption {key}", **fields))]
 
-    def s(key: str, md5: str | None, w: int = 1024, source: str = "dalle3") -> list:
-        fields = {"width": w, "height": 1024, "source": source, "long_caption": f"a long caption of {key}"}
-        if md5 is not None:
-            fields["md5_pil_hash"] = md5
-        return [(f"{key}.jpg", img()), (f"{key}.json", js(caption=f"caption {key}", **fields))]
 
+SHAPING = {
+    "dedup": "md5_pil_hash",
+    "min_side": 1000,
+    "exclude_sources": ("midjourney",),
+    "extra_captions": ("long_caption",),
+}
+
+
+def _shaped_shards(root: Path) -> list[Path]:
+    s = _shaped_sample
     shards = {
         "data-000000.tar": s("a", "h1") + s("b", "h2") + s("c", "h1") + s("d", None) + s("e", "h3", w=600),
         "data-000001.tar": s("f", "h2") + s("g", "h4") + s("h", "h4", source="midjourney") + s("i", "h5"),
     }
-    paths = write_shards(tmp_path / "in", {name: tar_bytes(members) for name, members in shards.items()})
-    sources = resolve_inputs([str(p) for p in paths])
-    shaping = {
-        "dedup": "md5_pil_hash",
-        "min_side": 1000,
-        "exclude_sources": ("midjourney",),
-        "extra_captions": ("long_caption",),
-    }
-    funnel, dry, real = dry_then_real(sources, tmp_path / "out", **shaping)
+    return write_shards(root, {name: tar_bytes(members) for name, members in shards.items()})
+
+
+def test_the_funnel_with_filters_dedup_and_extra_captions_equals_the_real_run(tmp_path):
+    """Everything the issue shapes at once: duplicates within and across shards (a repeat of an earlier shard's
+    hash), a sample without the hash, filters, extra captions: the dry run counts what the real run then does."""
+    sources = resolve_inputs([str(p) for p in _shaped_shards(tmp_path / "in")])
+    funnel, dry, real = dry_then_real(sources, tmp_path / "out", **SHAPING)
     assert dry == real
     # c repeats a within its shard, f repeats b across shards; e is too small and h's source is excluded (a
     # filter comes first, so h never takes g's hash)
     assert funnel.rejects == {"duplicate": 2, "filtered": 2}
     assert funnel.kept == 5  # a, b, d (no hash: kept), g, i
+
+
+def test_the_summary_counts_the_captions_of_the_rows_kept_after_dedup(tmp_path):
+    """The captions SimpleTuner will embed are those of the parquet's rows: a duplicate across shards, dropped
+    at merge time after its worker counted its captions, is not among them."""
+    from dalle3_etl.run.report import captions_to_embed
+
+    sources = resolve_inputs([str(p) for p in _shaped_shards(tmp_path / "in")])
+    summary = run_convert(sources, tmp_path / "out", Settings(workers=1, **SHAPING))
+    assert summary.rows == 5
+    assert captions_to_embed(summary) == 10  # a, b, d, g, i: a caption and a long caption each
