@@ -281,6 +281,9 @@ def verify_cmd(
     out: Path = typer.Argument(..., help="An output directory of convert."),
     deep: bool = typer.Option(False, "--deep", help="Also re-read every image header and compare width/height."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    mount_path: Path | None = typer.Option(
+        None, "--mount-path", metavar="PATH", help="Check an entry written for this path (`entry --mount-path`)."
+    ),
 ) -> None:
     """Check that SimpleTuner can start on OUT and everything is there. Exit 0 only when every check holds."""
     import orjson
@@ -294,15 +297,63 @@ def verify_cmd(
     console = Console()
     status_console = Console(stderr=True)
     if as_json or not status_console.is_terminal:
-        report = verify(out, deep=deep)
+        report = verify(out, deep=deep, mount_path=mount_path)
     else:
         with status_console.status("verifying") as status:
-            report = verify(out, deep=deep, progress=lambda text: status.update(safe(text)))
+            report = verify(out, deep=deep, mount_path=mount_path, progress=lambda text: status.update(safe(text)))
     if as_json:
         typer.echo(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2).decode())
     else:
         print_report(report, console)
     raise typer.Exit(0 if report.ok else 1)
+
+
+# Over 60 lines: one line per option declaration (typer); the body is a few lines.
+@command("entry")
+def entry_cmd(
+    out: Path = typer.Argument(..., help="An output directory of convert (maybe copied or moved)."),
+    mount_path: Path | None = typer.Option(
+        None, "--mount-path", metavar="PATH", help="Write the entry for the path OUT will have on the training machine."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="TOML file whose [simpletuner] table sets values."),
+    dataset_id: str | None = typer.Option(None, "--id", help="Dataset id (also names the cache folders)."),
+    resolution: float | None = typer.Option(None, help="SimpleTuner resolution."),
+    resolution_type: str | None = typer.Option(None, help="area, pixel or pixel_area."),
+    minimum_image_size: float | None = typer.Option(None, help="Smaller images are skipped by SimpleTuner."),
+    maximum_image_size: float | None = typer.Option(None, help="Larger images are downsampled first."),
+    target_downsample_size: float | None = typer.Option(None, help="Size large images are downsampled to."),
+    crop: bool | None = typer.Option(None, "--crop/--no-crop", help="Crop to the training resolution."),
+    crop_style: str | None = typer.Option(None, help='random, center, corner or face ("" = SimpleTuner\'s).'),
+    crop_aspect: str | None = typer.Option(None, help='square, preserve, random or closest ("" = SimpleTuner\'s).'),
+    repeats: int | None = typer.Option(None, help="Times SimpleTuner repeats the dataset per epoch (0: not set)."),
+    cache_dir_vae: str | None = typer.Option(None, help='VAE cache folder (relative: under OUT; "": default).'),
+    cache_dir_text: str | None = typer.Option(None, help="Text-embed cache folder (relative: under OUT)."),
+) -> None:
+    """Write OUT/multidatabackend.json again for where OUT is now (after a copy or move) or --mount-path.
+
+    Dataset settings are kept from the present entry unless changed here; OUT's pinned output settings are not
+    changed. Exit 2 on a bad setting (the file is left as it was).
+    """
+    from dalle3_etl.run.portable import rewrite_entry
+
+    path = rewrite_entry(
+        out,
+        mount_path=mount_path,
+        config=config,
+        id=dataset_id,
+        resolution=resolution,
+        resolution_type=resolution_type,
+        minimum_image_size=minimum_image_size,
+        maximum_image_size=maximum_image_size,
+        target_downsample_size=target_downsample_size,
+        crop=crop,
+        crop_style=crop_style,
+        crop_aspect=crop_aspect,
+        repeats=repeats,
+        cache_dir_vae=cache_dir_vae,
+        cache_dir_text=cache_dir_text,
+    )
+    Console().print(safe(f"wrote {path}"))
 
 
 @command("head")

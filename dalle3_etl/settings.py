@@ -28,6 +28,9 @@ LIST_FIELDS = ("short_caption2", "long_caption2")
 PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
 #: SimpleTuner's `resolution_type` values.
 RESOLUTION_TYPES = ("area", "pixel", "pixel_area")
+#: SimpleTuner's `crop_style` and `crop_aspect` values.
+CROP_STYLES = ("random", "center", "corner", "face")
+CROP_ASPECTS = ("square", "preserve", "random", "closest")
 _NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
@@ -65,6 +68,13 @@ class SimpleTunerSettings:
     minimum_image_size: float = _setting(0.75, min=0)
     target_downsample_size: float = _setting(1.75, above=0)
     resolution_type: str = _setting("area", choices=RESOLUTION_TYPES)
+    # Written into the entry only when set (off: SimpleTuner's own default; entries made before stay the same).
+    crop: bool = False
+    crop_style: str = _setting("", off=True, choices=CROP_STYLES)
+    crop_aspect: str = _setting("", off=True, choices=CROP_ASPECTS)
+    repeats: int = _setting(0, min=0, max=2**31 - 1)
+    cache_dir_vae: str = _setting("", off=True)  # "" = OUT/cache/vae/<id>; relative: under OUT
+    cache_dir_text: str = _setting("", off=True)  # "" = OUT/cache/text/<id>; relative: under OUT
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -273,18 +283,24 @@ def _read_toml(config: Path) -> dict[str, Any]:
         raise SettingsError(f"{config}: invalid TOML: {exc}") from None
 
 
+def _read_tables(config: Path) -> dict[str, Any]:
+    """A config file's tables: [convert] and [simpletuner], nothing else."""
+    data = _read_toml(config)
+    unknown = set(data) - {"convert", "simpletuner"}
+    if unknown:
+        raise SettingsError(f"{config}: unknown table(s) {sorted(unknown)}; use [convert] and [simpletuner]")
+    for table in ("convert", "simpletuner"):
+        if not isinstance(data.get(table, {}), dict):
+            raise SettingsError(f"{config}: {table} must be a [{table}] table, not a value")
+    return data
+
+
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
     """Defaults, then the TOML file's `[convert]` and `[simpletuner]` tables, then non-None overrides (flags)."""
     base: dict[str, Any] = {}
     st: dict[str, Any] = {}
     if config is not None:
-        data = _read_toml(config)
-        unknown = set(data) - {"convert", "simpletuner"}
-        if unknown:
-            raise SettingsError(f"{config}: unknown table(s) {sorted(unknown)}; use [convert] and [simpletuner]")
-        for table in ("convert", "simpletuner"):
-            if not isinstance(data.get(table, {}), dict):
-                raise SettingsError(f"{config}: {table} must be a [{table}] table, not a value")
+        data = _read_tables(config)
         convert = data.get("convert", {})
         if "simpletuner" in convert:
             raise SettingsError(f"{config}: [convert] simpletuner: put these values in a [simpletuner] table")
@@ -292,6 +308,21 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         st = _coerce(SimpleTunerSettings, data.get("simpletuner", {}), f"{config}: [simpletuner] ")
     base.update(_coerce(Settings, {k: v for k, v in overrides.items() if v is not None}, flags=True))
     return Settings(simpletuner=SimpleTunerSettings(**st), **base)
+
+
+def simpletuner_values(
+    current: dict[str, Any], where: str, config: Path | None = None, **overrides: Any
+) -> SimpleTunerSettings:
+    """SimpleTuner settings from `current` (values read from `where`, e.g. an existing entry), then the
+    `[simpletuner]` table of `config` (a `[convert]` table there is allowed and left alone), then non-None
+    overrides (flags). Every value is checked like the others; an unknown key is refused."""
+    values = _coerce(SimpleTunerSettings, current, where)
+    if config is not None:
+        table = _read_tables(config).get("simpletuner", {})
+        values.update(_coerce(SimpleTunerSettings, table, f"{config}: [simpletuner] "))
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    values.update(_coerce(SimpleTunerSettings, flags, flags=True))
+    return SimpleTunerSettings(**values)
 
 
 def as_toml_dict(settings: Settings) -> dict[str, Any]:

@@ -49,7 +49,30 @@ class Target:
         return [self.filename, self.caption, self.width, self.height]
 
 
-def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> Path | None:
+@dataclass(frozen=True)
+class Place:
+    """Where the entry is checked for: OUT itself, or the path OUT will have on the training machine (`mount`)."""
+
+    layout: Layout
+    mount: Path | None = None
+
+    def fix(self) -> str:
+        """The command that writes the entry for this place."""
+        mount = f" --mount-path {self.mount}" if self.mount is not None else ""
+        return f"`dalle3-etl entry {self.layout.out}{mount}`"
+
+    def local(self, value: str, what: str, problems: list[str]) -> Path | None:
+        """The path of this machine an entry's absolute path names (under the mount path: the same place in OUT)."""
+        if self.mount is None:
+            return Path(value)
+        try:
+            return self.layout.out / Path(os.path.normpath(value)).relative_to(self.mount)
+        except ValueError:
+            problems.append(f"{what} {value} is not under the mount path {self.mount}; write it with {self.fix()}")
+            return None
+
+
+def _abs_path(value: Any, what: str, place: Place, *, want_dir: bool, problems: list[str]) -> Path | None:
     if not isinstance(value, str) or not value:
         problems.append(f"{what} is missing")
         return None
@@ -58,10 +81,10 @@ def _abs_path(value: Any, what: str, *, want_dir: bool, problems: list[str]) -> 
             f"{what} {value!r} is not absolute (SimpleTuner strips it from image paths by string replacement)"
         )
         return None
-    path = Path(value)
-    if not (path.is_dir() if want_dir else path.exists()):
+    path = place.local(value, what, problems)
+    if path is not None and not (path.is_dir() if want_dir else path.exists()):
         problems.append(
-            f"{what} {value} does not exist"
+            f"{what} {value} does not exist (a copied or moved output? {place.fix()} writes the entry for it)"
             if not path.exists()
             else f"{what} {value} is not a {'directory' if want_dir else 'file'}"
         )
@@ -77,12 +100,14 @@ def _elsewhere(path: Path, expected: Path) -> bool:
         return True
 
 
-def read_target(out: Path) -> tuple[Target, list[str]]:
-    """The dataset as the dataloader entry describes it, and what is wrong with that entry.
+def read_target(out: Path, mount_path: Path | None = None) -> tuple[Target, list[str]]:
+    """The dataset as the dataloader entry describes it, and what is wrong with that entry (checked as written
+    for `mount_path`, the path OUT will have on the training machine, when given).
 
     Every value that cannot be used falls back to what convert writes, so the other checks still run.
     """
     layout = Layout(Path(out))
+    place = Place(layout, Path(os.path.normpath(mount_path)) if mount_path is not None else None)
     settings = pinned_settings(layout)
     target = Target(
         data_dir=layout.data,
@@ -105,23 +130,25 @@ def read_target(out: Path) -> tuple[Target, list[str]]:
     if not any(isinstance(e, dict) and e.get("dataset_type") == "text_embeds" for e in entries):
         problems.append('no text_embeds entry (SimpleTuner needs one, with "default": true)')
     entry = images[0]
-    target = _read_image_entry(entry, layout, target, problems)
+    target = _read_image_entry(entry, place, target, problems)
     spec = entry.get("parquet")
     if not isinstance(spec, dict):
         problems.append('the image entry has no "parquet" object')
         return target, problems
-    return _read_parquet_spec(spec, layout, target, problems), problems
+    return _read_parquet_spec(spec, place, target, problems), problems
 
 
-def _read_image_entry(entry: dict, layout: Layout, target: Target, problems: list[str]) -> Target:
+def _read_image_entry(entry: dict, place: Place, target: Target, problems: list[str]) -> Target:
     """The image folder and caption strategy of the image entry (problems appended to `problems`)."""
-    data_dir = _abs_path(entry.get("instance_data_dir"), "instance_data_dir", want_dir=True, problems=problems)
+    layout = place.layout
+    value = entry.get("instance_data_dir")
+    data_dir = _abs_path(value, "instance_data_dir", place, want_dir=True, problems=problems)
     if data_dir is not None and data_dir.is_dir():
         if _elsewhere(data_dir, layout.data):
             problems.append(
-                f"instance_data_dir {data_dir} is not this output's {layout.data} (a copied or moved "
+                f"instance_data_dir {value} is not this output's {layout.data} (a copied or moved "
                 f"output?); SimpleTuner would read the other one. Write the entry again for this "
-                f"place: run the same `dalle3-etl convert ... -o {layout.out}`"
+                f"place: run {place.fix()}"
             )
         else:
             target = replace(target, data_dir=data_dir)
@@ -135,12 +162,16 @@ def _read_image_entry(entry: dict, layout: Layout, target: Target, problems: lis
     return target
 
 
-def _read_parquet_spec(spec: dict, layout: Layout, target: Target, problems: list[str]) -> Target:
+def _read_parquet_spec(spec: dict, place: Place, target: Target, problems: list[str]) -> Target:
     """The parquet file and its column names, from the image entry's "parquet" object."""
-    parquet = _abs_path(spec.get("path"), "parquet.path", want_dir=False, problems=problems)
+    layout = place.layout
+    parquet = _abs_path(spec.get("path"), "parquet.path", place, want_dir=False, problems=problems)
     if parquet is not None and parquet.exists():
         if _elsewhere(parquet.parent, layout.out):
-            problems.append(f"parquet.path {parquet} is not in this output {layout.out} (a copied or moved output?)")
+            problems.append(
+                f"parquet.path {spec.get('path')} is not in this output {layout.out} (a copied or moved output?); "
+                f"run {place.fix()}"
+            )
         else:
             target = replace(target, parquet=parquet)
     for role in ("filename", "caption", "width", "height"):

@@ -281,15 +281,22 @@ def _check_header(path: Path, name: str, size: tuple[int, int], check: Check) ->
         check.fail(f"{name}: row says {size[0]}x{size[1]}, the image header {header[0]}x{header[1]}")
 
 
-def verify(out: Path, *, deep: bool = False, progress: Callable[[str], None] | None = None) -> VerifyReport:
-    """Run every check on an output directory (the caller has made sure it is one)."""
+def verify(
+    out: Path,
+    *,
+    deep: bool = False,
+    mount_path: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """Run every check on an output directory (the caller has made sure it is one); the entry checked as
+    written for `mount_path` (the path OUT will have on the training machine) when given."""
     out = Path(out).absolute()
     layout = Layout(out)
     report = VerifyReport(out=out, deep=deep, running=lock_holder(layout))
     checks = report.checks
     say = progress or (lambda _text: None)
 
-    target, problems = read_target(out)
+    target, problems = read_target(out, mount_path)
     for problem in problems:
         checks["dataloader"].fail(problem)
     _check_state(layout, checks["stray_file"])

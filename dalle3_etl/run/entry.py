@@ -10,13 +10,17 @@ import orjson
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
 from dalle3_etl.store.layout import Layout
 
+#: Dataset settings written into the image entry only when set (an entry without them is SimpleTuner's default).
+OPTIONAL_KEYS = ("crop", "crop_style", "crop_aspect", "repeats")
 
-def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any]]:
+
+def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = None) -> list[dict[str, Any]]:
     """One image dataset like the old recipe's hand-written entry, plus the text-embed cache SimpleTuner requires.
 
-    Paths are absolute: SimpleTuner strips `instance_data_dir` from each image path by string replacement.
+    Paths are absolute, under `root` (where OUT is read from: its resolved path by default, or where it will
+    be mounted): SimpleTuner strips `instance_data_dir` from each image path by string replacement.
     """
-    out = Layout(layout.out.resolve())
+    out = Layout(Path(root) if root is not None else layout.out.resolve())
     st = settings.simpletuner
     image = {
         "id": st.id,
@@ -27,7 +31,7 @@ def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any
         "minimum_image_size": st.minimum_image_size,
         "target_downsample_size": st.target_downsample_size,
         "resolution_type": st.resolution_type,
-        "cache_dir_vae": str(out.cache("vae", st.id)),
+        "cache_dir_vae": str(out.out / st.cache_dir_vae if st.cache_dir_vae else out.cache("vae", st.id)),
         "caption_strategy": "textfile" if settings.captions else "parquet",
         "metadata_backend": "parquet",
         "parquet": {
@@ -39,12 +43,13 @@ def dataloader_entries(layout: Layout, settings: Settings) -> list[dict[str, Any
             "identifier_includes_extension": True,
         },
     }
+    image.update({key: getattr(st, key) for key in OPTIONAL_KEYS if getattr(st, key)})
     text_embeds = {
         "id": f"{st.id}-text-embeds",
         "type": "local",
         "dataset_type": "text_embeds",
         "default": True,
-        "cache_dir": str(out.cache("text", st.id)),
+        "cache_dir": str(out.out / st.cache_dir_text if st.cache_dir_text else out.cache("text", st.id)),
     }
     return [image, text_embeds]
 
@@ -55,7 +60,8 @@ def caption_column(settings: Settings) -> str:
     return CAPTIONS_COLUMN if settings.extra_captions and not settings.captions else "caption"
 
 
-def write_dataloader_config(layout: Layout, settings: Settings) -> Path:
+def write_dataloader_config(layout: Layout, settings: Settings, root: Path | None = None) -> Path:
     path = layout.dataloader_config
-    layout.fs.write_atomic(path, orjson.dumps(dataloader_entries(layout, settings), option=orjson.OPT_INDENT_2) + b"\n")
+    entries = dataloader_entries(layout, settings, root)
+    layout.fs.write_atomic(path, orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
     return path

@@ -351,7 +351,7 @@ def test_a_copied_output_is_checked_itself_not_the_original(converted, tmp_path)
     assert code == 1
     assert set(report["problems"]) == {"dataloader", "missing_image"}
     assert any(name in example for example in check(report, "missing_image")["examples"])
-    assert "dalle3-etl convert" in " ".join(check(report, "dataloader")["examples"])
+    assert f"`dalle3-etl entry {copy}`" in " ".join(check(report, "dataloader")["examples"])  # names the fix
 
 
 def test_an_image_named_like_a_temporary_file_is_not_flagged(out):
