@@ -97,6 +97,12 @@ def convert(
     exclude_sources: str | None = typer.Option(None, metavar="A,B", help="Leave out these JSON 'source's."),
     min_caption_chars: int | None = typer.Option(None, metavar="N", help="Keep captions of N+ characters (cleaned)."),
     extra_captions: str | None = typer.Option(None, metavar="FIELDS", help="JSON fields adding captions per image."),
+    also: str | None = typer.Option(
+        None,
+        "--also",
+        metavar="KINDS",
+        help="Also write: imagefolder (OUT/data/metadata.jsonl: Hugging Face imagefolder, diffusers' scripts).",
+    ),
     dedup: str | None = typer.Option(
         None,
         "--dedup",
@@ -161,6 +167,7 @@ def convert(
         min_caption_chars=min_caption_chars,
         extra_captions=_csv(extra_captions),
         dedup=dedup,
+        also=_csv(also),
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
@@ -328,6 +335,9 @@ def entry_cmd(
     repeats: int | None = typer.Option(None, help="Times SimpleTuner repeats the dataset per epoch (0: not set)."),
     cache_dir_vae: str | None = typer.Option(None, help='VAE cache folder (relative: under OUT; "": default).'),
     cache_dir_text: str | None = typer.Option(None, help="Text-embed cache folder (relative: under OUT)."),
+    also: str | None = typer.Option(
+        None, "--also", metavar="KINDS", help="Also write: imagefolder (OUT/data/metadata.jsonl, Hugging Face)."
+    ),
 ) -> None:
     """Write OUT/multidatabackend.json again for where OUT is now (after a copy or move) or --mount-path.
 
@@ -340,6 +350,7 @@ def entry_cmd(
         out,
         mount_path=mount_path,
         config=config,
+        also=_csv(also) or (),
         id=dataset_id,
         resolution=resolution,
         resolution_type=resolution_type,

@@ -31,6 +31,10 @@ RESOLUTION_TYPES = ("area", "pixel", "pixel_area")
 #: SimpleTuner's `crop_style` and `crop_aspect` values.
 CROP_STYLES = ("random", "center", "corner", "face")
 CROP_ASPECTS = ("square", "preserve", "random", "closest")
+#: What `--also` writes besides the SimpleTuner dataset: "imagefolder" is OUT/data/metadata.jsonl (Hugging Face).
+ALSO_KINDS = ("imagefolder",)
+#: The columns of OUT/data/metadata.jsonl before the `--fields` ones.
+IMAGEFOLDER_COLUMNS = ("file_name", "text", "width", "height")
 _NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
@@ -110,10 +114,12 @@ class Settings:
     dedup: str = _setting(
         "", off=True, pinned="when_set"
     )  # JSON field holding a hash: later samples with the same value are dropped
+    also: tuple[str, ...] = _setting((), unique="dedupe", choices=ALSO_KINDS, pinned="when_set")
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_also(self)
         if self.extra_captions and CAPTIONS_COLUMN in self.fields:
             raise SettingsError(
                 f"fields: {CAPTIONS_COLUMN!r} is the column --extra-captions writes; it cannot be copied as a field too"
@@ -157,6 +163,7 @@ OUTPUT_KEYS = (
     "min_caption_chars",
     "extra_captions",
     "dedup",
+    "also",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
@@ -169,6 +176,18 @@ def _refuse_dedup_flat(settings: Settings) -> None:
             f"dedup = {settings.dedup!r} (--dedup) cannot be combined with flat = true (--flat): "
             "duplicates are removed from OUT/data/<shard>/ folders only; drop one of the two"
         )
+
+
+def _check_also(settings: Settings) -> None:
+    """`also = ["imagefolder"]` lists the images in OUT/data: they must be there, and no field may take a
+    column name metadata.jsonl already has."""
+    if "imagefolder" not in settings.also:
+        return
+    if not settings.images:
+        raise SettingsError("also = imagefolder (--also) needs the images in OUT/data: leave out --no-images")
+    taken = [f for f in settings.fields if f in IMAGEFOLDER_COLUMNS]
+    if taken:
+        raise SettingsError(f"fields: {taken[0]!r} is a column of the imagefolder metadata.jsonl (--also imagefolder)")
 
 
 class _Bad(ValueError):
@@ -196,6 +215,9 @@ def _check(kind: Any, rules: dict[str, Any], value: Any) -> Any:
         if repeated and rules.get("unique") == "refuse":
             raise _Bad(f"{repeated[0]!r} is listed twice")
         value = tuple(dict.fromkeys(value))
+        unknown = [v for v in value if v not in rules["choices"]] if "choices" in rules else []
+        if unknown:
+            raise _Bad(f"{unknown[0]!r}: must be one of {', '.join(rules['choices'])}")
         taken = [v for v in value if v in rules["reserved"]()] if value and "reserved" in rules else []
         if taken:
             raise _Bad(f"{taken[0]!r}: that column is always written")

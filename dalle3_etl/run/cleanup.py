@@ -66,6 +66,9 @@ def restart(layout: Layout, settings: Settings) -> None:
         crash_point("restart", sid)
     for path in layout.own_files({settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
         fs.unlink(path)
+    if layout.imagefolder_claim.exists():  # metadata.jsonl is the tool's only when claimed
+        fs.unlink(layout.imagefolder_metadata)
+    fs.unlink(layout.imagefolder_claim)
     # `owned` stays: a shard folder still holding a user's file is still the tool's folder
     for folder in (
         layout.parts_dir,

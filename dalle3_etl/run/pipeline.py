@@ -19,6 +19,7 @@ from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.cleanup import clean_leftovers, restart
 from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.run.entry import write_dataloader_config
+from dalle3_etl.run.imagefolder import keep_imagefolder
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
 from dalle3_etl.run.preflight import check_out_dir, check_settings
@@ -168,6 +169,7 @@ def _convert_and_merge(
             summary.duplicates = sum(c["duplicates"] for sid, c in read_dedup_counts(layout).items() if sid in done)
         summary.parquet = layout.parquet(settings.parquet_name)
         summary.dataloader = write_dataloader_config(layout, settings)
+        keep_imagefolder(layout, settings)
     finally:
         streaming.abort()  # after an error: drop the half-merged parquet (a no-op once merged)
 

@@ -17,13 +17,22 @@ import orjson
 
 from dalle3_etl.errors import UsageError
 from dalle3_etl.run.entry import write_dataloader_config
+from dalle3_etl.run.imagefolder import refuse_foreign_metadata, write_imagefolder
 from dalle3_etl.settings import OUTPUT_KEYS, Settings, SimpleTunerSettings, simpletuner_values
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.manifest import read_manifest
 
 
-def rewrite_entry(out: Path, *, mount_path: Path | None = None, config: Path | None = None, **overrides: Any) -> Path:
-    """Write OUT/multidatabackend.json for OUT's present path (or `mount_path`); returns its path.
+def rewrite_entry(
+    out: Path,
+    *,
+    mount_path: Path | None = None,
+    config: Path | None = None,
+    also: tuple[str, ...] = (),
+    **overrides: Any,
+) -> Path:
+    """Write OUT/multidatabackend.json for OUT's present path (or `mount_path`); returns its path. `also`:
+    the other outputs to write as well ("imagefolder": OUT/data/metadata.jsonl).
 
     Every setting is checked before the file is touched: a bad one leaves it as it was."""
     layout = Layout(Path(out).absolute())
@@ -36,8 +45,14 @@ def rewrite_entry(out: Path, *, mount_path: Path | None = None, config: Path | N
     current = _entry_values(layout)
     st = simpletuner_values(current, f"{layout.dataloader_config}: ", config, **overrides)
     settings = replace(Settings(**pinned), simpletuner=st)
+    if also:
+        settings = replace(settings, also=also)  # checked with the pinned settings (images, fields)
+        refuse_foreign_metadata(layout)
     root = Path(os.path.normpath(mount_path)) if mount_path is not None else layout.out.resolve()
-    return write_dataloader_config(layout, settings, root)
+    path = write_dataloader_config(layout, settings, root)
+    if "imagefolder" in also:
+        write_imagefolder(layout, settings)
+    return path
 
 
 _PLAIN_KEYS = tuple(f.name for f in fields(SimpleTunerSettings) if not f.name.startswith("cache_dir"))

@@ -29,6 +29,7 @@ SETTING_FLAGS = {
     "min_caption_chars": "--min-caption-chars",
     "extra_captions": "--extra-captions",
     "dedup": "--dedup",
+    "also": "--also",
 }
 
 

@@ -22,6 +22,7 @@ STATE_DIRNAME = ".dalle3-etl"
 DATA_DIRNAME = "data"
 REJECTS_NAME = "rejects.jsonl"  # every shard's rejects, merged
 CONFIG_NAME = "multidatabackend.json"  # SimpleTuner's dataloader entry
+IMAGEFOLDER_NAME = "metadata.jsonl"  # in OUT/data, with --also imagefolder (Hugging Face imagefolder)
 TMP_GLOB = ".*.tmp*"  # every temporary name a run writes next to a final file
 
 
@@ -34,7 +35,8 @@ class Layout:
     """Every path a run writes, all inside `out`.
 
     OUT/<parquet>, rejects.jsonl, multidatabackend.json    the tool's files at the top (`own_files`)
-    OUT/data/                     images and caption files (a symlink the user made is fine)
+    OUT/data/                     images and caption files (a symlink the user made is fine);
+                                  metadata.jsonl with --also imagefolder (`imagefolder` in the state: it is the tool's)
     OUT/.dalle3-etl/              the run state: manifest.json, lock, workers.lock and, per shard,
       shards/<id>.json            its completion record (`store.records`)
       parts/<id>.parquet          its rows, rejects/<id>.jsonl its rejects
@@ -90,6 +92,16 @@ class Layout:
     @property
     def data(self) -> Path:
         return self.out / DATA_DIRNAME
+
+    @property
+    def imagefolder_metadata(self) -> Path:
+        """`--also imagefolder`: the Hugging Face imagefolder metadata, one line per parquet row."""
+        return self.data / IMAGEFOLDER_NAME
+
+    @property
+    def imagefolder_claim(self) -> Path:
+        """Written before `imagefolder_metadata`: that file is the tool's (a re-run keeps it up to date)."""
+        return self.state / "imagefolder"
 
     def shard_data(self, shard_id: str) -> Path:
         return self.data / shard_id
