@@ -41,12 +41,20 @@ def parquet_rows(out: Path) -> list[dict]:
     return pq.read_table(out / "dalle3.parquet").to_pylist()
 
 
-def test_datasets_reads_every_row_with_its_caption_size_and_fields(corpus, tmp_path, monkeypatch):
+@pytest.fixture
+def offline(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+def converted_and_loaded(corpus: Path, tmp_path: Path, *args: str) -> tuple[Path, list[dict], object]:
+    """OUT converted with --also imagefolder, its parquet rows, and OUT/data as `datasets` loads it."""
     out = tmp_path / "out"
-    convert(corpus, out, "--also", "imagefolder", "--fields", "md5_pil_hash")
-    rows = parquet_rows(out)
-    ds = load(out, tmp_path)
+    convert(corpus, out, "--also", "imagefolder", *args)
+    return out, parquet_rows(out), load(out, tmp_path)
+
+
+def test_datasets_reads_every_row_with_its_caption_size_and_fields(corpus, tmp_path, offline):
+    out, rows, ds = converted_and_loaded(corpus, tmp_path, "--fields", "md5_pil_hash")
     assert len(ds) == len(rows) == 16
     got = sorted((i["text"], i["width"], i["height"], i["md5_pil_hash"]) for i in ds)
     assert got == sorted((r["caption"], r["width"], r["height"], r["md5_pil_hash"]) for r in rows)
@@ -56,12 +64,8 @@ def test_datasets_reads_every_row_with_its_caption_size_and_fields(corpus, tmp_p
     assert runner.invoke(app, ["verify", str(out)]).exit_code == 0  # metadata.jsonl is not a problem for verify
 
 
-def test_with_extra_captions_text_is_the_list_of_captions(corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    out = tmp_path / "out"
-    convert(corpus, out, "--also", "imagefolder", "--extra-captions", "long_caption")
-    rows = parquet_rows(out)
-    ds = load(out, tmp_path)
+def test_with_extra_captions_text_is_the_list_of_captions(corpus, tmp_path, offline):
+    _, rows, ds = converted_and_loaded(corpus, tmp_path, "--extra-captions", "long_caption")
     assert sorted(map(tuple, ds["text"])) == sorted(tuple(r["captions"]) for r in rows)
     assert any(len(r["captions"]) > 1 for r in rows)
 
@@ -107,8 +111,7 @@ def test_bad_also_is_refused_before_any_work(corpus, tmp_path, args, named):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_copy_with_its_imagefolder_still_loads(corpus, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_a_copy_with_its_imagefolder_still_loads(corpus, tmp_path, offline):
     out = tmp_path / "out"
     convert(corpus, out, "--also", "imagefolder")
     copy = tmp_path / "elsewhere" / "copy"
