@@ -18,6 +18,12 @@ venv: $(VENV)/.installed
 run: venv
 	$(PY) -m dalle3_etl synth $(SAMPLE) --shards 4 --per-shard 250 --seed 0
 	$(PY) -m dalle3_etl convert $(SAMPLE) -o $(OUT) --config config/default.toml
+	$(PY) -m dalle3_etl entry $(OUT) --also imagefolder
+	@echo "Train on it:"
+	@echo "  SimpleTuner: in its config.json set \"data_backend_config\": \"$(abspath $(OUT))/multidatabackend.json\""
+	@echo "  diffusers:   accelerate launch examples/text_to_image/train_text_to_image.py \\"
+	@echo "                 --pretrained_model_name_or_path MODEL --train_data_dir $(abspath $(OUT))/data \\"
+	@echo "                 --caption_column text --resolution 512 --output_dir sd-dalle3"
 
 # The README's test command: the import layers (stages import only downward, no cycles), ruff, the suite.
 test: venv

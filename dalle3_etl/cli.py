@@ -345,6 +345,7 @@ def entry_cmd(
     changed. Exit 2 on a bad setting (the file is left as it was).
     """
     from dalle3_etl.run.portable import rewrite_entry
+    from dalle3_etl.store.layout import Layout
 
     path = rewrite_entry(
         out,
@@ -365,6 +366,8 @@ def entry_cmd(
         cache_dir_text=cache_dir_text,
     )
     Console().print(safe(f"wrote {path}"))
+    if "imagefolder" in (_csv(also) or ()):
+        Console().print(safe(f"wrote {Layout(out).imagefolder_metadata}"))
 
 
 @command("head")

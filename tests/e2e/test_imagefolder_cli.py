@@ -77,6 +77,7 @@ def test_entry_also_imagefolder_adds_it_later_and_runs_keep_it_up_to_date(corpus
     manifest = (out / ".dalle3-etl" / "manifest.json").read_bytes()
     result = runner.invoke(app, ["entry", str(out), "--also", "imagefolder"])
     assert result.exit_code == 0, result.output
+    assert "metadata.jsonl" in result.output.replace("\n", "")  # says what it wrote (rich wraps long paths)
     assert len((out / "data" / "metadata.jsonl").read_bytes().splitlines()) == 8
     assert (out / ".dalle3-etl" / "manifest.json").read_bytes() == manifest  # pinned settings untouched
     convert(shards, out)  # one more shard: the imagefolder follows the parquet
