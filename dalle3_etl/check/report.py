@@ -26,6 +26,7 @@ CHECKS: dict[str, str] = {
     "shard_rows": "rows per shard = its completion record",
     "stray_file": "no temporary files or staging leftovers",
     "header_size": "width/height = image header (--deep)",
+    "imagefolder": "metadata.jsonl: a line per row, same file, caption and size (--also imagefolder)",
 }
 
 

@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -281,6 +282,34 @@ def _check_header(path: Path, name: str, size: tuple[int, int], check: Check) ->
         check.fail(f"{name}: row says {size[0]}x{size[1]}, the image header {header[0]}x{header[1]}")
 
 
+def _check_imagefolder(layout: Layout, pf: pq.ParquetFile, check: Check) -> None:
+    """With --also imagefolder: OUT/data/metadata.jsonl holds one line per parquet row, in order, with the row's
+    file, caption(s) and size, as `datasets`' imagefolder loader and diffusers' scripts read it."""
+    if "imagefolder" not in (pinned_settings(layout).get("also") or ()):
+        check.skip("not made with --also imagefolder")
+        return
+    path = layout.imagefolder_metadata
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        check.fail(f"{path} is missing (`dalle3-etl entry {layout.out} --also imagefolder` writes it)")
+        return
+    text = "captions" if "captions" in pf.schema_arrow.names else "caption"
+    columns = ["filename", text, "width", "height"]
+    rows = (row for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns) for row in batch.to_pylist())
+    for n, (line, row) in enumerate(zip(lines, rows)):
+        try:
+            got = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            check.fail(f"line {n + 1}: not JSON")
+            continue
+        want = {"file_name": row["filename"], "text": row[text], "width": row["width"], "height": row["height"]}
+        if any(got.get(k) != v for k, v in want.items()):
+            check.fail(f"line {n + 1}: {got.get('file_name')!r} differs from the parquet's row {row['filename']!r}")
+    if len(lines) != pf.metadata.num_rows:
+        check.fail(f"{path} has {len(lines):,} line(s), the parquet {pf.metadata.num_rows:,} row(s)")
+
+
 def verify(
     out: Path,
     *,
@@ -321,6 +350,7 @@ def verify(
             checks[code].skip("the parquet cannot be used")
         return report
     total = pf.metadata.num_rows
+    _check_imagefolder(layout, pf, checks["imagefolder"])
     per_shard = _check_rows(pf, target, disk, report, lambda n: say(f"checked {n:,} of {total:,} rows"))
     if "shard" in pf.schema_arrow.names:
         _check_shard_rows(layout, per_shard, report)

@@ -118,3 +118,25 @@ def test_a_copy_with_its_imagefolder_still_loads(corpus, tmp_path, offline):
     copy = tmp_path / "elsewhere" / "copy"
     shutil.copytree(out, copy, symlinks=True)
     assert len(load(copy, tmp_path)) == 16  # file_name is relative to OUT/data: nothing to rewrite
+
+
+def test_verify_checks_the_imagefolder_against_the_parquet(corpus, tmp_path):
+    out = tmp_path / "out"
+    convert(corpus, out, "--also", "imagefolder")
+    result = CliRunner().invoke(app, ["verify", str(out), "--json"])
+    report = orjson.loads(result.stdout)
+    assert result.exit_code == 0 and next(c for c in report["checks"] if c["check"] == "imagefolder")["status"] == "ok"
+    metadata = out / "data" / "metadata.jsonl"
+    lines = metadata.read_bytes().splitlines(keepends=True)
+    first = orjson.loads(lines[0])
+    first["text"] = "another caption"
+    metadata.write_bytes(orjson.dumps(first) + b"\n" + b"".join(lines[1:-1]))  # one caption changed, a line lost
+    result = CliRunner().invoke(app, ["verify", str(out), "--json"])
+    report = orjson.loads(result.stdout)
+    assert result.exit_code == 1 and report["problems"] == ["imagefolder"]
+    examples = next(c for c in report["checks"] if c["check"] == "imagefolder")["examples"]
+    assert any("line 1:" in e for e in examples) and any("line(s), the parquet" in e for e in examples)
+    plain = tmp_path / "plain"
+    convert(corpus, plain)
+    report = orjson.loads(CliRunner().invoke(app, ["verify", str(plain), "--json"]).stdout)
+    assert next(c for c in report["checks"] if c["check"] == "imagefolder")["status"] == "skipped"
