@@ -3,6 +3,8 @@ read OUT/data as an `imagefolder`: one line per parquet row, in parquet order.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import orjson
 import pyarrow.parquet as pq
 
@@ -12,18 +14,16 @@ from dalle3_etl.store.layout import Layout, StateError
 BATCH_ROWS = 8192
 
 
-def imagefolder_lines(layout: Layout, settings: Settings) -> bytes:
+def imagefolder_lines(layout: Layout, settings: Settings) -> Iterator[bytes]:
     """One JSON line per row: `file_name` (relative to OUT/data), `text` (the caption; with --extra-captions
     the list of every caption), `width`, `height`, then the --fields columns."""
     text = CAPTIONS_COLUMN if settings.extra_captions else "caption"
     columns = ["filename", text, "width", "height", *settings.fields]
     names = ["file_name", "text", "width", "height", *settings.fields]
     pf = pq.ParquetFile(layout.parquet(settings.parquet_name))
-    chunks = []
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):  # one batch in memory at a time
         values = [batch.column(i).to_pylist() for i in range(len(columns))]
-        chunks.extend(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n" for row in zip(*values, strict=True))
-    return b"".join(chunks)
+        yield b"".join(orjson.dumps(dict(zip(names, row, strict=True))) + b"\n" for row in zip(*values, strict=True))
 
 
 def write_imagefolder(layout: Layout, settings: Settings) -> None:
@@ -31,7 +31,7 @@ def write_imagefolder(layout: Layout, settings: Settings) -> None:
     every later run and removed by --restart). A metadata.jsonl the tool did not write is refused."""
     refuse_foreign_metadata(layout)
     layout.fs.write_atomic(layout.imagefolder_claim, b"")
-    layout.fs.write_atomic(layout.imagefolder_metadata, imagefolder_lines(layout, settings))
+    layout.fs.write_atomic_chunks(layout.imagefolder_metadata, imagefolder_lines(layout, settings))
 
 
 def refuse_foreign_metadata(layout: Layout) -> None:

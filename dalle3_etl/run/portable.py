@@ -20,6 +20,7 @@ from dalle3_etl.run.entry import write_dataloader_config
 from dalle3_etl.run.imagefolder import refuse_foreign_metadata, write_imagefolder
 from dalle3_etl.settings import OUTPUT_KEYS, Settings, SimpleTunerSettings, simpletuner_values
 from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.locks import RunLock
 from dalle3_etl.store.manifest import read_manifest
 
 
@@ -49,9 +50,10 @@ def rewrite_entry(
         settings = replace(settings, also=also)  # checked with the pinned settings (images, fields)
         refuse_foreign_metadata(layout)
     root = Path(os.path.normpath(mount_path)) if mount_path is not None else layout.out.resolve()
-    path = write_dataloader_config(layout, settings, root)
-    if "imagefolder" in also:
-        write_imagefolder(layout, settings)
+    with RunLock(layout.lock):  # not while a convert writes OUT (its merge rewrites both files)
+        path = write_dataloader_config(layout, settings, root)
+        if "imagefolder" in also:
+            write_imagefolder(layout, settings)
     return path
 
 

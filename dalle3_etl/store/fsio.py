@@ -265,8 +265,8 @@ class Root:
                 raise
             _copy_file_new(s, d)
 
-    def write_atomic(self, path: str | os.PathLike, data: bytes) -> None:
-        """Write a file the tool owns under a temporary name (`.<name>.tmp-<pid>`), sync it, rename it over."""
+    def write_atomic_chunks(self, path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
+        """`write_atomic` for content made piece by piece (memory holds one piece at a time, not the file)."""
         full = Path(self.check(path))
         st = self._no_link(str(full))
         if st is not None and not stat.S_ISREG(st.st_mode):
@@ -276,9 +276,10 @@ class Root:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
+                for data in chunks:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -286,6 +287,10 @@ class Root:
         except BaseException:
             self.unlink(tmp)
             raise
+
+    def write_atomic(self, path: str | os.PathLike, data: bytes) -> None:
+        """Write a file the tool owns under a temporary name (`.<name>.tmp-<pid>`), sync it, rename it over."""
+        self.write_atomic_chunks(path, (data,))
 
 
 def _open_below(base_fd: int, folder: str) -> int | None:

@@ -130,3 +130,22 @@ def test_entry_on_an_unmoved_default_output_writes_the_same_bytes(tmp_path):
     assert b"crop" not in before and b"repeats" not in before  # entries of runs without the new options as before
     rewrite_entry(tmp_path / "out")
     assert (tmp_path / "out" / "multidatabackend.json").read_bytes() == before
+
+
+def test_entry_is_refused_while_a_convert_holds_out(copy):
+    """A convert run rewrites the entry and the imagefolder at its end: `entry` is refused (exit 2 through the
+    CLI) while one holds OUT, and the entry is left as it was."""
+    from dalle3_etl.store.layout import Layout, StateError
+    from dalle3_etl.store.locks import RunLock
+
+    layout = Layout(copy)
+    before = layout.dataloader_config.read_bytes()
+    with RunLock(layout.lock):
+        with pytest.raises(StateError, match="another dalle3-etl run"):
+            rewrite_entry(copy, also=("imagefolder",))
+        result = CliRunner().invoke(app, ["entry", str(copy)])
+        assert result.exit_code == 2 and "another dalle3-etl run" in result.output
+    assert layout.dataloader_config.read_bytes() == before
+    assert not layout.imagefolder_metadata.exists()
+    rewrite_entry(copy, also=("imagefolder",))  # once it is free
+    assert layout.imagefolder_metadata.exists()
