@@ -156,9 +156,8 @@ class SampleWriter:
             return
         ext = image_member[image_member.rfind(".") :]
         if info.image_ext is not None and not _same_ext(info.image_ext, ext[1:]):
-            self.notes["image_name_ext_differs"] += (
-                1  # the member's name wins: image_name is not known to always match it
-            )
+            # the member's name wins: image_name is not known to always match it
+            self.notes["image_name_ext_differs"] += 1
         filename = f"{self.prefix}{entry.key}{ext}"
         if len(image_member) > 2 * MAX_FOLDER_DEPTH and image_member.count("/") > MAX_FOLDER_DEPTH:
             self.discard(ref)

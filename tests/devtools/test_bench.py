@@ -159,3 +159,19 @@ def test_unknown_mode_is_refused(tmp_path):
     )
     assert run.exit_code == 1
     assert "warp-speed" in run.output
+
+
+def test_bench_never_removes_a_folder_it_did_not_generate(tmp_path):
+    """The corpus folder is regenerated only when its corpus.json says a bench run made it."""
+    from dalle3_etl.devtools.bench.config import BenchError
+    from dalle3_etl.devtools.bench.corpus import generate_corpus
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "mine.tar").write_bytes(b"user data")
+    with pytest.raises(BenchError, match="did not generate"):
+        generate_corpus(folder, 1, 2, 300, 0, 1)
+    assert (folder / "mine.tar").read_bytes() == b"user data"
+    generate_corpus(tmp_path / "fresh", 1, 2, 300, 0, 1)
+    again = generate_corpus(tmp_path / "fresh", 1, 3, 300, 0, 1)  # another spec: its own folder is redone
+    assert again.samples == 3

@@ -68,6 +68,3 @@ class BenchConfig:
 def _rmtree(path: Path) -> None:
     """Remove a folder or file this command created (its work folders, corpora, temporary logs)."""
     Root(path.parent).remove_tree(path)
-
-
-_remove = _rmtree

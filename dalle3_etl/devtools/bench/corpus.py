@@ -44,7 +44,12 @@ def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int,
     if marker.exists() and json.loads(marker.read_text()) == spec and all(p.exists() for p in paths):
         reused = True
     else:
-        _rmtree(folder)  # a corpus this command generated earlier with another spec
+        if folder.exists() and not marker.exists() and any(folder.iterdir()):
+            raise BenchError(
+                f"{folder} holds files a bench run did not generate (no corpus.json): "
+                "choose another --location or move them"
+            )
+        _rmtree(folder)  # a corpus this command generated earlier with another spec (its corpus.json says so)
         folder.mkdir(parents=True)
         jobs = [(str(folder), spec, i) for i in range(shards)]
         if workers > 1 and shards > 1:
