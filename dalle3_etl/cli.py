@@ -110,6 +110,9 @@ def convert(
         help="Keep only the first sample (shard order, then member order) of each value of this JSON field "
         "(md5_pil_hash, md5_file_hash, sha512_hash...); later ones are 'duplicate' rejects.",
     ),
+    webshart: bool | None = typer.Option(
+        None, "--webshart", help="Train from the tars: OUT/webshart/<shard>.json indexes, no images written."
+    ),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     restart: bool = typer.Option(
@@ -168,6 +171,7 @@ def convert(
         extra_captions=_csv(extra_captions),
         dedup=dedup,
         also=_csv(also),
+        webshart=webshart,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning

@@ -115,10 +115,12 @@ class Settings:
         "", off=True, pinned="when_set"
     )  # JSON field holding a hash: later samples with the same value are dropped
     also: tuple[str, ...] = _setting((), unique="dedupe", choices=ALSO_KINDS, pinned="when_set")
+    webshart: bool = _setting(False, pinned="when_set")  # index the tars for SimpleTuner's webshart backend
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_webshart(self)
         _check_also(self)
         if self.extra_captions and CAPTIONS_COLUMN in self.fields:
             raise SettingsError(
@@ -164,6 +166,7 @@ OUTPUT_KEYS = (
     "extra_captions",
     "dedup",
     "also",
+    "webshart",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
@@ -176,6 +179,17 @@ def _refuse_dedup_flat(settings: Settings) -> None:
             f"dedup = {settings.dedup!r} (--dedup) cannot be combined with flat = true (--flat): "
             "duplicates are removed from OUT/data/<shard>/ folders only; drop one of the two"
         )
+
+
+def _check_webshart(settings: Settings) -> None:
+    """--webshart trains from the tars themselves: nothing is written into OUT/data."""
+    if not settings.webshart:
+        return
+    for key, flag in (("images", "--images"), ("captions", "--captions"), ("flat", "--flat")):
+        if getattr(settings, key):
+            raise SettingsError(f"webshart = true (--webshart) reads images from the tars: leave out {flag}")
+    if settings.also:
+        raise SettingsError("webshart = true (--webshart) writes no OUT/data for an imagefolder: leave out --also")
 
 
 def _check_also(settings: Settings) -> None:
@@ -329,6 +343,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         base = _coerce(Settings, convert, f"{config}: [convert] ")
         st = _coerce(SimpleTunerSettings, data.get("simpletuner", {}), f"{config}: [simpletuner] ")
     base.update(_coerce(Settings, {k: v for k, v in overrides.items() if v is not None}, flags=True))
+    if base.get("webshart"):  # no files in OUT/data unless asked for (then refused, naming the flag)
+        base.setdefault("images", False)
+        base.setdefault("captions", False)
     return Settings(simpletuner=SimpleTunerSettings(**st), **base)
 
 
