@@ -235,6 +235,19 @@ def write_indexes(layout: Layout, settings: Settings, done: list[str]) -> IndexO
     return outcome
 
 
+def webshart_lines(outcome: IndexOutcome, out: Path) -> list[str]:
+    """The summary's lines about the indexes: where, how many rewritten, whose webshart cache was cleared."""
+    lines = [f"  indexes:    {Layout(out).webshart_dir} ({outcome.indexes}, {len(outcome.written)} written this run)"]
+    if outcome.caches_cleared:
+        lines.append(
+            f"  webshart metadata cache cleared for {len(outcome.caches_cleared)} re-indexed shard(s): "
+            + ", ".join(outcome.caches_cleared)
+        )
+    if outcome.removed:
+        lines.append(f"  indexes removed (shard no longer complete): {', '.join(outcome.removed)}")
+    return lines
+
+
 __all__ = [
     "IndexOutcome",
     "WebshartError",
@@ -245,5 +258,6 @@ __all__ = [
     "remember_tars",
     "tar_location",
     "webshart_entry",
+    "webshart_lines",
     "write_indexes",
 ]
