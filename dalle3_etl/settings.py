@@ -190,6 +190,9 @@ def _check_webshart(settings: Settings) -> None:
             raise SettingsError(f"webshart = true (--webshart) reads images from the tars: leave out {flag}")
     if settings.also:
         raise SettingsError("webshart = true (--webshart) writes no OUT/data for an imagefolder: leave out --also")
+    taken = [f for f in settings.fields if f in ("_offset", "_length")]  # the part's hidden columns (shard.sinks)
+    if taken:
+        raise SettingsError(f"fields: {taken[0]!r} is a column --webshart keeps for itself; it cannot be copied too")
 
 
 def _check_also(settings: Settings) -> None:

@@ -24,17 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dalle3_etl.errors import UsageError
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
-from dalle3_etl.shard.sinks import WEBSHART_COLUMNS, schema_for
+from dalle3_etl.shard.sinks import WEBSHART_COLUMNS
 from dalle3_etl.sources.base import ShardSource, natural_key, shown
 from dalle3_etl.sources.hub.keep import kept_path
 from dalle3_etl.sources.hub.stream import HubShardSource
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import ShardRecord, all_records
 
+BATCH_ROWS = 8192  # rows read at a time from a part or the parquet
 #: First bytes of compressed data: webshart reads members at offsets of the file itself.
 _COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
@@ -154,33 +156,26 @@ def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str,
 def _merged_names(layout: Layout, settings: Settings) -> Iterator[str]:
     """The merged parquet's filenames, in order (streamed)."""
     pf = pq.ParquetFile(layout.parquet(settings.parquet_name), pre_buffer=False)
-    for batch in pf.iter_batches(batch_size=65_536, columns=["filename"], use_threads=False):
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=["filename"], use_threads=False):
         yield from batch.column(0).to_pylist()
 
 
 def index_bytes(layout: Layout, settings: Settings, shard_id: str, tar: dict[str, Any], kept) -> bytes:
     """The shard's index: the part's rows the merge kept (`kept(filename)`), in member order."""
-    public = schema_for(settings)
-    at = [public.get_field_index(name) for name in ("filename", "caption", "width", "height")]
-    captions_at = public.get_field_index(CAPTIONS_COLUMN) if settings.extra_captions else at[1]
+    caption = CAPTIONS_COLUMN if settings.extra_captions else "caption"
+    columns = ["filename", caption, "width", "height", *WEBSHART_COLUMNS]  # names no --fields column takes
     prefix = len(shard_id) + 1
-    files: dict[str, Any] = {}
+    entries: list[bytes] = []  # `"<member>":{...}` each: the JSON is made piece by piece, not as a dict of dicts
     part = pq.ParquetFile(layout.part(shard_id), pre_buffer=False)
-    for batch in part.iter_batches(batch_size=65_536, use_threads=False):
-        columns = [batch.column(i).to_pylist() for i in (*at, captions_at)]
-        columns += [batch.column(batch.num_columns - len(WEBSHART_COLUMNS) + i).to_pylist() for i in (0, 1)]
-        for name, _caption, width, height, captions, offset, length in zip(*columns):
+    dumps = orjson.dumps
+    for batch in part.iter_batches(batch_size=BATCH_ROWS, columns=columns, use_threads=False):
+        for name, captions, width, height, offset, length in zip(*(c.to_pylist() for c in batch.columns)):
             if kept(name):
-                files[name[prefix:]] = {
-                    "offset": offset,
-                    "length": length,
-                    "width": width,
-                    "height": height,
-                    "aspect": width / height,
-                    "captions": captions,
-                }
-    head = {"path": tar["name"], "filesize": tar["size"], "includes_image_geometry": True, "files": files}
-    return orjson.dumps(head)
+                entry = {"offset": offset, "length": length, "width": width, "height": height}
+                entry.update(aspect=width / height, captions=captions)
+                entries.append(dumps(name[prefix:]) + b":" + dumps(entry))
+    head = dumps({"path": tar["name"], "filesize": tar["size"], "includes_image_geometry": True})
+    return head[:-1] + b',"files":{' + b",".join(entries) + b"}}"
 
 
 def _cache_entry(layout: Layout, settings: Settings, source: str, shard_id: str) -> Path:
@@ -217,6 +212,7 @@ def write_indexes(layout: Layout, settings: Settings, done: list[str]) -> IndexO
         tar = {"name": name, "size": _tar_size(layout, source, name, records.get(sid))}
         data = index_bytes(layout, settings, sid, tar, kept)
         outcome.indexes += 1
+        pa.default_memory_pool().release_unused()  # the driver's peak RSS is the merge's, not this
         path = layout.webshart_index(sid)
         try:
             if path.read_bytes() == data:
