@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import webshart  # noqa: E402  (the real package, from the test extra)
 from badinput_helpers import img, js, tar_bytes
 from test_resume import run_convert_cli
 from typer.testing import CliRunner
@@ -17,7 +18,6 @@ from typer.testing import CliRunner
 from dalle3_etl.cli import app
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 
-webshart = pytest.importorskip("webshart")
 runner = CliRunner()
 
 
