@@ -45,7 +45,10 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
         },
     }
     if settings.webshart:  # the images are read from the tars (run.webshart)
-        image = webshart_entry(layout, settings, out)
+        shared = ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size")
+        image = webshart_entry(layout, settings, out) | {
+            k: image[k] for k in (*shared, "resolution_type", "cache_dir_vae")
+        }
     image.update({key: getattr(st, key) for key in OPTIONAL_KEYS if getattr(st, key)})
     text_embeds = {
         "id": f"{st.id}-text-embeds",

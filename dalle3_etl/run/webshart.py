@@ -132,7 +132,8 @@ def cache_dir(layout: Layout, settings: Settings) -> Path:
 
 
 def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str, Any]:
-    """SimpleTuner's webshart image dataset (absolute paths; `out`: OUT where it is read from)."""
+    """SimpleTuner's webshart image dataset (absolute paths; `out`: OUT where it is read from), without the
+    sizes and caches every image entry has (`run.entry` adds them)."""
     st = settings.simpletuner
     source = read_tars(layout).get("source", "")
     return {
@@ -144,12 +145,6 @@ def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str,
         "caption_strategy": "webshart",
         "metadata_backend": "webshart",
         "webshart": {"cache_dir": str(cache_dir(out, settings)), "shard_cache_gb": 0},
-        "resolution": st.resolution,
-        "maximum_image_size": st.maximum_image_size,
-        "minimum_image_size": st.minimum_image_size,
-        "target_downsample_size": st.target_downsample_size,
-        "resolution_type": st.resolution_type,
-        "cache_dir_vae": str(out.out / st.cache_dir_vae if st.cache_dir_vae else out.cache("vae", st.id)),
     }
 
 
