@@ -93,6 +93,8 @@ def check_inputs(sources: list[ShardSource], layout: Layout, *, restart: bool) -
                 "file itself: decompress it first"
             )
         folders.setdefault(where.parent, str(where))
+    if not folders:
+        raise WebshartError("--webshart: no input tar")
     if len(folders) > 1:
         first, second = list(folders.values())[:2]
         raise WebshartError(
