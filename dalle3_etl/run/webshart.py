@@ -33,6 +33,7 @@ from dalle3_etl.shard.sinks import WEBSHART_COLUMNS
 from dalle3_etl.sources.base import ShardSource, natural_key, shown
 from dalle3_etl.sources.hub.keep import kept_path
 from dalle3_etl.sources.hub.stream import HubShardSource
+from dalle3_etl.store.crash import crash_point
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import ShardRecord, all_records
 
@@ -217,6 +218,7 @@ def write_indexes(layout: Layout, settings: Settings, done: list[str]) -> IndexO
         except FileNotFoundError:
             pass
         layout.fs.write_atomic(path, data)
+        crash_point("webshart", sid)
         outcome.written.append(sid)
         if source and layout.fs.unlink(_cache_entry(layout, settings, source, sid)):
             outcome.caches_cleared.append(sid)

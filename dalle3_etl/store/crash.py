@@ -76,6 +76,7 @@ def _libc():
 #   publish:<shard>:<n>  --flat: n-th file of a shard linked into OUT/data, its staged copy not yet removed (run/merge.py)
 #   publish_part:<shard> --flat: the part without clashing rows is written, the record is not updated (run/merge.py)
 #   restart:<shard>      --restart has removed every record, then this shard's files (run/cleanup.py)
+#   webshart:<shard>     --webshart: the shard's index is written, later shards' and the entry are not (run/webshart.py)
 # Unset (always, outside these tests) the hook costs one comparison.
 
 _CRASH = os.environ.get("DALLE3_ETL_TEST_CRASH") or None

@@ -145,6 +145,12 @@ def test_same_bytes_for_one_and_two_workers_and_after_a_crash(corpus, tmp_path):
     code, log = cli("convert", root, "-o", crashed, "--webshart", "-w", "1", "-q")
     assert code == 0, log
     assert index_bytes(crashed) == index_bytes(tmp_path / "one")
+    indexing = tmp_path / "indexing"  # killed between two shards' indexes: the next run writes the rest
+    code, log = run_convert_cli([root], indexing, "--webshart", "-w", "1", "-q", crash="webshart:data-000000")
+    assert code != 0 and len(index_bytes(indexing)) == 1
+    code, log = cli("convert", root, "-o", indexing, "--webshart", "-w", "1", "-q")
+    assert code == 0, log
+    assert index_bytes(indexing) == index_bytes(tmp_path / "one")
 
 
 def test_touched_tar_is_reported_by_status_and_verify_and_redone(tmp_path):
