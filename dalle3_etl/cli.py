@@ -78,7 +78,7 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
     config: Path | None = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
     workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
-    caption_field: str | None = typer.Option(None, help="JSON field used as the caption."),
+    caption_field: str | None = typer.Option(None, help="JSON field used as the caption; .txt: the text member."),
     caption_fallbacks: str | None = typer.Option(
         None, help="Comma-separated fields tried in order when the caption is empty."
     ),
@@ -97,6 +97,7 @@ def convert(
     exclude_sources: str | None = typer.Option(None, metavar="A,B", help="Leave out these JSON 'source's."),
     min_caption_chars: int | None = typer.Option(None, metavar="N", help="Keep captions of N+ characters (cleaned)."),
     extra_captions: str | None = typer.Option(None, metavar="FIELDS", help="JSON fields adding captions per image."),
+    size_fields: str | None = typer.Option(None, metavar="W,H", help="JSON fields for width,height (else header)."),
     also: str | None = typer.Option(
         None,
         "--also",
@@ -166,6 +167,7 @@ def convert(
         exclude_sources=_csv(exclude_sources),
         min_caption_chars=min_caption_chars,
         extra_captions=_csv(extra_captions),
+        size_fields=_csv(size_fields),
         dedup=dedup,
         also=_csv(also),
     )
