@@ -257,10 +257,13 @@ def synth(
     fallback_ratio: float = typer.Option(0.05, help="Share of samples whose caption comes from the fallback chain."),
     no_caption_ratio: float = typer.Option(0.01, help="Share of samples without any usable caption."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing."),
+    style: str = typer.Option("dalle3", help="dalle3, or img2dataset (00000.tar: .webp + .json + .txt caption)."),
 ) -> None:
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
-    from dalle3_etl.devtools.synth import SynthSpec, write_corpus
+    from dalle3_etl.devtools.synth import SynthSpec, write_corpus, write_img2dataset_corpus
 
+    if style not in ("dalle3", "img2dataset"):
+        raise UsageError(f"--style {style!r}: use dalle3 or img2dataset")
     spec = SynthSpec(
         shards=shards,
         per_shard=per_shard,
@@ -269,7 +272,7 @@ def synth(
         fallback_ratio=fallback_ratio,
         no_caption_ratio=no_caption_ratio,
     )
-    rows = write_corpus(out, spec)
+    rows = write_corpus(out, spec) if style == "dalle3" else write_img2dataset_corpus(out, shards, per_shard, seed)
     if not quiet:
         Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 
