@@ -48,7 +48,9 @@ def test_size_fields_must_be_two_distinct_names(names):
 
 def test_size_fields_pick_the_json_fields_and_are_pinned_only_when_set():
     s = Settings(size_fields=("original_width", "original_height"))
-    info = parse_json(b'{"short_caption": "x", "width": 5, "height": 6, "original_width": 50, "original_height": 60}', s)
+    info = parse_json(
+        b'{"short_caption": "x", "width": 5, "height": 6, "original_width": 50, "original_height": 60}', s
+    )
     assert (info.width, info.height) == (50, 60)
     assert "size_fields" in s.output_fingerprint() and "size_fields" not in Settings().output_fingerprint()
     missing = parse_json(b'{"short_caption": "x", "width": 5, "height": 6}', s)

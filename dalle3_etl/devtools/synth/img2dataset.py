@@ -50,7 +50,7 @@ def _image(fmt: str, kind: str, width: int, height: int) -> bytes:
     """A small image, once per (format, kind, size): WebP lossy / lossless / with alpha (VP8X), or JPEG."""
     from PIL import Image
 
-    mode = "RGBA" if kind == "alpha" else "RGB"
+    mode = "RGBA" if kind == "alpha" and fmt == "webp" else "RGB"
     img = Image.new(mode, (width, height), (width % 256, height % 256, 90, 200)[: len(mode)])
     buf = io.BytesIO()
     if fmt == "webp":
