@@ -147,6 +147,17 @@ class ShardConverter:
         else:
             self._settle(*added)
 
+    def _json_payload(self, reader: tarstream.TarReader, member: tarstream.Member) -> tuple[Any, int]:
+        """(parsed JSON or reject, bytes held) of the JSON member being read; a too large one is skipped unread."""
+        settings = self.settings
+        if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
+            return Reject(
+                Reason.JSON_TOO_LARGE,
+                f"JSON member is {member.size} bytes, more than max_json_bytes={settings.max_json_bytes}; not read",
+            ), 0
+        data = reader.read()
+        return parse_json(data, settings), len(data)
+
     def _convert_members(self, reader: tarstream.TarReader) -> None:
         settings = self.settings
         pairing = textmembers.pairing_for(settings)
@@ -181,17 +192,7 @@ class ShardConverter:
                         role = "." + ext.lower()
                         payload, weight = textmembers.read_text(reader, member, settings)
                     elif role == "json":
-                        if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
-                            payload = Reject(
-                                Reason.JSON_TOO_LARGE,
-                                f"JSON member is {member.size} bytes, more "
-                                f"than max_json_bytes={settings.max_json_bytes}; "
-                                f"not read",
-                            )
-                        else:
-                            data = reader.read()
-                            weight = len(data)
-                            payload = parse_json(data, settings)
+                        payload, weight = self._json_payload(reader, member)
                     else:
                         waiting = pairing.pending.get(key)
                         json_half = waiting.json if waiting is not None else None
