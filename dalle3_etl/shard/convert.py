@@ -95,6 +95,11 @@ class ShardConverter:
 
     def _finish_ready(self, entry: Entry) -> None:
         """Convert a sample handed back incomplete; an unexpected error rejects it alone (also at the shard's end)."""
+        notes = self.writer.notes
+        if len(entry.texts or ()) < len(self.settings.text_exts):
+            notes["text_member_missing"] += 1  # the caption chain went on without it
+        if entry.json is None:
+            notes["sample_without_json"] += 1
         try:
             self.writer.finish(textmembers.resolve(entry, self.settings))
         except Exception as exc:

@@ -168,6 +168,7 @@ def test_a_sample_waiting_past_max_pending_is_converted_with_the_next_caption(tm
         "000000005": "txt 5",
     }
     assert got.reject("000000000.txt")["reason"] == "duplicate_member"
+    assert got.result("00000").notes["text_member_missing"] == 2  # 000000000 (too late) and 000000003
 
 
 # -- samples without JSON ------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def test_image_and_txt_without_json_is_a_sample_when_the_caption_comes_from_the_
         ("s/a.webp", "a small webp", 30, 20, None),
         ("s/b.jpg", "jpg", 64, 48, None),
     ]
-    assert got.result("s").notes["size_from_header"] == 2
+    assert got.result("s").notes["size_from_header"] == got.result("s").notes["sample_without_json"] == 2
     plain = convert([tmp_path / "in" / "s.tar"], tmp_path / "plain")
     assert plain.rows == [] and plain.reasons("a.webp") == ["image_without_json"]
     assert plain.result("s").notes["other_members"] == 2  # the .txt members: not part of a sample
