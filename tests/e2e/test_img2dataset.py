@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from badinput_helpers import MODES, convert, img, js, tar_bytes, write_shards
+from conftest import convert as convert_cli_way
 from PIL import Image
 from test_resume import assert_same_output, leftovers, resume, run_convert_cli
 from typer.testing import CliRunner
@@ -272,3 +273,15 @@ def test_txt_members_in_a_dalle3_shard_change_nothing_unless_named(tmp_path):
     assert (tmp_path / "oa" / "dalle3.parquet").read_bytes() == (tmp_path / "ob" / "dalle3.parquet").read_bytes()
     assert a.rejects == b.rejects
     assert pq.read_table(tmp_path / "ob" / "dalle3.parquet").num_rows > 0
+
+
+def test_a_caption_member_and_a_txt_as_extra_caption(tmp_path):
+    members = [("k.jpg", img()), ("k.json", js()), ("k.caption", b"from .caption"), ("k.txt", b"from .txt")]
+    write_shards(tmp_path / "in", {"s.tar": members})
+    opts = {"caption_field": ".caption", "extra_captions": ("txt", "short_caption"), "workers": 1}
+    convert_cli_way([tmp_path / "in" / "s.tar"], tmp_path / "out", **opts)  # several lines: not check_output's case
+    rows = pq.read_table(tmp_path / "out" / "dalle3.parquet").to_pylist()
+    assert [(r["caption"], r["captions"]) for r in rows] == [
+        ("from .caption", ["from .caption", "from .txt", "a red fox in the snow"])
+    ]
+    assert (tmp_path / "out" / "data" / "s" / "k.txt").read_text() == "from .caption\nfrom .txt\na red fox in the snow"
