@@ -13,8 +13,8 @@ before. A sample is complete, and converted at once, when its image, its JSON an
 are there. One that can be converted without the rest ("ready": image + JSON, or image + a text member when
 the caption chain names one, `jsonless`) waits for the rest like any member, and is converted with what it
 has when it is pushed out by the bounds above or the shard ends; the caption chain then goes on to its next
-name. So the result does not depend on member order as long as a sample's members are fewer than
-`max_pending` members apart, and a member arriving after its sample was converted is a duplicate_member.
+name. So the rows do not depend on member order as long as no more than `max_pending` samples wait at
+once, and a member arriving after its sample was converted is a duplicate_member.
 """
 
 from __future__ import annotations
