@@ -24,6 +24,7 @@ from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import load_settings
 from dalle3_etl.sources.hub.errors import HubUnavailableError, ShardSelectionError
 from dalle3_etl.sources.hub.selection import DEFAULT_REPO, SHARD_DIR, parse_shard_selection
+from dalle3_etl.sources.folder import check_folder_inputs
 from dalle3_etl.sources.resolve import resolve_inputs
 
 app = typer.Typer(
@@ -110,6 +111,10 @@ def convert(
         help="Keep only the first sample (shard order, then member order) of each value of this JSON field "
         "(md5_pil_hash, md5_file_hash, sha512_hash...); later ones are 'duplicate' rejects.",
     ),
+    link: str | None = typer.Option(
+        None, "--link", help="Extracted folder: hard (default; a copy across file systems) or copy its images."
+    ),
+    unit_samples: int | None = typer.Option(None, metavar="N", help="Extracted folder: samples per unit (10000)."),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     restart: bool = typer.Option(
@@ -168,6 +173,8 @@ def convert(
         extra_captions=_csv(extra_captions),
         dedup=dedup,
         also=_csv(also),
+        link=link,
+        unit_samples=unit_samples,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
@@ -176,7 +183,9 @@ def convert(
     from dalle3_etl.run.report import RichReporter
 
     check_out_dir(out, write=not dry_run)  # before the inputs: a bad OUT is refused without looking at them
-    sources = resolve_inputs(inputs, keep_dir=keep_tars)
+    sources = resolve_inputs(inputs, keep_dir=keep_tars, unit_samples=settings.unit_samples)
+    if (note := check_folder_inputs(sources, settings.link, out)) and not quiet:
+        Console(stderr=True, soft_wrap=True).print(plain(note))
     previous = _stop_on_sigterm()
     try:
         if dry_run:

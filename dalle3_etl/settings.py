@@ -35,6 +35,8 @@ CROP_ASPECTS = ("square", "preserve", "random", "closest")
 ALSO_KINDS = ("imagefolder",)
 #: The columns of OUT/data/metadata.jsonl before the `--fields` ones.
 IMAGEFOLDER_COLUMNS = ("file_name", "text", "width", "height")
+#: How an extracted folder's images reach OUT/data: hard links (a copy where OUT is on another file system), copies.
+LINK_MODES = ("hard", "copy")
 _NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
@@ -115,6 +117,9 @@ class Settings:
         "", off=True, pinned="when_set"
     )  # JSON field holding a hash: later samples with the same value are dropped
     also: tuple[str, ...] = _setting((), unique="dedupe", choices=ALSO_KINDS, pinned="when_set")
+    # An extracted folder (sources/folder.py): how its images reach OUT/data, and samples per unit.
+    link: str = _setting("hard", choices=LINK_MODES, pinned="when_set")
+    unit_samples: int = _setting(10_000, min=1, pinned="when_set")
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
@@ -164,6 +169,8 @@ OUTPUT_KEYS = (
     "extra_captions",
     "dedup",
     "also",
+    "link",
+    "unit_samples",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
