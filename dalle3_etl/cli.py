@@ -263,10 +263,12 @@ def synth(
     image_bytes: int = typer.Option(24_000, help="Approximate bytes per image."),
     fallback_ratio: float = typer.Option(0.05, help="Share of samples whose caption comes from the fallback chain."),
     no_caption_ratio: float = typer.Option(0.01, help="Share of samples without any usable caption."),
+    extracted: bool = typer.Option(False, "--extracted", help="Write the samples as loose files (`tar xf` output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing."),
 ) -> None:
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
     from dalle3_etl.devtools.synth import SynthSpec, write_corpus
+    from dalle3_etl.devtools.synth.extracted import write_extracted
 
     spec = SynthSpec(
         shards=shards,
@@ -276,7 +278,7 @@ def synth(
         fallback_ratio=fallback_ratio,
         no_caption_ratio=no_caption_ratio,
     )
-    rows = write_corpus(out, spec)
+    rows = (write_extracted if extracted else write_corpus)(out, spec)
     if not quiet:
         Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 
