@@ -22,9 +22,9 @@ from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import load_settings
+from dalle3_etl.sources.folder import check_folder_inputs
 from dalle3_etl.sources.hub.errors import HubUnavailableError, ShardSelectionError
 from dalle3_etl.sources.hub.selection import DEFAULT_REPO, SHARD_DIR, parse_shard_selection
-from dalle3_etl.sources.folder import check_folder_inputs
 from dalle3_etl.sources.resolve import resolve_inputs
 
 app = typer.Typer(

@@ -90,7 +90,9 @@ class FolderReader:
             if problem is not None:
                 yield FolderMember(name, 0, offset, "file", problem=problem)
             elif kind == KIND_LINK:
-                yield FolderMember(name, 0, offset, "symlink", problem="symbolic link in the input folder, not followed")
+                yield FolderMember(
+                    name, 0, offset, "symlink", problem="symbolic link in the input folder, not followed"
+                )
             elif kind != KIND_FILE:
                 yield FolderMember(name, 0, offset, "other", problem="not a regular file (device, fifo or socket)")
             else:
@@ -104,7 +106,9 @@ class FolderReader:
             why = "it was listed, then removed before it was read" if exc.errno == errno.ENOENT else exc.strerror
             if exc.errno == errno.ELOOP:
                 why = "it became a symbolic link after the listing (not followed)"
-            return FolderMember(name, 0, offset, "file", problem=f"cannot be read: {why}", reason=Reason.MEMBER_UNREADABLE)
+            return FolderMember(
+                name, 0, offset, "file", problem=f"cannot be read: {why}", reason=Reason.MEMBER_UNREADABLE
+            )
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)

@@ -10,9 +10,8 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
-
 from badinput_helpers import img
+from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
 

@@ -1,0 +1,105 @@
+"""`shard.folderstream.FolderReader`: an extracted folder's unit gives the member stream its tar gives."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tarfile
+
+import pytest
+
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
+from dalle3_etl.shard import folderstream
+from dalle3_etl.shard.folderstream import FolderReader, MemberChanged
+from dalle3_etl.shard.tarstream import TarReader
+from dalle3_etl.sources.folder import expand_folder
+
+
+@pytest.fixture
+def shard_and_folder(tmp_path):
+    write_corpus(tmp_path / "tars", SynthSpec(shards=1, per_shard=20, seed=3, image_bytes=800))
+    tar = tmp_path / "tars" / "data-000000.tar"
+    folder = tmp_path / "ex"
+    folder.mkdir()
+    with tarfile.open(tar) as tf:
+        tf.extractall(folder, filter="data")
+    return tar, folder
+
+
+def members(reader) -> dict[str, tuple[int, bytes]]:
+    return {m.name: (m.size, reader.read()) for m in reader}
+
+
+def test_the_same_names_sizes_and_bytes_as_the_tar(shard_and_folder):
+    tar, folder = shard_and_folder
+    with open(tar, "rb") as fh:
+        want = members(TarReader(fh))
+    (unit,) = expand_folder("x", folder, 1000)
+    with unit.open() as handle:
+        reader = FolderReader(unit, handle.fd)
+        got = members(reader)
+        reader.close()
+    assert got == want
+    assert unit.size == sum(size for size, _ in want.values())
+
+
+def test_offsets_give_each_file_back_by_pread_and_copy_range(shard_and_folder, tmp_path):
+    _, folder = shard_and_folder
+    (unit,) = expand_folder("x", folder, 1000)
+    with unit.open() as handle:
+        reader = FolderReader(unit, handle.fd)
+        seen = [(m.name, m.offset, m.size) for m in reader]
+        assert len({off for _, off, _ in seen}) == len(seen)
+        for name, offset, size in seen:
+            body = (folder / name).read_bytes()
+            assert reader.pread(offset + 2, 5) == body[2:7]
+            dst = os.open(tmp_path / "copy", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                assert reader.copy_range(offset, size, dst) == size
+            finally:
+                os.close(dst)
+            assert (tmp_path / "copy").read_bytes() == body
+        reader.close()
+
+
+def test_a_file_replaced_while_its_unit_is_read_rejects_the_sample_not_the_unit(shard_and_folder):
+    _, folder = shard_and_folder
+    (unit,) = expand_folder("x", folder, 1000)
+    monkey_max = folderstream.MAX_OPEN
+    folderstream.MAX_OPEN = 1  # every descriptor but the last is closed: a later read opens the file again
+    try:
+        with unit.open() as handle:
+            reader = FolderReader(unit, handle.fd)
+            walk = iter(reader)
+            first = next(walk)
+            next(walk)
+            (folder / "new").write_bytes(b"other")  # made while the old one exists: another inode
+            os.replace(folder / "new", folder / first.name)
+            with pytest.raises(MemberChanged, match="replaced by another file"):
+                reader.pread(first.offset, 4)
+            reader.close()
+    finally:
+        folderstream.MAX_OPEN = monkey_max
+
+
+def test_place_hard_links_and_copies_where_the_link_is_refused(shard_and_folder, tmp_path, monkeypatch):
+    _, folder = shard_and_folder
+    (unit,) = expand_folder("x", folder, 1000)
+    with unit.open() as handle:
+        reader = FolderReader(unit, handle.fd, link=True)
+        images = [m for m in reader if not m.name.endswith(".json")]
+        created: list[str] = []
+        reader.place(images[0].offset, str(tmp_path / "linked"), created)
+        assert os.path.samefile(tmp_path / "linked", folder / images[0].name)
+
+        def refuse(*args, **kwargs):
+            raise OSError(errno.EXDEV, "cross-device link")
+
+        monkeypatch.setattr(folderstream.os, "link", refuse)
+        reader.place(images[1].offset, str(tmp_path / "copied"), created)
+        assert not os.path.samefile(tmp_path / "copied", folder / images[1].name)
+        assert (tmp_path / "copied").read_bytes() == (folder / images[1].name).read_bytes()
+        assert created == [str(tmp_path / "linked"), str(tmp_path / "copied")] and reader.copied == 1
+        with pytest.raises(FileExistsError):
+            reader.place(images[1].offset, str(tmp_path / "linked"), created)
+        reader.close()
