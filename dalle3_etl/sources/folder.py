@@ -26,13 +26,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import SHARD_SUFFIXES, ShardSource, SourceError, shown
 
 #: Names sorted at once in memory before they are packed into one blob (bounds the driver's memory).
 CHUNK = 1 << 17
-#: Default samples per unit (`--unit-samples`): a DALLE-3 shard holds about 15 k samples; 10 k keeps a unit's
-#: parquet part and record as cheap as a shard's while a 1.2 M-sample folder still gives 120 units to spread.
-UNIT_SAMPLES = 10_000
+#: Default samples per unit (`--unit-samples`, declared in `Settings`): a DALLE-3 shard holds about 15 k samples;
+#: 10 k keeps a unit's parquet part and record as cheap as a shard's, and a 1.2 M-sample folder gives 120 units.
+UNIT_SAMPLES = Settings.unit_samples
 _IMAGE_EXTS = frozenset((b"jpg", b"jpeg", b"png", b"webp", b"gif", b"bmp", b"tif", b"tiff"))
 _TAR_SUFFIXES = tuple(s.encode() for s in SHARD_SUFFIXES)
 KIND_FILE, KIND_LINK, KIND_OTHER = b"f", b"l", b"o"
