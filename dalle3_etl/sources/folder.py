@@ -7,7 +7,8 @@ and cut into units of `unit_samples` keys: a sample's members are never split. U
 the shard id ``NAME-00000k``; it is converted, recorded and resumed exactly like a shard.
 
 Memory: a 1.2 M-file folder as 1.2 M Python objects costs over 150 MB. Here the listing is sorted in chunks of
-`CHUNK` names (each chunk one `bytes` blob once sorted), merged, and each unit keeps its names as ONE blob
+`CHUNK` names, each written to an anonymous temporary file (an external sort: removed by the system when closed,
+nothing is written in OUT or the folder), merged from there, and each unit keeps its names as ONE blob
 (``key NUL ext NUL key NUL ext ...``, about 25 bytes a file). A worker gets its unit's blob only. The unit's
 fingerprint is a blake2b digest of its files' names, sizes and mtimes: any change to any of them (a file added,
 removed, rewritten, touched) redoes that unit and only that one.
@@ -22,15 +23,18 @@ import hashlib
 import heapq
 import os
 import stat
+import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import SHARD_SUFFIXES, ShardSource, SourceError, shown
 
 #: Names sorted at once in memory before they are packed into one blob (bounds the driver's memory).
-CHUNK = 1 << 17
+CHUNK = 1 << 16
+_READ = 1 << 16  # bytes read at once from a chunk while merging
 #: Default samples per unit (`--unit-samples`, declared in `Settings`): a DALLE-3 shard holds about 15 k samples;
 #: 10 k keeps a unit's parquet part and record as cheap as a shard's, and a 1.2 M-sample folder gives 120 units.
 UNIT_SAMPLES = Settings.unit_samples
@@ -86,7 +90,8 @@ class FolderScan:
 
     tars: str | None = None
     image: str | None = None
-    chunks: list[bytes] | None = None
+    chunks: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of each sorted chunk in `spill`
+    spill: Any = None  # the anonymous temporary file holding the chunks
 
 
 def _split_name(name: bytes) -> tuple[bytes, bytes]:
@@ -123,7 +128,7 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.DirEntry]]:
 
 def scan_folder(path: Path) -> FolderScan:
     """List `path` (see the module doc): sorted chunks of records, and what kinds of inputs it holds."""
-    scan = FolderScan(chunks=[])
+    scan = FolderScan(spill=tempfile.TemporaryFile())
     pending: list[bytes] = []
     for rel, entry in _walk(os.fsencode(path)):
         st = entry.stat(follow_symlinks=False)
@@ -140,11 +145,17 @@ def scan_folder(path: Path) -> FolderScan:
             kind = KIND_OTHER
         pending.append(_record(rel, kind, st))
         if len(pending) >= CHUNK:
-            scan.chunks.append(_pack(pending))
+            _spill(scan, pending)
             pending = []
     if pending:
-        scan.chunks.append(_pack(pending))
+        _spill(scan, pending)
     return scan
+
+
+def _spill(scan: FolderScan, records: list[bytes]) -> None:
+    blob = _pack(records)
+    scan.chunks.append((scan.spill.tell(), len(blob)))
+    scan.spill.write(blob)
 
 
 def _pack(records: list[bytes]) -> bytes:
@@ -158,17 +169,27 @@ def _sort_key(record: bytes) -> bytes:
     return record[: record.find(b"\0", record.find(b"\0") + 1)]
 
 
-def _unpack(blob: bytes) -> Iterator[bytes]:
-    pos, end = 0, len(blob)
-    while pos < end:
-        n = int.from_bytes(blob[pos : pos + 4], "little")
-        yield blob[pos + 4 : pos + 4 + n]
+def _unpack(fd: int, start: int, length: int) -> Iterator[bytes]:
+    """The records of the chunk at `start` in the spill file, read `_READ` bytes at a time."""
+    buf, pos, left = b"", 0, length
+    while True:
+        if len(buf) - pos < 4 or len(buf) - pos < 4 + int.from_bytes(buf[pos : pos + 4], "little"):
+            if not left:
+                return
+            more = os.pread(fd, min(_READ, left), start + length - left)
+            left -= len(more)
+            buf, pos = buf[pos:] + more, 0
+            continue
+        n = int.from_bytes(buf[pos : pos + 4], "little")
+        yield buf[pos + 4 : pos + 4 + n]
         pos += 4 + n
 
 
-def _units(chunks: list[bytes], unit_samples: int) -> Iterator[tuple[bytes, str, int, int]]:
+def _units(scan: FolderScan, unit_samples: int) -> Iterator[tuple[bytes, str, int, int]]:
     """(names blob, digest, files, bytes) of each unit, in order, from the sorted chunks."""
-    merged = heapq.merge(*(_unpack(c) for c in chunks), key=_sort_key)
+    scan.spill.flush()
+    fd = scan.spill.fileno()
+    merged = heapq.merge(*(_unpack(fd, start, length) for start, length in scan.chunks), key=_sort_key)
     names: list[bytes] = []
     digest = hashlib.blake2b(digest_size=16)
     keys = size = 0
@@ -194,7 +215,7 @@ def folder_units(path: Path, scan: FolderScan, unit_samples: int = UNIT_SAMPLES)
     root = os.path.abspath(path)
     name = os.path.basename(root.rstrip(os.sep)) or "folder"
     units = []
-    for k, (names, digest, files, size) in enumerate(_units(scan.chunks, unit_samples)):
+    for k, (names, digest, files, size) in enumerate(_units(scan, unit_samples)):
         units.append(
             FolderUnit(
                 shard_id=f"{name}-{k:06d}",
@@ -205,7 +226,7 @@ def folder_units(path: Path, scan: FolderScan, unit_samples: int = UNIT_SAMPLES)
                 names=names,
             )
         )
-    scan.chunks = None  # the blobs live on in the units only
+    scan.spill.close()
     return units
 
 
@@ -215,6 +236,8 @@ def expand_folder(arg: str, path: Path, unit_samples: int) -> list[FolderUnit] |
     A folder holding both tar shards and image files is refused: which of them to convert cannot be guessed
     (converting both would give every sample twice, as often the tars are the folder's source)."""
     scan = scan_folder(path)
+    if scan.tars is not None or scan.image is None:
+        scan.spill.close()
     if scan.tars is not None and scan.image is not None:
         raise SourceError(
             f"{arg}: holds both tar shards ({shown(scan.tars)}) and image files ({shown(scan.image)}); pass the "
