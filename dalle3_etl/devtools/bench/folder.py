@@ -73,7 +73,7 @@ class FolderModes:
         if mode == "folder-old-recipe" and self.old_folder.is_dir():
             with os.scandir(self.old_folder) as entries:
                 written = [e.name for e in entries if e.name.endswith(".txt")]
-            Root(self.old_folder).remove_files(self.old_folder, written, prune=False)
+            Root(self.modes.work).remove_files(self.old_folder, written, prune=False)
 
 
 def folder_target_pairs() -> list[tuple[str, str, str]]:
