@@ -178,3 +178,13 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_output(tar_and_folder, tmp_p
         p.relative_to(base / "out_ex" / "data") for p in (base / "out_ex" / "data").rglob("*")
     )
     assert snapshot(folder) == before
+
+
+def test_dry_run_counts_what_the_real_run_wrote_and_writes_nothing(tar_and_folder, tmp_path):
+    base, folder, before = tar_and_folder
+    code, output = cli("convert", folder, "-o", tmp_path / "dry", "--dry-run", "--json", "--unit-samples", "25")
+    assert code == 0, output
+    funnel = orjson.loads(output)
+    assert funnel["samples"]["kept"] == len(rows(base / "out_ex"))
+    assert sum(funnel["samples"]["rejected"].values()) == len(rejects(base / "out_ex"))
+    assert not (tmp_path / "dry").exists() and snapshot(folder) == before

@@ -103,3 +103,20 @@ def test_place_hard_links_and_copies_where_the_link_is_refused(shard_and_folder,
         with pytest.raises(FileExistsError):
             reader.place(images[1].offset, str(tmp_path / "linked"), created)
         reader.close()
+
+
+def test_copy_range_without_copy_file_range_the_portable_path(shard_and_folder, tmp_path, monkeypatch):
+    """macOS has no os.copy_file_range: the pread/write loop gives the same bytes."""
+    _, folder = shard_and_folder
+    monkeypatch.delattr(os, "copy_file_range", raising=False)
+    (unit,) = expand_folder("x", folder, 1000)
+    with unit.open() as handle:
+        reader = FolderReader(unit, handle.fd)
+        for m in [m for m in reader if m.name.endswith((".jpg", ".png", ".jpeg"))][:3]:
+            dst = os.open(tmp_path / m.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            try:
+                assert reader.copy_range(m.offset, m.size, dst) == m.size
+            finally:
+                os.close(dst)
+            assert (tmp_path / m.name).read_bytes() == (folder / m.name).read_bytes()
+        reader.close()
