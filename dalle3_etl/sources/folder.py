@@ -33,8 +33,8 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.sources.base import SHARD_SUFFIXES, ShardSource, SourceError, shown
 
 #: Names sorted at once in memory before they are packed into one blob (bounds the driver's memory).
-CHUNK = 1 << 16
-_READ = 1 << 16  # bytes read at once from a chunk while merging
+CHUNK = 1 << 14
+_READ = 1 << 15  # bytes read at once from a chunk while merging
 #: Default samples per unit (`--unit-samples`, declared in `Settings`): a DALLE-3 shard holds about 15 k samples;
 #: 10 k keeps a unit's parquet part and record as cheap as a shard's, and a 1.2 M-sample folder gives 120 units.
 UNIT_SAMPLES = Settings.unit_samples
@@ -103,7 +103,9 @@ def _split_name(name: bytes) -> tuple[bytes, bytes]:
 
 
 def _record(rel: bytes, kind: bytes, st: os.stat_result | None) -> bytes:
-    """One listing record: sorts by (key, extension); carries the kind and the stat for the fingerprint."""
+    """One listing record, ``key NUL ext NUL kind NUL stamp``, with the kind and the stat for the fingerprint.
+    Records sort as plain bytes in (key, extension) order: NUL is below every byte of a name, and no two files
+    share both key and extension, so a comparison is always decided before the kind."""
     key, ext = _split_name(rel)
     stamp = b"%d:%d" % (st.st_size, st.st_mtime_ns) if st is not None else b"-"
     return b"%s\0%s\0%s\0%s" % (key, ext, kind, stamp)
@@ -160,13 +162,8 @@ def _spill(scan: FolderScan, records: list[bytes]) -> None:
 
 def _pack(records: list[bytes]) -> bytes:
     """Sorted records as one blob, each behind its length (4 bytes): names may hold any byte but NUL and '/'."""
-    records.sort(key=_sort_key)
+    records.sort()  # as (key, extension): see `_record`
     return b"".join(len(r).to_bytes(4, "little") + r for r in records)
-
-
-def _sort_key(record: bytes) -> bytes:
-    """key NUL ext: sorts as the pair (key, ext) does, NUL being below every byte of a name."""
-    return record[: record.find(b"\0", record.find(b"\0") + 1)]
 
 
 def _unpack(fd: int, start: int, length: int) -> Iterator[bytes]:
@@ -189,7 +186,7 @@ def _units(scan: FolderScan, unit_samples: int) -> Iterator[tuple[bytes, str, in
     """(names blob, digest, files, bytes) of each unit, in order, from the sorted chunks."""
     scan.spill.flush()
     fd = scan.spill.fileno()
-    merged = heapq.merge(*(_unpack(fd, start, length) for start, length in scan.chunks), key=_sort_key)
+    merged = heapq.merge(*(_unpack(fd, start, length) for start, length in scan.chunks))
     names: list[bytes] = []
     digest = hashlib.blake2b(digest_size=16)
     keys = size = 0
