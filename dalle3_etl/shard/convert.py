@@ -230,7 +230,9 @@ class ShardConverter:
         writer = self.writer
         with self.src.open() as fh:
             try:
-                writer.reader = reader = open_members(self.src, fh, self.settings.link == "hard")
+                writer.reader = reader = open_members(
+                    self.src, fh, self.layout.fs if self.settings.link == "hard" else None
+                )
                 self._convert_members(reader)
             except tarstream.TarFormatError as exc:
                 writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))

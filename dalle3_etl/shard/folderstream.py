@@ -28,6 +28,7 @@ from dalle3_etl.shard.tarbytes import COPY_CHUNK
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarheader import Member, decode_name, resolve_name
 from dalle3_etl.sources.folder import KIND_FILE, KIND_LINK, FolderUnit
+from dalle3_etl.store.fsio import Root
 
 MAX_OPEN = 64  # image descriptors kept open while their sample waits for its partner
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -48,9 +49,9 @@ class FolderMember(Member):
         self.reason = reason
 
 
-def open_members(src, fh, link: bool = False):
-    """The member stream of `src` opened as `fh`: a `FolderReader` for a folder's unit (`link`: its images are
-    hard-linked into OUT), else the tar reader."""
+def open_members(src, fh, link: Root | None = None):
+    """The member stream of `src` opened as `fh`: a `FolderReader` for a folder's unit (`link`: OUT's `Root`,
+    through which its images are hard-linked into OUT; None: copied), else the tar reader."""
     if isinstance(src, FolderUnit):
         reader = FolderReader(src, fh.fd, link)
         fh.on_close = reader.close  # the image descriptors still open go with the folder's
@@ -59,12 +60,12 @@ def open_members(src, fh, link: bool = False):
 
 
 class FolderReader:
-    """Iterate the files of a unit as members; see the module doc. `link`: images are hard-linked by `place`
-    when true (the writer asks `links`); `copied` counts the images copied because a link was refused."""
+    """Iterate the files of a unit as members; see the module doc. `link`: OUT's `Root`, through which `place`
+    hard-links images (the writer asks `links`); `copied` counts the images copied because a link was refused."""
 
     seekable = True
 
-    def __init__(self, unit: FolderUnit, dir_fd: int, link: bool = False):
+    def __init__(self, unit: FolderUnit, dir_fd: int, link: Root | None = None):
         self.unit = unit
         self.dir_fd = dir_fd
         self.links = link
@@ -222,7 +223,7 @@ class FolderReader:
         index = self._index(offset)
         rel, size, ident = self._files[index]
         try:
-            os.link(rel, dst, src_dir_fd=self.dir_fd, follow_symlinks=False)
+            self.links.link_input(self.dir_fd, rel, dst)
         except OSError as exc:
             if exc.errno not in _LINK_FALLBACK:
                 raise

@@ -13,6 +13,7 @@ from dalle3_etl.shard import folderstream
 from dalle3_etl.shard.folderstream import FolderReader, MemberChanged
 from dalle3_etl.shard.tarstream import TarReader
 from dalle3_etl.sources.folder import expand_folder
+from dalle3_etl.store.fsio import Root
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_place_hard_links_and_copies_where_the_link_is_refused(shard_and_folder,
     _, folder = shard_and_folder
     (unit,) = expand_folder("x", folder, 1000)
     with unit.open() as handle:
-        reader = FolderReader(unit, handle.fd, link=True)
+        reader = FolderReader(unit, handle.fd, link=Root(tmp_path))
         images = [m for m in reader if not m.name.endswith(".json")]
         created: list[str] = []
         reader.place(images[0].offset, str(tmp_path / "linked"), created)

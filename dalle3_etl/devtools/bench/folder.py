@@ -36,9 +36,10 @@ class FolderModes:
         for shard in self.modes.shards:
             subprocess.run(["tar", "xf", shard, "-C", str(self.folder)], check=True)
         self.old_folder.mkdir()
+        work = Root(self.modes.work)
         with os.scandir(self.folder) as entries:
             for entry in entries:
-                os.link(entry.path, self.old_folder / entry.name)
+                work.link_new(entry.path, self.old_folder / entry.name)
 
     def body(self, mode: str) -> Callable:
         self.prepare()
