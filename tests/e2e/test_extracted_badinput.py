@@ -117,3 +117,29 @@ def test_a_file_that_vanishes_after_the_listing(tmp_path, monkeypatch):
     line = orjson.loads((tmp_path / "out" / "rejects.jsonl").read_bytes())
     assert (line["member"], line["reason"]) == ("b.png", "member_unreadable")
     assert "listed, then removed" in line["detail"]
+
+
+def test_a_file_the_system_refuses_to_open_is_a_reject_also_as_root(tmp_path, monkeypatch):
+    """What chmod 000 gives a user, made for root too: the open of that one input file fails with EACCES."""
+    import errno
+
+    from dalle3_etl.shard import folderstream
+
+    folder = tmp_path / "in"
+    sample(folder, "a")
+    sample(folder, "b")
+    real_open = os.open
+
+    def refusing(path, flags, mode=0o777, *, dir_fd=None):
+        if dir_fd is not None and path == b"b.json":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(folderstream.os, "open", refusing)
+    code, output = convert(folder, tmp_path / "out", "-q")
+    monkeypatch.undo()
+    assert code == 0, output
+    lines = [orjson.loads(x) for x in (tmp_path / "out" / "rejects.jsonl").read_bytes().splitlines()]
+    assert [(r["member"], r["reason"]) for r in lines] == [("b.json", "member_unreadable")]
+    assert lines[0]["detail"] == "cannot be read: Permission denied"  # b.png goes with it, no line of its own
+    assert [r["key"] for r in pq.read_table(tmp_path / "out" / "dalle3.parquet").to_pylist()] == ["a"]
