@@ -32,6 +32,7 @@ from dalle3_etl.store.fsio import Root
 
 MAX_OPEN = 64  # image descriptors kept open while their sample waits for its partner
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _LINK_FALLBACK = frozenset((errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP))
 
 
@@ -77,10 +78,40 @@ class FolderReader:
         self._pos = 0
         self._cur = -1  # index of the current member in _files, -1: none to read
         self._cur_read = 0
+        self._sub: tuple[bytes, int] | None = None  # (relative path, descriptor) of the subfolder last opened
 
     @property
     def position(self) -> int:
         return self._pos
+
+    def _at(self, rel: bytes) -> tuple[int, bytes]:
+        """(descriptor of the folder holding `rel`, its last component). The folders on the way are opened one
+        by one without following a symlink (one put there after the listing: ELOOP or ENOTDIR), the last
+        one kept open for the next file of the same folder."""
+        folder, _, name = rel.rpartition(b"/")
+        if not folder:
+            return self.dir_fd, name
+        if self._sub is not None and self._sub[0] == folder:
+            return self._sub[1], name
+        fd = self.dir_fd
+        try:
+            for part in folder.split(b"/"):
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                if fd != self.dir_fd:
+                    os.close(fd)
+                fd = nxt
+        except OSError:
+            if fd != self.dir_fd:
+                os.close(fd)
+            raise
+        self._close_sub()
+        self._sub = (folder, fd)
+        return fd, name
+
+    def _close_sub(self) -> None:
+        if self._sub is not None:
+            os.close(self._sub[1])
+            self._sub = None
 
     def __iter__(self):
         for rel, kind in self.unit.files():
@@ -102,11 +133,11 @@ class FolderReader:
 
     def _open(self, rel: bytes, name: str, offset: int) -> Member:
         try:
-            fd = os.open(rel, _OPEN_FLAGS, dir_fd=self.dir_fd)
+            fd = self._open_file(rel)
         except OSError as exc:
             why = "it was listed, then removed before it was read" if exc.errno == errno.ENOENT else exc.strerror
-            if exc.errno == errno.ELOOP:
-                why = "it became a symbolic link after the listing (not followed)"
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                why = "it or a folder on its way became a symbolic link after the listing (not followed)"
             return FolderMember(
                 name, 0, offset, "file", problem=f"cannot be read: {why}", reason=Reason.MEMBER_UNREADABLE
             )
@@ -126,6 +157,10 @@ class FolderReader:
         self._next = offset + st.st_size
         self._pos += st.st_size
         return Member(name, st.st_size, offset, "file")
+
+    def _open_file(self, rel: bytes) -> int:
+        folder_fd, name = self._at(rel)
+        return os.open(name, _OPEN_FLAGS, dir_fd=folder_fd)
 
     # -- reading -------------------------------------------------------------------------------------
 
@@ -166,7 +201,7 @@ class FolderReader:
             return fd
         rel, _size, ident = self._files[index]
         try:
-            fd = os.open(rel, _OPEN_FLAGS, dir_fd=self.dir_fd)
+            fd = self._open_file(rel)
         except OSError as exc:
             raise MemberChanged(f"{self._shown(index)} cannot be opened again: {exc.strerror}") from None
         st = os.fstat(fd)
@@ -223,7 +258,7 @@ class FolderReader:
         index = self._index(offset)
         rel, size, ident = self._files[index]
         try:
-            self.links.link_input(self.dir_fd, rel, dst)
+            self.links.link_input(*self._at(rel), dst)
         except OSError as exc:
             if exc.errno not in _LINK_FALLBACK:
                 raise
@@ -245,3 +280,4 @@ class FolderReader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._close_sub()

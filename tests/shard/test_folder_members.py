@@ -12,7 +12,7 @@ from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.shard import folderstream
 from dalle3_etl.shard.folderstream import FolderReader, MemberChanged
 from dalle3_etl.shard.tarstream import TarReader
-from dalle3_etl.sources.folder import expand_folder
+from dalle3_etl.sources.folder import expand_folder, folder_units, scan_folder
 from dalle3_etl.store.fsio import Root
 
 
@@ -120,4 +120,40 @@ def test_copy_range_without_copy_file_range_the_portable_path(shard_and_folder, 
             finally:
                 os.close(dst)
             assert (tmp_path / m.name).read_bytes() == (folder / m.name).read_bytes()
+        reader.close()
+
+
+def test_a_subfolder_swapped_for_a_link_after_the_listing_is_not_followed(tmp_path):
+    folder = tmp_path / "ex"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.json").write_bytes(b"{}")
+    (folder / "sub" / "b.json").write_bytes(b"{}")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "a.json").write_bytes(b'{"secret": 1}')
+    (unit,) = folder_units(folder, scan_folder(folder), 1000)  # JSON files only: not an extracted folder yet
+    os.rename(folder / "sub", tmp_path / "moved")
+    (folder / "sub").symlink_to(tmp_path / "elsewhere")
+    with unit.open() as handle:
+        reader = FolderReader(unit, handle.fd)
+        seen = [(m.name, m.problem, reader.read()) for m in reader]
+        reader.close()
+    assert [name for name, _, _ in seen] == ["sub/a.json", "sub/b.json"]
+    assert all("not followed" in problem and data == b"" for _, problem, data in seen)
+
+
+def test_files_in_subfolders_are_read_and_linked_below_their_folder(tmp_path):
+    folder = tmp_path / "ex"
+    for name in ("d1/a.json", "d1/b.json", "d2/x/c.json", "e.json"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(name.encode())
+    (unit,) = folder_units(folder, scan_folder(folder), 1000)
+    with unit.open() as handle:
+        reader = FolderReader(unit, handle.fd, link=Root(tmp_path))
+        got = {m.name: (m.offset, reader.read()) for m in reader}
+        assert {k: v[1] for k, v in got.items()} == {
+            n: n.encode() for n in ("d1/a.json", "d1/b.json", "d2/x/c.json", "e.json")
+        }
+        reader.place(got["d2/x/c.json"][0], str(tmp_path / "linked"), [])
+        assert os.path.samefile(tmp_path / "linked", folder / "d2" / "x" / "c.json")
+        assert reader.pread(got["d1/a.json"][0], 2) == b"d1"
         reader.close()
