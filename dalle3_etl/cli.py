@@ -22,6 +22,7 @@ from dalle3_etl.errors import EtlError, UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import load_settings
+from dalle3_etl.sources.folder import check_folder_inputs
 from dalle3_etl.sources.hub.errors import HubUnavailableError, ShardSelectionError
 from dalle3_etl.sources.hub.selection import DEFAULT_REPO, SHARD_DIR, parse_shard_selection
 from dalle3_etl.sources.resolve import resolve_inputs
@@ -114,6 +115,10 @@ def convert(
     webshart: bool | None = typer.Option(
         None, "--webshart", help="Train from the tars: OUT/webshart/<shard>.json indexes, no images written."
     ),
+    link: str | None = typer.Option(
+        None, "--link", help="Extracted folder: hard (default; a copy across file systems) or copy its images."
+    ),
+    unit_samples: int | None = typer.Option(None, metavar="N", help="Extracted folder: samples per unit (10000)."),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     restart: bool = typer.Option(
@@ -174,6 +179,8 @@ def convert(
         dedup=dedup,
         also=_csv(also),
         webshart=webshart,
+        link=link,
+        unit_samples=unit_samples,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
@@ -182,7 +189,9 @@ def convert(
     from dalle3_etl.run.report import RichReporter
 
     check_out_dir(out, write=not dry_run)  # before the inputs: a bad OUT is refused without looking at them
-    sources = resolve_inputs(inputs, keep_dir=keep_tars)
+    sources = resolve_inputs(inputs, keep_dir=keep_tars, unit_samples=settings.unit_samples)
+    if (note := check_folder_inputs(sources, settings.link, out)) and not quiet:
+        Console(stderr=True, soft_wrap=True).print(plain(note))
     previous = _stop_on_sigterm()
     try:
         if dry_run:
@@ -260,11 +269,13 @@ def synth(
     image_bytes: int = typer.Option(24_000, help="Approximate bytes per image."),
     fallback_ratio: float = typer.Option(0.05, help="Share of samples whose caption comes from the fallback chain."),
     no_caption_ratio: float = typer.Option(0.01, help="Share of samples without any usable caption."),
+    extracted: bool = typer.Option(False, "--extracted", help="Write the samples as loose files (`tar xf` output)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing."),
     style: str = typer.Option("dalle3", help="dalle3, or img2dataset (00000.tar: .webp + .json + .txt caption)."),
 ) -> None:
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
     from dalle3_etl.devtools.synth import SynthSpec, write_corpus, write_img2dataset_corpus
+    from dalle3_etl.devtools.synth.extracted import write_extracted
 
     if style not in ("dalle3", "img2dataset"):
         raise UsageError(f"--style {style!r}: use dalle3 or img2dataset")
@@ -276,7 +287,12 @@ def synth(
         fallback_ratio=fallback_ratio,
         no_caption_ratio=no_caption_ratio,
     )
-    rows = write_corpus(out, spec) if style == "dalle3" else write_img2dataset_corpus(out, shards, per_shard, seed)
+    if extracted and style != "dalle3":
+        raise UsageError("synth: --extracted writes the DALLE-3 style only; drop --style or --extracted")
+    if style != "dalle3":
+        rows = write_img2dataset_corpus(out, shards, per_shard, seed)
+    else:
+        rows = (write_extracted if extracted else write_corpus)(out, spec)
     if not quiet:
         Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 

@@ -35,6 +35,8 @@ CROP_ASPECTS = ("square", "preserve", "random", "closest")
 ALSO_KINDS = ("imagefolder",)
 #: The columns of OUT/data/metadata.jsonl before the `--fields` ones.
 IMAGEFOLDER_COLUMNS = ("file_name", "text", "width", "height")
+#: How an extracted folder's images reach OUT/data: hard links (a copy where OUT is on another file system), copies.
+LINK_MODES = ("hard", "copy")
 _NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
@@ -118,6 +120,9 @@ class Settings:
     webshart: bool = _setting(False, pinned="when_set")  # index the tars for SimpleTuner's webshart backend
     # JSON fields giving width and height (img2dataset: original_width,original_height); else the image header
     size_fields: tuple[str, ...] = _setting(("width", "height"), unique="refuse", pinned="when_set")
+    # An extracted folder (sources/folder.py): how its images reach OUT/data, and samples per unit.
+    link: str = _setting("hard", choices=LINK_MODES, pinned="when_set")
+    unit_samples: int = _setting(10_000, min=1, pinned="when_set")
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
@@ -175,6 +180,8 @@ OUTPUT_KEYS = (
     "also",
     "webshart",
     "size_fields",
+    "link",
+    "unit_samples",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 

@@ -31,6 +31,7 @@ from dalle3_etl.errors import UsageError
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
 from dalle3_etl.shard.sinks import WEBSHART_COLUMNS
 from dalle3_etl.sources.base import ShardSource, natural_key, shown
+from dalle3_etl.sources.folder import FolderUnit
 from dalle3_etl.sources.hub.keep import kept_path
 from dalle3_etl.sources.hub.stream import HubShardSource
 from dalle3_etl.store.crash import crash_point
@@ -76,6 +77,11 @@ def check_inputs(sources: list[ShardSource], layout: Layout, *, restart: bool) -
     """The folder holding every input tar; refuses (exit 2, before any work) what webshart cannot read."""
     folders: dict[Path, str] = {}
     for src in sources:
+        if isinstance(src, FolderUnit):
+            raise WebshartError(
+                f"--webshart: {shown(src.uri)} is an extracted folder, not a tar: its images are files already, "
+                "so convert it without --webshart (SimpleTuner reads them from OUT/data)"
+            )
         where = tar_location(src)
         if where is None:
             raise WebshartError(

@@ -21,9 +21,9 @@ from typing import Any
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import tarstream, textmembers
 from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
+from dalle3_etl.shard.folderstream import open_members
 from dalle3_etl.shard.rows import Reason, Reject, parse_json
 from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
-from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.writer import ImageRef, SampleWriter, disk_error
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.crash import crash_point, sync_filesystem
@@ -184,7 +184,7 @@ class ShardConverter:
                     weight = 0
                     payload: Any
                     if member.problem is not None:
-                        payload = Reject(Reason.UNSAFE_MEMBER, member.problem)
+                        payload = Reject(getattr(member, "reason", Reason.UNSAFE_MEMBER), member.problem)
                         if role is None:
                             self.writer.reject(member.name, payload.reason, payload.detail)
                             continue
@@ -260,7 +260,9 @@ class ShardConverter:
         writer = self.writer
         with self.src.open() as fh:
             try:
-                writer.reader = reader = open_tar(fh)
+                writer.reader = reader = open_members(
+                    self.src, fh, self.layout.fs if self.settings.link == "hard" else None
+                )
                 self._convert_members(reader)
             except tarstream.TarFormatError as exc:
                 writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))

@@ -45,6 +45,7 @@ class Reason(StrEnum):
     SAMPLE_ERROR = "sample_error"
     FILTERED = "filtered"
     DUPLICATE = "duplicate"
+    MEMBER_UNREADABLE = "member_unreadable"
 
 
 #: Every reason code with what it means (README table, `--help` texts, tests).
@@ -79,6 +80,8 @@ REASONS: dict[Reason, str] = {
     "--min-caption-chars); the detail names the filter and the value ('min_side: 816 < 1024')",
     Reason.DUPLICATE: "--dedup FIELD: an earlier sample (shard order, then member order) has the same value of "
     "FIELD; the detail names the sample kept",
+    Reason.MEMBER_UNREADABLE: "extracted folder: a file that cannot be read (no permission, removed after the "
+    "listing, replaced by a link or folder); its partner is rejected with it",
 }
 
 

@@ -300,6 +300,10 @@ class SampleWriter:
                     created.append(dst)
                     self.layout.fs.replace(ref.staged, dst)
                     ref.staged = None
+                elif getattr(
+                    self.reader, "links", False
+                ):  # an extracted folder's file, hard-linked (shard.folderstream)
+                    self.reader.place(ref.offset, dst, created)
                 else:
                     fd = os.open(dst, NEW_FILE, 0o644)
                     created.append(dst)

@@ -6,6 +6,7 @@ import unicodedata
 from pathlib import Path
 
 from dalle3_etl.sources.base import ShardSource, SourceError, natural_key, shown
+from dalle3_etl.sources.folder import UNIT_SAMPLES, expand_folder
 from dalle3_etl.sources.local import expand_local, local_source
 
 
@@ -14,10 +15,14 @@ def _folded(shard_id: str) -> str:
     return unicodedata.normalize("NFD", unicodedata.normalize("NFD", shard_id).casefold())
 
 
-def resolve_inputs(args: list[str], *, keep_dir: Path | str | None = None) -> list[ShardSource]:
+def resolve_inputs(
+    args: list[str], *, keep_dir: Path | str | None = None, unit_samples: int = UNIT_SAMPLES
+) -> list[ShardSource]:
     """Turn command-line inputs into shard sources, in natural shard-id order, each shard once.
 
     ``keep_dir`` (``--keep-tars``): where the ``hf://`` sources keep a verified copy of the bytes they read.
+    A folder of image files and no tars is an extracted folder: its units of ``unit_samples`` samples are
+    sources too (`sources.folder`).
 
     Raises SourceError naming the argument for anything that matches nothing, naming the file for a shard id
     that cannot name output (see `shard_id_problem`), and naming both files for two different files whose
@@ -34,8 +39,10 @@ def resolve_inputs(args: list[str], *, keep_dir: Path | str | None = None) -> li
 
         found.extend(resolve_hub_inputs(hub_args, keep_dir=keep_dir))  # one commit per repo@revision
     for arg in args:
-        if not arg.startswith("hf://"):
-            found.extend(local_source(p) for p in expand_local(arg))
+        if arg.startswith("hf://"):
+            continue
+        units = expand_folder(arg, Path(arg).expanduser(), unit_samples) if Path(arg).expanduser().is_dir() else None
+        found.extend(units if units is not None else (local_source(p) for p in expand_local(arg)))
     for src in found:
         seen = by_id.get(src.shard_id)
         if seen is not None and seen.uri != src.uri and seen.fingerprint != src.fingerprint:

@@ -265,6 +265,12 @@ class Root:
                 raise
             _copy_file_new(s, d)
 
+    def link_input(self, src_dir_fd: int, src_name: str | bytes, dst: str | os.PathLike) -> None:
+        """Hard-link a file of an input folder (`src_name` below the open folder `src_dir_fd`, never through a
+        symlink: one there is linked as itself) at the new name `dst` below the root; FileExistsError when `dst`
+        is taken, nothing replaced. The input file itself is not touched (`shard.folderstream`)."""
+        os.link(src_name, self.check(dst), src_dir_fd=src_dir_fd, follow_symlinks=False)
+
     def write_atomic_chunks(self, path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
         """`write_atomic` for content made piece by piece (memory holds one piece at a time, not the file)."""
         full = Path(self.check(path))

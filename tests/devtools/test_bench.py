@@ -73,6 +73,8 @@ def test_every_mode_did_its_work(result):
     assert checks["old-recipe"]["json"] == total
     assert checks["webdataset"] == {"rows": with_size, "captions": with_size, "images": with_size}
     assert checks["tar-xf"] == {"json": total, "images": total}
+    assert checks["folder-convert"] == {"rows": captioned, "captions": captioned, "images": captioned}
+    assert checks["folder-old-recipe"] == {"rows": with_size, "captions": with_size}
     assert result["modes"]["old-recipe"]["steps_median_s"].keys() == {"tar xf", "make_parquet.py", "make_captions.py"}
 
 
@@ -95,7 +97,7 @@ def test_ratios_targets_memory_and_profile(result):
     tar = result["modes"]["tar-xf"]["median_s"]
     assert ratios["convert-full / tar-xf"]["ratio"] == pytest.approx(result["modes"]["convert-full"]["median_s"] / tar)
     targets = {t["target"]: t for t in result["targets"]}
-    assert len(targets) == 8
+    assert len(targets) == 9
     assert all(isinstance(t["met"], bool) and t["measured"] is not None for t in targets.values())
     mem = result["memory_check"]
     assert set(mem["cases"]) == {"1x", "size_10x", "count_10x"}

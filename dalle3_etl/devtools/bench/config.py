@@ -31,8 +31,10 @@ ALL_MODES = (
     "webdataset",
     "tar-json",
     "tar-xf",
+    "folder-convert",  # an extracted folder (devtools/bench/folder.py)
+    "folder-old-recipe",
 )
-BASELINES = ("tar-json", "tar-xf", "old-recipe", "webdataset")
+BASELINES = ("tar-json", "tar-xf", "old-recipe", "webdataset", "folder-old-recipe")
 SCRIPTS_DIR = Path(__file__).resolve().parent / "baselines"  # old_recipe/ and wds_baseline.py, shipped in the package
 POLL_SECONDS = 0.05
 RSS_LIMIT_MB = 200.0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dalle3_etl.devtools.bench.config import ALL_MODES, CONVERT_MODES, BenchConfig, BenchError, _rmtree
 from dalle3_etl.devtools.bench.corpus import Corpus
+from dalle3_etl.devtools.bench.folder import FOLDER_MODES, FolderModes
 from dalle3_etl.devtools.bench.procs import Runner
 
 
@@ -40,6 +41,7 @@ class Modes:
         for tool in ("tar",):
             if shutil.which(tool) is None:
                 raise BenchError(f"{tool} not found on PATH")
+        self.folder = FolderModes(self)
 
     def _script(self, *parts: str) -> str:
         path = self.cfg.scripts_dir.joinpath(*parts)
@@ -53,6 +55,8 @@ class Modes:
     def body(self, mode: str) -> Callable[[Runner], dict[str, float] | None]:
         out = self.target(mode)
         cfg = self.cfg
+        if mode in FOLDER_MODES:
+            return self.folder.body(mode)
         if mode in CONVERT_MODES:
             workers = 1 if mode.endswith("-1w") else cfg.workers
             cmd = [
@@ -112,6 +116,8 @@ class Modes:
     def check(self, mode: str) -> dict[str, int]:
         """What the run produced (rows, caption files, image files): proves every mode did its work."""
         out = self.target(mode)
+        if mode in FOLDER_MODES:
+            return self.folder.check(mode, _count, _parquet_rows)
         if mode in CONVERT_MODES:
             from dalle3_etl.store.layout import Layout
             from dalle3_etl.store.manifest import pinned_parquet
@@ -142,3 +148,5 @@ class Modes:
 
     def clean(self, mode: str) -> None:
         _rmtree(self.target(mode))
+        if mode in FOLDER_MODES:
+            self.folder.clean(mode)

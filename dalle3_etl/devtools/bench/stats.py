@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from dalle3_etl.devtools.bench.config import BASELINES, CONVERT_MODES, DEDUP_TOLERANCE, FLAT_TOLERANCE, RSS_LIMIT_MB
 from dalle3_etl.devtools.bench.corpus import Corpus
+from dalle3_etl.devtools.bench.folder import folder_target_pairs
 from dalle3_etl.devtools.bench.procs import RunStat
 
 
@@ -106,7 +107,9 @@ def targets(results: dict[str, dict], memory: dict | None) -> list[dict]:
         1 + DEDUP_TOLERANCE,
         "convert-parquet-dedup / convert-parquet",
     )
-    convert_rss = [r["peak_rss_mb"] for m, r in results.items() if m in CONVERT_MODES]
+    for name, slow, fast in folder_target_pairs():
+        add(name, ratio(slow, fast), ">=", 5.0, f"{slow} / {fast}")
+    convert_rss = [r["peak_rss_mb"] for m, r in results.items() if m in CONVERT_MODES or m == "folder-convert"]
     add(
         "peak RSS of every convert process (MB)",
         max(convert_rss) if convert_rss else None,
