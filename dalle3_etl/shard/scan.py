@@ -1,0 +1,145 @@
+"""Header-only scan of a plain tar shard: the offsets where it may be cut into tasks without changing the output.
+
+The scan walks the headers with `tarstream.TarReader` (bodies are seeked over, never read) and replays what the
+conversion keeps across members, so a task that starts at a point starts in the state the whole-shard
+conversion has there:
+
+- the pairing (`samples.Pairing`, same `max_pending`, same payload weights): a point is placed only where no
+  member is waiting for its partner, so a sample is never cut, whatever the member order;
+- names: a member's key, and the first folder or file name of every path its sample writes (`<key>.<ext>`,
+  `<key>.txt`), compared case-insensitively and after Unicode normalisation, must not appear on both sides of a
+  point; so a duplicate member, the late partner of a given-up member and a name clash (also macOS's
+  case-insensitive one) are decided inside one task, exactly as in the whole shard;
+- a pax global header applies to every later member: no point after the first one;
+- a point is the offset of the FIRST header block of a member (before its GNU long-name or pax headers).
+
+Only a plain (uncompressed) seekable tar is split; damage stops the scan with no point at all (the shard is then
+converted whole, its damage reported as always).
+"""
+
+from __future__ import annotations
+
+import bisect
+import unicodedata
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from dalle3_etl.settings import Settings
+from dalle3_etl.shard.samples import Pairing, classify
+from dalle3_etl.shard.tarcompress import open_tar
+from dalle3_etl.shard.tarstream import TarFormatError
+
+#: Sample members whose bytes the conversion reads and keeps while the partner is waiting (their weight).
+_READ_ROLES = frozenset({"json"})
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """Where a shard may be cut: `points` are member first-header offsets, increasing, after the first member."""
+
+    size: int
+    members: int
+    points: tuple[int, ...]
+    why_none: str = ""  # why there is no point at all ("" when the walk went through)
+
+
+def _norm(text: str) -> str:
+    return unicodedata.normalize("NFC", text).casefold()
+
+
+def _first(path: str) -> str:
+    slash = path.find("/")
+    return path if slash < 0 else path[:slash]
+
+
+def name_tokens(name: str, key: str) -> set[str]:
+    """What a sample member may clash on: its key and the first path component of every name its sample writes."""
+    return {_norm(key), _norm(_first(name)), _norm(_first(key + ".txt")), _norm(_first(key))}
+
+
+class _Walk:
+    """The state the scan replays: the pairing, the span of each name token, the candidate points."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.pairing = Pairing(settings.max_pending)
+        self.last_seen: dict[str, int] = {}  # token -> index of the last member holding it
+        self.first_seen: dict[str, int] = {}
+        self.candidates: list[tuple[int, int]] = []  # (member index, offset) where nothing was pending
+
+    def member(self, index: int, member) -> None:
+        if member.kind == "dir" and member.problem is None:
+            return
+        key, role, _ = classify(member.name)
+        if role is None:
+            return
+        for token in name_tokens(member.name, key):
+            self.first_seen.setdefault(token, index)
+            self.last_seen[token] = index
+        weight = 0
+        if member.problem is None and role in _READ_ROLES and member.size <= self.settings.max_json_bytes:
+            weight = member.size
+        self.pairing.add(key, role, member.name, None, weight)
+
+    def points(self) -> tuple[int, ...]:
+        """The candidates no token spans: every token's members lie on one side of the point."""
+        reach_from: dict[int, int] = {}  # index of a token's first member -> furthest last member of such tokens
+        for token, first in self.first_seen.items():
+            last = self.last_seen[token]
+            if last > first:
+                reach_from[first] = max(reach_from.get(first, first), last)
+        firsts = sorted(reach_from)
+        out = []
+        reach = -1  # the furthest member of a token first seen before the candidate
+        j = 0
+        for index, offset in self.candidates:  # increasing index
+            while j < len(firsts) and firsts[j] < index:
+                reach = max(reach, reach_from[firsts[j]])
+                j += 1
+            if reach < index:
+                out.append(offset)
+        return tuple(out)
+
+
+def scan_tar(fh: BinaryIO, size: int, settings: Settings) -> ShardScan:
+    """Scan an open shard (`size` bytes); see the module doc."""
+    reader = open_tar(fh)
+    if not reader.seekable:
+        reader.close()
+        return ShardScan(size, 0, (), "compressed or not seekable")
+    walk = _Walk(settings)
+    index = 0
+    try:
+        while True:
+            at = reader.next_header
+            if index and not walk.pairing.pending and not reader.saw_global_header:
+                walk.candidates.append((index, at))
+            member = next(iter(reader), None)
+            if member is None:
+                break
+            walk.member(index, member)
+            index += 1
+    except TarFormatError as exc:
+        return ShardScan(size, index, (), f"damaged: {exc}")
+    return ShardScan(size, index, walk.points())
+
+
+def choose_points(scan: ShardScan, task_bytes: int) -> tuple[int, ...]:
+    """Split points for tasks of about `task_bytes`: none when the shard is under 1.5x that; else the candidate
+    nearest each of the evenly spaced targets (a shard with no candidate stays whole)."""
+    size = scan.size
+    if not scan.points or size < task_bytes * 3 // 2:
+        return ()
+    count = max(1, round(size / task_bytes))
+    chosen: list[int] = []
+    points = scan.points
+    for k in range(1, count):
+        target = size * k // count
+        i = bisect.bisect_left(points, target)
+        best = min(points[max(0, i - 1) : i + 1], key=lambda p: (abs(p - target), p))
+        if not chosen or best > chosen[-1]:
+            chosen.append(best)
+    return tuple(chosen)
+
+
+__all__ = ["ShardScan", "choose_points", "name_tokens", "scan_tar"]
