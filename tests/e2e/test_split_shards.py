@@ -116,7 +116,8 @@ def test_resume_redoes_only_unfinished_tasks(corpus, whole, tmp_path):
     real = taskconvert.TaskConverter.run
 
     def spy(self):
-        seen.append(f"done-{self.part.index}")
+        if self.shard_id == "data-000000":
+            seen.append(f"done-{self.part.index}")
         return real(self)
 
     taskconvert.TaskConverter.run = spy
