@@ -112,11 +112,12 @@ def scan_tar(fh: BinaryIO, size: int, settings: Settings) -> ShardScan:
     try:
         while True:
             at = reader.next_header
-            if index and not walk.pairing.pending and not reader.saw_global_header:
-                walk.candidates.append((index, at))
+            free = index > 0 and not walk.pairing.pending and not reader.saw_global_header
             member = next(iter(reader), None)
             if member is None:
                 break
+            if free:
+                walk.candidates.append((index, at))
             walk.member(index, member)
             index += 1
     except TarFormatError as exc:
