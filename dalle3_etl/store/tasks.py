@@ -68,6 +68,17 @@ def read_task_result(layout: Layout, shard_id: str, index: int) -> dict[str, Any
     return obj if isinstance(obj, dict) else None
 
 
+def tasks_done(layout: Layout, shard_id: str) -> tuple[int, int] | None:
+    """(tasks done, tasks) of a shard split into tasks and not complete yet, or None (`status`: "3 of 8 parts")."""
+    try:
+        obj = orjson.loads(layout.task_plan(shard_id).read_bytes())
+        count = len(obj["points"]) + 1
+    except (OSError, orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    done = sum(read_task_result(layout, shard_id, i) is not None for i in range(count))
+    return done, count
+
+
 @dataclass(frozen=True)
 class TaskLayout(Layout):
     """The output's layout, but a shard's staging folder is one task's (`tasks/<shard>/staging-<i>`): the

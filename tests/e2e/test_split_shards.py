@@ -11,6 +11,7 @@ import orjson
 import pytest
 from conftest import convert, tree
 
+from dalle3_etl.check.status import shard_states
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.run import pipeline
 from dalle3_etl.run import tasks as tasks_mod
@@ -109,6 +110,9 @@ def test_resume_redoes_only_unfinished_tasks(corpus, whole, tmp_path):
     assert ranges is not None and len(ranges) > 2
     done = sorted(p.name for p in layout.shard_tasks("data-000000").glob("done-*"))
     assert done and "done-2" not in done
+    state = shard_states(out)["data-000000"]
+    assert state["state"] == "pending"
+    assert state["detail"] == f"{len(done)} of {len(ranges)} parts done"
     stamps = {name: os.stat(layout.shard_tasks("data-000000") / name / "result.json").st_mtime_ns for name in done}
     seen: list[str] = []
     from dalle3_etl.shard import taskconvert
