@@ -214,8 +214,8 @@ def assemble(
         files = done / "files" / sid
         if not files.exists():
             continue
-        if target.exists():
-            fs.merge_new(files, target)
+        if target.exists():  # the scan keeps each top-level name in one task: no entry is in two tasks
+            fs.move_entries(files, target)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.rename_new(files, target)

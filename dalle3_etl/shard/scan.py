@@ -6,9 +6,9 @@ conversion has there:
 
 - the pairing (`samples.Pairing`, same `max_pending`, same payload weights): a point is placed only where no
   member is waiting for its partner, so a sample is never cut, whatever the member order;
-- names: a member's key, and the first folder or file name of every path its sample writes (`<key>.<ext>`,
-  `<key>.txt`), compared case-insensitively and after Unicode normalisation, must not appear on both sides of a
-  point; so a duplicate member, the late partner of a given-up member and a name clash (also macOS's
+- names: the first component of a member's name without its extension (`name_token`: the start of every path
+  its sample writes, `<key>.<ext>`, `<key>.txt` or a folder), compared case-insensitively and after Unicode
+  normalisation, must not appear on both sides of a point; so a duplicate member, the late partner of a given-up member and a name clash (also macOS's
   case-insensitive one) are decided inside one task, exactly as in the whole shard;
 - a pax global header applies to every later member: no point after the first one;
 - a point is the offset of the FIRST header block of a member (before its GNU long-name or pax headers).
@@ -43,18 +43,18 @@ class ShardScan:
     why_none: str = ""  # why there is no point at all ("" when the walk went through)
 
 
-def _norm(text: str) -> str:
-    return unicodedata.normalize("NFC", text).casefold()
-
-
-def _first(path: str) -> str:
-    slash = path.find("/")
-    return path if slash < 0 else path[:slash]
-
-
-def name_tokens(name: str, key: str) -> set[str]:
-    """What a sample member may clash on: its key and the first path component of every name its sample writes."""
-    return {_norm(key), _norm(_first(name)), _norm(_first(key + ".txt")), _norm(_first(key))}
+def name_token(name: str) -> str:
+    """What a sample member may clash on: the first component of its name without its last extension, ignoring case
+    and Unicode normalisation. Every path its sample writes (`<key>.<ext>`, `<key>.txt`, or below a folder) starts
+    with a component whose stem this is, so two members that share a key, a file or a folder share the token."""
+    slash = name.find("/")
+    first = name if slash < 0 else name[:slash]
+    dot = first.rfind(".")
+    if dot > 0:
+        first = first[:dot]
+    if first.isascii():
+        return first.lower()
+    return unicodedata.normalize("NFC", first).casefold()
 
 
 class _Walk:
@@ -63,23 +63,25 @@ class _Walk:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.pairing = Pairing(settings.max_pending)
-        self.last_seen: dict[str, int] = {}  # token -> index of the last member holding it
-        self.first_seen: dict[str, int] = {}
+        self.first_seen: dict[str, int] = {}  # token -> index of the first member holding it
+        self.last_seen: dict[str, int] = {}  # token -> index of the last one
         self.candidates: list[tuple[int, int]] = []  # (member index, offset) where nothing was pending
 
     def member(self, index: int, member) -> None:
         if member.kind == "dir" and member.problem is None:
             return
-        key, role, _ = classify(member.name)
+        name = member.name
+        key, role, _ = classify(name)
         if role is None:
             return
-        for token in name_tokens(member.name, key):
-            self.first_seen.setdefault(token, index)
-            self.last_seen[token] = index
+        token = name_token(name)
+        if token not in self.first_seen:
+            self.first_seen[token] = index
+        self.last_seen[token] = index
         weight = 0
         if member.problem is None and role in _READ_ROLES and member.size <= self.settings.max_json_bytes:
             weight = member.size
-        self.pairing.add(key, role, member.name, None, weight)
+        self.pairing.add(key, role, name, None, weight)
 
     def points(self) -> tuple[int, ...]:
         """The candidates no token spans: every token's members lie on one side of the point."""
@@ -108,12 +110,14 @@ def scan_tar(fh: BinaryIO, size: int, settings: Settings) -> ShardScan:
         reader.close()
         return ShardScan(size, 0, (), "compressed or not seekable")
     walk = _Walk(settings)
+    pending = walk.pairing.pending
+    members = iter(reader)
     index = 0
     try:
         while True:
             at = reader.next_header
-            free = index > 0 and not walk.pairing.pending and not reader.saw_global_header
-            member = next(iter(reader), None)
+            free = index > 0 and not pending and not reader.saw_global_header
+            member = next(members, None)
             if member is None:
                 break
             if free:
@@ -143,4 +147,4 @@ def choose_points(scan: ShardScan, task_bytes: int) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-__all__ = ["ShardScan", "choose_points", "name_tokens", "scan_tar"]
+__all__ = ["ShardScan", "choose_points", "name_token", "scan_tar"]
