@@ -161,7 +161,7 @@ class TaskBook:
 
 
 def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> tuple[list[ShardTask], TaskBook]:
-    """The run's tasks, largest first (ties in shard order), and the book of its split shards."""
+    """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards."""
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
     for order, src in enumerate(sorted(todo, key=lambda s: natural_key(s.shard_id))):
@@ -171,7 +171,10 @@ def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> t
             continue
         for task in book.add(src, ranges):
             sized.append((task.part.length(src.size), order, task))
-    sized.sort(key=lambda t: (-t[0], t[1]))
+    # Largest first once a shard is split. Else shard order, as before tasks: with whole shards only, largest first
+    # is no better overall (benchmarks/makespan.py), and with one worker the merge streams each shard in turn.
+    if book.split and settings.workers != 1:
+        sized.sort(key=lambda t: (-t[0], t[1]))
     return [task for _, _, task in sized], book
 
 
