@@ -26,14 +26,6 @@ if __name__ == "__main__":
     parser.add_argument("--task-bytes", type=int, default=None, help="default: an eighth of the large shard")
     parser.add_argument("--extra", action="append", default=[], help="more convert options, e.g. --extra=--no-images")
     args = parser.parse_args()
-    bench = run_split_bench(
-        args.location,
-        large=args.large,
-        small=args.small,
-        image_bytes=args.image_bytes,
-        workers=args.workers,
-        reps=args.reps,
-        task_bytes=args.task_bytes,
-        extra=args.extra,
-    )
+    options = vars(args)  # the argument names are run_split_bench's keywords
+    bench = run_split_bench(options.pop("location"), **options)
     print(json.dumps(bench.to_json(), indent=2))
