@@ -13,6 +13,7 @@ committed; its completion record is written last. The output is then byte for by
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,8 +36,9 @@ from dalle3_etl.store.tasks import TaskRange, ranges_from_points, read_plan, rea
 
 
 def splittable(src: ShardSource, settings: Settings) -> bool:
-    """Whether a shard may be cut into tasks: a plain local file (the scan also refuses a compressed one)."""
-    return type(src) is ShardSource and not settings.dedup and not settings.flat
+    """Whether a shard may be cut into tasks: a plain local file (the scan also refuses a compressed one); other kinds
+    of sources (`hf://`, folders of loose files) say so by being another type."""
+    return type(src) is ShardSource and os.path.isfile(src.uri) and not settings.dedup and not settings.flat
 
 
 def shard_ranges(layout: Layout, src: ShardSource, settings: Settings) -> list[TaskRange] | None:
@@ -50,8 +52,11 @@ def shard_ranges(layout: Layout, src: ShardSource, settings: Settings) -> list[T
     layout.fs.remove_tree(layout.shard_tasks(sid))  # a plan for another input, or none
     if not splittable(src, settings) or src.size < settings.task_bytes * 3 // 2:
         return None
-    with src.open() as fh:
-        points = choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
+    try:
+        with src.open() as fh:
+            points = choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
+    except OSError:  # unreadable now: converted whole, which reports it as usual
+        return None
     if not points:
         return None
     forget_shard(layout, sid, settings)  # what an earlier conversion of it left, as a whole shard's run does
