@@ -132,3 +132,13 @@ def test_resume_redoes_only_unfinished_tasks(corpus, whole, tmp_path):
     assert not set(seen) & set(stamps), "a task done before the crash was converted again"
     assert "done-2" in seen
     assert out_tree(out) == whole
+
+
+def test_a_worker_killed_in_a_task_fails_its_shard_and_the_rerun_completes(corpus, whole, tmp_path):
+    out = tmp_path / "out"
+    first = _run(corpus, out, "--task-bytes", "20000", "-w", "2", crash="killself@task:data-000000:1")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert shard_states(out)["data-000000"]["state"] == "failed"
+    second = _run(corpus, out, "--task-bytes", "20000", "-w", "2")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert out_tree(out) == whole
