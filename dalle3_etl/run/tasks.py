@@ -13,15 +13,19 @@ committed; its completion record is written last. The output is then byte for by
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field, replace
+from itertools import repeat
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dalle3_etl.executors.base import ProgressCb, ShardTask
+from dalle3_etl.executors.pool import default_workers, mp_context
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerprint
@@ -41,8 +45,46 @@ def splittable(src: ShardSource, settings: Settings) -> bool:
     return type(src) is ShardSource and os.path.isfile(src.uri) and not settings.dedup and not settings.flat
 
 
-def shard_ranges(layout: Layout, src: ShardSource, settings: Settings) -> list[TaskRange] | None:
-    """The tasks of a shard to convert, or None to convert it whole. A recorded plan for the same input is kept."""
+def _needs_scan(layout: Layout, src: ShardSource, settings: Settings) -> bool:
+    return (
+        splittable(src, settings)
+        and src.size >= settings.task_bytes * 3 // 2
+        and read_plan(layout, src.shard_id, source_fingerprint(src)) is None
+    )
+
+
+def scan_points(src: ShardSource, settings: Settings) -> tuple[int, ...]:
+    """Where a shard is cut (`shard.scan`); none when it cannot be read now (converted whole, which reports it)."""
+    try:
+        with src.open() as fh:
+            return choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
+    except OSError:
+        return ()
+
+
+def scan_many(sources: list[ShardSource], settings: Settings) -> dict[str, tuple[int, ...]]:
+    """`scan_points` of each shard, in a pool of the run's worker count (scans only read the inputs). Ctrl-C waits
+    for the scans under way (well under a second each), then stops."""
+    workers = min(settings.workers or default_workers(), len(sources))
+    if workers < 2:
+        return {src.shard_id: scan_points(src, settings) for src in sources}
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp_context(),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        return dict(zip([s.shard_id for s in sources], pool.map(scan_points, sources, repeat(settings))))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shard_ranges(
+    layout: Layout, src: ShardSource, settings: Settings, scanned: dict[str, tuple[int, ...]] | None = None
+) -> list[TaskRange] | None:
+    """The tasks of a shard to convert, or None to convert it whole. A recorded plan for the same input is kept;
+    `scanned`: points found by `scan_many` (else the shard is scanned here when it needs to be)."""
     sid = src.shard_id
     fingerprint = source_fingerprint(src)
     if splittable(src, settings):
@@ -52,11 +94,7 @@ def shard_ranges(layout: Layout, src: ShardSource, settings: Settings) -> list[T
     layout.fs.remove_tree(layout.shard_tasks(sid))  # a plan for another input, or none
     if not splittable(src, settings) or src.size < settings.task_bytes * 3 // 2:
         return None
-    try:
-        with src.open() as fh:
-            points = choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
-    except OSError:  # unreadable now: converted whole, which reports it as usual
-        return None
+    points = scanned[sid] if scanned is not None and sid in scanned else scan_points(src, settings)
     if not points:
         return None
     forget_shard(layout, sid, settings)  # what an earlier conversion of it left, as a whole shard's run does
@@ -169,8 +207,10 @@ def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> t
     """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards."""
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
-    for order, src in enumerate(sorted(todo, key=lambda s: natural_key(s.shard_id))):
-        ranges = shard_ranges(layout, src, settings)
+    todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
+    scanned = scan_many([src for src in todo if _needs_scan(layout, src, settings)], settings)
+    for order, src in enumerate(todo):
+        ranges = shard_ranges(layout, src, settings, scanned)
         if ranges is None:
             sized.append((src.size, order, ShardTask(src, str(layout.out), settings)))
             continue

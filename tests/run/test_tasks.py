@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
-from dalle3_etl.run.tasks import TaskBook, _Split, plan_tasks, shard_ranges, splittable
+from dalle3_etl.run.tasks import TaskBook, _Split, plan_tasks, scan_many, scan_points, shard_ranges, splittable
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.shard.taskconvert import task_key
@@ -105,3 +105,16 @@ def test_progress_is_summed_per_shard_and_never_goes_past_a_finished_task(tmp_pa
     last = book.settle(ShardResult("data-000000", ok=True, samples=1, bytes_in=100, part=2))
     assert last is not None and not last.ok and last.failure == "boom"  # the shard fails, redone next run
     assert entry.results[0].ok
+
+
+def test_shards_scanned_in_a_pool_get_the_ranges_of_a_serial_scan(shards, tmp_path):
+    settings = Settings(task_bytes=shards[0].size // 3)
+    serial = {s.shard_id: scan_points(s, settings) for s in shards}
+    assert all(len(points) >= 2 for points in serial.values())
+    assert scan_many(shards, replace(settings, workers=2)) == serial
+    layout = _layout(tmp_path)
+    todo, _ = plan_tasks(layout, shards, replace(settings, workers=2))
+    assert {t.source.shard_id for t in todo} == set(serial)
+    for src in shards:
+        ranges = read_plan(layout, src.shard_id, src.fingerprint)
+        assert ranges is not None and [r.start for r in ranges[1:]] == list(serial[src.shard_id])
