@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 SAMPLE ?= sample
 
-.PHONY: venv run test bench clean
+.PHONY: venv run run-img2dataset test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: venv
 	@echo "                 --pretrained_model_name_or_path MODEL --train_data_dir $(abspath $(OUT))/data \\"
 	@echo "                 --caption_column text --resolution 512 --output_dir sd-dalle3"
 
+# The same for img2dataset-style WebDataset shards (00000.tar: .webp + .json + .txt caption).
+run-img2dataset: venv
+	$(PY) -m dalle3_etl synth $(SAMPLE)-i2d --style img2dataset --shards 4 --per-shard 250 --seed 0
+	$(PY) -m dalle3_etl convert $(SAMPLE)-i2d -o $(OUT)-i2d --caption-field txt
+
 # The README's test command: the import layers (stages import only downward, no cycles), ruff, the suite.
 test: venv
 	$(VENV)/bin/lint-imports
@@ -37,4 +42,4 @@ bench: venv
 	$(PY) -m dalle3_etl bench
 
 clean:
-	rm -rf $(OUT) $(SAMPLE)
+	rm -rf $(OUT) $(SAMPLE) $(OUT)-i2d $(SAMPLE)-i2d

@@ -79,7 +79,7 @@ def convert(
     config: Path | None = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
     workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
     task_bytes: int | None = typer.Option(None, "--task-bytes", help="Split shards into tasks of ~this size."),
-    caption_field: str | None = typer.Option(None, help="JSON field used as the caption."),
+    caption_field: str | None = typer.Option(None, help="JSON field used as the caption; .txt: the text member."),
     caption_fallbacks: str | None = typer.Option(
         None, help="Comma-separated fields tried in order when the caption is empty."
     ),
@@ -98,6 +98,7 @@ def convert(
     exclude_sources: str | None = typer.Option(None, metavar="A,B", help="Leave out these JSON 'source's."),
     min_caption_chars: int | None = typer.Option(None, metavar="N", help="Keep captions of N+ characters (cleaned)."),
     extra_captions: str | None = typer.Option(None, metavar="FIELDS", help="JSON fields adding captions per image."),
+    size_fields: str | None = typer.Option(None, metavar="W,H", help="JSON fields for width,height (else header)."),
     also: str | None = typer.Option(
         None,
         "--also",
@@ -110,6 +111,9 @@ def convert(
         metavar="FIELD",
         help="Keep only the first sample (shard order, then member order) of each value of this JSON field "
         "(md5_pil_hash, md5_file_hash, sha512_hash...); later ones are 'duplicate' rejects.",
+    ),
+    webshart: bool | None = typer.Option(
+        None, "--webshart", help="Train from the tars: OUT/webshart/<shard>.json indexes, no images written."
     ),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
     ray_address: str | None = typer.Option(None, help="Ray cluster address (with --executor ray)."),
@@ -168,8 +172,10 @@ def convert(
         exclude_sources=_csv(exclude_sources),
         min_caption_chars=min_caption_chars,
         extra_captions=_csv(extra_captions),
+        size_fields=_csv(size_fields),
         dedup=dedup,
         also=_csv(also),
+        webshart=webshart,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
@@ -257,10 +263,13 @@ def synth(
     fallback_ratio: float = typer.Option(0.05, help="Share of samples whose caption comes from the fallback chain."),
     no_caption_ratio: float = typer.Option(0.01, help="Share of samples without any usable caption."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing."),
+    style: str = typer.Option("dalle3", help="dalle3, or img2dataset (00000.tar: .webp + .json + .txt caption)."),
 ) -> None:
     """Generate a realistic synthetic corpus of DALLE-3-like shards (for tests, demos and benchmarks)."""
-    from dalle3_etl.devtools.synth import SynthSpec, write_corpus
+    from dalle3_etl.devtools.synth import SynthSpec, write_corpus, write_img2dataset_corpus
 
+    if style not in ("dalle3", "img2dataset"):
+        raise UsageError(f"--style {style!r}: use dalle3 or img2dataset")
     spec = SynthSpec(
         shards=shards,
         per_shard=per_shard,
@@ -269,7 +278,7 @@ def synth(
         fallback_ratio=fallback_ratio,
         no_caption_ratio=no_caption_ratio,
     )
-    rows = write_corpus(out, spec)
+    rows = write_corpus(out, spec) if style == "dalle3" else write_img2dataset_corpus(out, shards, per_shard, seed)
     if not quiet:
         Console().print(safe(f"wrote {shards} shard(s), {len(rows)} samples, to {out}"))
 

@@ -117,16 +117,25 @@ class Settings:
         "", off=True, pinned="when_set"
     )  # JSON field holding a hash: later samples with the same value are dropped
     also: tuple[str, ...] = _setting((), unique="dedupe", choices=ALSO_KINDS, pinned="when_set")
+    webshart: bool = _setting(False, pinned="when_set")  # index the tars for SimpleTuner's webshart backend
+    # JSON fields giving width and height (img2dataset: original_width,original_height); else the image header
+    size_fields: tuple[str, ...] = _setting(("width", "height"), unique="refuse", pinned="when_set")
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_webshart(self)
         _check_also(self)
         if self.extra_captions and CAPTIONS_COLUMN in self.fields:
             raise SettingsError(
                 f"fields: {CAPTIONS_COLUMN!r} is the column --extra-captions writes; it cannot be copied as a field too"
             )
         _refuse_dedup_flat(self)
+        _check_text_members(self)
+
+    @cached_property  # extensions of the text members the caption settings name (see TEXT_MEMBER_RULE)
+    def text_exts(self) -> frozenset[str]:
+        return frozenset(n[1:] for n in (*self.caption_chain, *self.extra_captions) if n.startswith("."))
 
     @cached_property  # read once per JSON member: computed once (a frozen dataclass still has a __dict__)
     def caption_chain(self) -> tuple[str, ...]:
@@ -166,8 +175,50 @@ OUTPUT_KEYS = (
     "extra_captions",
     "dedup",
     "also",
+    "webshart",
+    "size_fields",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
+
+
+#: How a caption setting names a text member of the sample instead of a JSON field (README says the same).
+TEXT_MEMBER_RULE = (
+    "a name starting with a dot ('.txt', '.caption') is the sample's member with that extension, read as UTF-8 "
+    "text; 'txt' alone means '.txt'; any other name is a JSON field"
+)
+_EXT = re.compile(r"\.[a-z0-9_]{1,16}")
+#: Extensions that are an image or the JSON member (the same as shard.samples' sets; a test holds them equal).
+SAMPLE_EXTENSIONS = frozenset({"json", "jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff"})
+
+
+def _text_name(name: str, key: str) -> str:
+    """A caption setting's name with `txt` spelled `.txt` and an extension lower-cased; refuses a bad one."""
+    if name == "txt":
+        return ".txt"
+    if not name.startswith("."):
+        return name
+    low = name.lower()
+    if not _EXT.fullmatch(low) or low[1:] in SAMPLE_EXTENSIONS:
+        raise SettingsError(
+            f"{key}: {name!r} is not a usable text member: {TEXT_MEMBER_RULE} (1-16 letters, digits or _, "
+            f"not json or an image extension)"
+        )
+    return low
+
+
+def _check_text_members(settings: Settings) -> None:
+    """Caption names: `txt` -> `.txt`, `.TXT` -> `.txt`, a bad `.x` refused; repeats (after that) dropped."""
+    field = _text_name(settings.caption_field, "caption_field")
+    chain = tuple(dict.fromkeys(_text_name(n, "caption_fallbacks") for n in settings.caption_fallbacks))
+    extra = tuple(dict.fromkeys(_text_name(n, "extra_captions") for n in settings.extra_captions))
+    object.__setattr__(settings, "caption_field", field)
+    object.__setattr__(settings, "caption_fallbacks", chain)
+    object.__setattr__(settings, "extra_captions", extra)
+    if len(settings.size_fields) != 2:
+        raise SettingsError(
+            f"size_fields: {','.join(settings.size_fields)!r}: give two JSON fields, width then height "
+            f"(e.g. original_width,original_height)"
+        )
 
 
 def _refuse_dedup_flat(settings: Settings) -> None:
@@ -178,6 +229,20 @@ def _refuse_dedup_flat(settings: Settings) -> None:
             f"dedup = {settings.dedup!r} (--dedup) cannot be combined with flat = true (--flat): "
             "duplicates are removed from OUT/data/<shard>/ folders only; drop one of the two"
         )
+
+
+def _check_webshart(settings: Settings) -> None:
+    """--webshart trains from the tars themselves: nothing is written into OUT/data."""
+    if not settings.webshart:
+        return
+    for key, flag in (("images", "--images"), ("captions", "--captions"), ("flat", "--flat")):
+        if getattr(settings, key):
+            raise SettingsError(f"webshart = true (--webshart) reads images from the tars: leave out {flag}")
+    if settings.also:
+        raise SettingsError("webshart = true (--webshart) writes no OUT/data for an imagefolder: leave out --also")
+    taken = [f for f in settings.fields if f in ("_offset", "_length")]  # the part's hidden columns (shard.sinks)
+    if taken:
+        raise SettingsError(f"fields: {taken[0]!r} is a column --webshart keeps for itself; it cannot be copied too")
 
 
 def _check_also(settings: Settings) -> None:
@@ -331,6 +396,9 @@ def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
         base = _coerce(Settings, convert, f"{config}: [convert] ")
         st = _coerce(SimpleTunerSettings, data.get("simpletuner", {}), f"{config}: [simpletuner] ")
     base.update(_coerce(Settings, {k: v for k, v in overrides.items() if v is not None}, flags=True))
+    if base.get("webshart"):  # no files in OUT/data unless asked for (then refused, naming the flag)
+        base.setdefault("images", False)
+        base.setdefault("captions", False)
     return Settings(simpletuner=SimpleTunerSettings(**st), **base)
 
 

@@ -27,6 +27,7 @@ CHECKS: dict[str, str] = {
     "stray_file": "no temporary files or staging leftovers",
     "header_size": "width/height = image header (--deep)",
     "imagefolder": "metadata.jsonl: a line per row, same file, caption and size (--also imagefolder)",
+    "webshart": "indexes match their unchanged tars: sizes, member headers, captions, one per tar (--webshart)",
 }
 
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from dalle3_etl.check.webshart import changed_tars
 from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.safetext import safe
 from dalle3_etl.shard.shape import FILTERS, filtered_notes
@@ -42,6 +43,8 @@ def shard_states(out: Path) -> dict[str, dict]:
         }
         if dups:
             states[sid]["duplicates"] = dups.get("duplicates", 0)
+    for sid, why in changed_tars(layout).items():  # --webshart: the index's offsets no longer hold
+        states[sid].update(state="tar changed", detail=why)
     for sid in layout.failed_ids():
         if sid not in states:
             info = orjson.loads(layout.failed(sid).read_bytes())
@@ -69,7 +72,7 @@ def print_status(out: Path, console: Console | None = None) -> None:
     ):
         table.add_column(col, justify=justify)
     for sid, st in states.items():
-        color = {"done": "green", "damaged": "yellow", "failed": "red", "pending": "cyan"}[st["state"]]
+        color = {"done": "green", "damaged": "yellow", "failed": "red", "pending": "cyan"}.get(st["state"], "red")
         table.add_row(
             safe(sid), Text(st["state"], style=color), f"{st['samples']:,}", f"{st['rejects']:,}", safe(st["detail"])
         )

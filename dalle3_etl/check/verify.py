@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.check.report import MAX_EXAMPLES, Check, VerifyReport
 from dalle3_etl.check.target import Target, is_image_name, read_target
+from dalle3_etl.check.webshart import is_webshart, verify_webshart
 from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.shard import imageheader
 from dalle3_etl.sources.base import natural_key
@@ -311,6 +312,19 @@ def _check_imagefolder(layout: Layout, pf: pq.ParquetFile, check: Check) -> None
         check.fail(f"{path} has {len(lines):,} line(s), the parquet {pf.metadata.num_rows:,} row(s)")
 
 
+def _check_webshart_parquet(layout: Layout, report: VerifyReport) -> None:
+    """The parquet of a --webshart output (not in its entry): readable, captions and sizes."""
+    target = Target(layout.data, layout.parquet(pinned_parquet(layout).name), "parquet")
+    pf = _open_parquet(target, report.checks["parquet"])
+    if pf is None:
+        return
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=target.columns):
+        filenames, captions, widths, heights = batch.columns
+        _fail_where(report.checks["empty_caption"], _blank_captions(captions), filenames, "null or empty caption")
+        bad = pc.or_(pc.less_equal(widths, 0), pc.less_equal(heights, 0))
+        _fail_where(report.checks["bad_size"], bad, filenames, "width or height missing or not positive")
+
+
 def verify(
     out: Path,
     *,
@@ -326,6 +340,12 @@ def verify(
     checks = report.checks
     say = progress or (lambda _text: None)
 
+    if is_webshart(layout):  # the images stay in the tars: the indexes are checked instead (check.webshart)
+        _check_state(layout, checks["stray_file"])
+        _check_webshart_parquet(layout, report)
+        verify_webshart(layout, report)
+        return report
+    checks["webshart"].skip("not made with --webshart")
     target, problems = read_target(out, mount_path)
     for problem in problems:
         checks["dataloader"].fail(problem)

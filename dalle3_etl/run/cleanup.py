@@ -63,6 +63,7 @@ def restart(layout: Layout, settings: Settings) -> None:
         fs.unlink(layout.record(sid))
     for sid in ids:
         forget_shard(layout, sid, made_with)
+        fs.unlink(layout.webshart_index(sid))  # --webshart
         crash_point("restart", sid)
     for path in layout.own_files({settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
         fs.unlink(path)
@@ -85,6 +86,7 @@ def restart(layout: Layout, settings: Settings) -> None:
     ):
         fs.remove_tree(folder)
     fs.unlink(layout.dedup_counts)
+    fs.unlink(layout.webshart_tars)
     fs.unlink(layout.manifest)
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from dalle3_etl.run.webshart import webshart_entry
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
 from dalle3_etl.store.layout import Layout
 
@@ -43,6 +44,11 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
             "identifier_includes_extension": True,
         },
     }
+    if settings.webshart:  # the images are read from the tars (run.webshart)
+        shared = ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size")
+        image = webshart_entry(layout, settings, out) | {
+            k: image[k] for k in (*shared, "resolution_type", "cache_dir_vae")
+        }
     image.update({key: getattr(st, key) for key in OPTIONAL_KEYS if getattr(st, key)})
     text_embeds = {
         "id": f"{st.id}-text-embeds",

@@ -23,6 +23,7 @@ from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
 from dalle3_etl.run.preflight import check_out_dir, check_settings
 from dalle3_etl.run.tasks import clean_task_leftovers, plan_tasks
+from dalle3_etl.run.webshart import IndexOutcome, check_inputs, remember_tars, write_indexes
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.sources.base import ShardSource, natural_key
@@ -44,6 +45,7 @@ class RunSummary:
     interrupted: bool = False
     incomplete: dict[str, str] = field(default_factory=dict)  # input shard id -> failed / damaged / not converted
     duplicates: int | None = None  # --dedup: duplicate rejects in the whole output, as the merge decided
+    webshart: IndexOutcome | None = None  # --webshart: the indexes written and the caches cleared
 
     @property
     def failed(self) -> list[ShardResult]:
@@ -90,10 +92,13 @@ def run_convert(
     """Convert `sources` into OUT: plan, convert what is to (re)do, merge, write the SimpleTuner entry."""
     reporter = reporter or Reporter()
     out = Path(out).absolute()
+    tars = check_inputs(sources, Layout(out), restart=restart_run) if settings.webshart else None  # before OUT exists
     layout = _open_out(out)
     start = time.monotonic()
     with RunLock(layout.lock, layout.workers_lock):
         plan = _prepare(layout, sources, settings, restart_run=restart_run, retry_failed=retry_failed)
+        if tars is not None:
+            remember_tars(layout, tars, sources)
         summary = RunSummary(out=out, plan=plan)
         try:
             _convert_and_merge(layout, plan, settings, summary, reporter, executor, ray_address)
@@ -177,6 +182,8 @@ def _convert_and_merge(
         if settings.dedup:
             summary.duplicates = sum(c["duplicates"] for sid, c in read_dedup_counts(layout).items() if sid in done)
         summary.parquet = layout.parquet(settings.parquet_name)
+        if settings.webshart:
+            summary.webshart = write_indexes(layout, settings, done)
         summary.dataloader = write_dataloader_config(layout, settings)
         keep_imagefolder(layout, settings)
     finally:

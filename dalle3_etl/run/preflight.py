@@ -30,6 +30,7 @@ SETTING_FLAGS = {
     "extra_captions": "--extra-captions",
     "dedup": "--dedup",
     "also": "--also",
+    "webshart": "--webshart",
 }
 
 

@@ -20,6 +20,7 @@ from rich.text import Text
 
 from dalle3_etl.run.pipeline import Reporter, RunSummary
 from dalle3_etl.run.plan import Plan
+from dalle3_etl.run.webshart import webshart_lines
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import CAPTIONS_COLUMN
 from dalle3_etl.shard.convert import ShardResult
@@ -166,7 +167,13 @@ class RichReporter(Reporter):
             self._print(safe(line, "yellow"))
         self._print(safe(f"SimpleTuner-ready output in {summary.out}:"))
         self._print(safe(f"  parquet:    {summary.parquet}"))
-        self._print(safe(f"  images:     {summary.out / 'data'}"))
+        lines = (
+            webshart_lines(summary.webshart, summary.out)
+            if summary.webshart
+            else [f"  images:     {summary.out / 'data'}"]
+        )
+        for line in lines:
+            self._print(safe(line))
         self._print(safe(f"  dataloader: {summary.dataloader}"))
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dalle3_etl.settings import Settings
-from dalle3_etl.shard import tarstream
+from dalle3_etl.shard import tarstream, textmembers
 from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
 from dalle3_etl.shard.rows import Reason, Reject, parse_json
 from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
@@ -75,9 +75,14 @@ class ShardConverter:
 
     def _report_unpaired(self, entry: Entry, where: str) -> None:
         """Report the members of an entry that never got its partner (`where`: "in this shard"...)."""
+        if entry.ready:  # incomplete but convertible (text members named): converted with what it has
+            self._finish_ready(entry)
+            return
+        texts = [] if entry.texts is None or entry.image is not None else entry.texts.values()
         for half, reason, missing in (
             (entry.image, Reason.IMAGE_WITHOUT_JSON, "JSON"),
             (entry.json, Reason.JSON_WITHOUT_IMAGE, "image"),
+            *((text, Reason.TEXT_WITHOUT_IMAGE, "image") for text in texts),
         ):
             if half is None:
                 continue
@@ -89,6 +94,24 @@ class ShardConverter:
         if entry.image is not None:
             self.writer.discard(entry.image.payload)
 
+    def _finish_ready(self, entry: Entry) -> None:
+        """Convert a sample handed back incomplete; an unexpected error rejects it alone (also at the shard's end)."""
+        notes = self.writer.notes
+        if len(entry.texts or ()) < len(self.settings.text_exts):
+            notes["text_member_missing"] += 1  # the caption chain went on without it
+        if entry.json is None:
+            notes["sample_without_json"] += 1
+        try:
+            self.writer.finish(textmembers.resolve(entry, self.settings))
+        except Exception as exc:
+            if _fails_the_shard(exc):
+                raise
+            self.writer.discard(entry.image.payload)
+            why = _describe_error(exc)
+            self.writer.reject(
+                entry.image.member, Reason.SAMPLE_ERROR, f"unexpected error converting the sample: {why}"
+            )
+
     def _settle(self, done: Entry | None, problems: list[Entry | Duplicate]) -> None:
         """Act on what `Pairing.add` gave back: report the problems, convert the completed sample."""
         for problem in problems:
@@ -98,7 +121,7 @@ class ShardConverter:
             else:
                 self._report_unpaired(problem, "")
         if done is not None:
-            self.writer.finish(done)
+            self.writer.finish(textmembers.resolve(done, self.settings) if self.settings.text_exts else done)
 
     def _sample_failed(
         self, exc: Exception, member: tarstream.Member, pairing: Pairing, done: Entry | None, problems: list | None
@@ -116,7 +139,8 @@ class ShardConverter:
             )
             return
         why = f"unexpected error reading member {member.name!r}: {why}"
-        key, role, _ = classify(member.name)
+        key, role, ext = classify(member.name, self.settings.text_exts)
+        role = "." + ext.lower() if role == "text" else role
         added = None
         if problems is None and role is not None:
             # Not paired yet: it goes in as a rejected member, so its partner is reported with it, on one line.
@@ -129,9 +153,21 @@ class ShardConverter:
         else:
             self._settle(*added)
 
+    def _json_payload(self, reader: tarstream.TarReader, member: tarstream.Member) -> tuple[Any, int]:
+        """(parsed JSON or reject, bytes held) of the JSON member being read; a too large one is skipped unread."""
+        settings = self.settings
+        if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
+            return Reject(
+                Reason.JSON_TOO_LARGE,
+                f"JSON member is {member.size} bytes, more than max_json_bytes={settings.max_json_bytes}; not read",
+            ), 0
+        data = reader.read()
+        return parse_json(data, settings), len(data)
+
     def _convert_members(self, reader: tarstream.TarReader) -> None:
         settings = self.settings
-        pairing = Pairing(settings.max_pending)
+        pairing = textmembers.pairing_for(settings)
+        text_exts = settings.text_exts
         last = time.monotonic()
         try:
             for member in reader:
@@ -145,7 +181,7 @@ class ShardConverter:
                     if member.kind == "dir" and member.problem is None:
                         self.writer.notes["other_members"] += 1  # never created; files make their own folders
                         continue
-                    key, role, ext = classify(member.name)
+                    key, role, ext = classify(member.name, text_exts)
                     weight = 0
                     payload: Any
                     if member.problem is not None:
@@ -153,22 +189,16 @@ class ShardConverter:
                         if role is None:
                             self.writer.reject(member.name, payload.reason, payload.detail)
                             continue
+                        role = "." + ext.lower() if role == "text" else role
                         # else it takes its partner down with it: one line for the sample, not two
                     elif role is None:
                         self.writer.notes["other_members"] += 1
                         continue
+                    elif role == "text":
+                        role = "." + ext.lower()
+                        payload, weight = textmembers.read_text(reader, member, settings)
                     elif role == "json":
-                        if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
-                            payload = Reject(
-                                Reason.JSON_TOO_LARGE,
-                                f"JSON member is {member.size} bytes, more "
-                                f"than max_json_bytes={settings.max_json_bytes}; "
-                                f"not read",
-                            )
-                        else:
-                            data = reader.read()
-                            weight = len(data)
-                            payload = parse_json(data, settings)
+                        payload, weight = self._json_payload(reader, member)
                     else:
                         waiting = pairing.pending.get(key)
                         json_half = waiting.json if waiting is not None else None

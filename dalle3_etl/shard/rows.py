@@ -38,6 +38,7 @@ class Reason(StrEnum):
     IMAGE_INVALID = "image_invalid"
     IMAGE_WITHOUT_JSON = "image_without_json"
     JSON_WITHOUT_IMAGE = "json_without_image"
+    TEXT_WITHOUT_IMAGE = "text_without_image"
     NAME_CLASH = "name_clash"
     NAME_UNUSABLE = "name_unusable"
     SHARD_UNREADABLE = "shard_unreadable"
@@ -63,6 +64,8 @@ REASONS: dict[Reason, str] = {
     "type its extension names (JPEG, PNG, WebP, GIF, BMP, TIFF); the detail says what they look like",
     Reason.IMAGE_WITHOUT_JSON: "image member whose JSON member never came (or was given up, see detail)",
     Reason.JSON_WITHOUT_IMAGE: "JSON member whose image member never came (or was given up, see detail)",
+    Reason.TEXT_WITHOUT_IMAGE: "text member named by the caption settings (--caption-field txt...) whose image "
+    "member never came",
     Reason.NAME_CLASH: "the output file name is taken: by a folder another member needs, by a name differing "
     "only in case or Unicode normalization on a case-insensitive file system, or (--flat) by an "
     "earlier shard",
@@ -98,6 +101,7 @@ class JsonInfo:
     image_ext: str | None = None  # extension of the JSON's `image_name`, lower case, when it has one
     captions: list[str] | None = None  # with --extra-captions: every caption, the first one first
     dedup_key: bytes | None = None  # --dedup: 16-byte digest of the field's value (None: the field is missing)
+    kept: dict[str, Any] | None = None  # with text members named: the caption fields' values (`textmembers`)
 
 
 # Control characters that are not whitespace (tab, newline, \x1c-\x1f and NEL are whitespace: they become a space).
@@ -196,16 +200,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def json_size(obj: dict[str, Any], limit: int) -> tuple[int | None, int | None, str]:
-    """(width, height, detail): both valid, or (None, None, why not) to fall back to the image header."""
-    raw_w, raw_h = obj.get("width"), obj.get("height")
+def json_size(
+    obj: dict[str, Any], limit: int, names: tuple[str, ...] = ("width", "height")
+) -> tuple[int | None, int | None, str]:
+    """(width, height, detail): both valid, or (None, None, why not) to fall back to the image header.
+    `names`: the JSON fields holding them (`--size-fields`)."""
+    raw_w, raw_h = obj.get(names[0]), obj.get(names[1])
     if raw_w is None and raw_h is None:
-        return None, None, "JSON has no width/height"
+        return None, None, f"JSON has no {names[0]}/{names[1]}"
     width, why_w = _dimension(raw_w, limit) if raw_w is not None else (None, "missing")
     height, why_h = _dimension(raw_h, limit) if raw_h is not None else (None, "missing")
     if width is not None and height is not None:
         return width, height, ""
-    problems = [f"{name} {why}" for name, why in (("width", why_w), ("height", why_h)) if why]
+    problems = [f"{name} {why}" for name, why in zip(names, (why_w, why_h), strict=True) if why]
     return None, None, f"JSON {', '.join(problems)}"
 
 
@@ -251,8 +258,9 @@ def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
     if not isinstance(obj, dict):
         return Reject(Reason.JSON_NOT_OBJECT, f"JSON is a {type(obj).__name__}, not an object")
     caption, caption_detail = choose_caption(obj, settings.caption_chain)
-    width, height, size_detail = json_size(obj, settings.max_dimension)
-    size_invalid = width is None and (obj.get("width") is not None or obj.get("height") is not None)
+    size_fields = settings.size_fields
+    width, height, size_detail = json_size(obj, settings.max_dimension, size_fields)
+    size_invalid = width is None and (obj.get(size_fields[0]) is not None or obj.get(size_fields[1]) is not None)
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         source = orjson.dumps(source).decode()
@@ -270,6 +278,7 @@ def parse_json(data: bytes, settings: Settings) -> JsonInfo | Reject:
         _image_ext(obj.get("image_name")),
         captions,
         dedup_key(obj.get(settings.dedup)) if settings.dedup else None,
+        {n: obj.get(n) for n in (*settings.caption_chain, *settings.extra_captions)} if settings.text_exts else None,
     )
 
 

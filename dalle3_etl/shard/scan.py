@@ -4,8 +4,9 @@ The scan walks the headers with `tarstream.TarReader` (bodies are seeked over, n
 conversion keeps across members, so a task that starts at a point starts in the state the whole-shard
 conversion has there:
 
-- the pairing (`samples.Pairing`, same `max_pending`, same payload weights): a point is placed only where no
-  member is waiting for its partner, so a sample is never cut, whatever the member order;
+- the pairing (`textmembers.pairing_for`: the conversion's `samples.Pairing`, same bounds and roles, text members
+  included when the caption settings name them; JSON and text members weigh their size): a point is placed only
+  where no member is waiting for the rest of its sample, so a sample is never cut, whatever the member order;
 - names: the first component of a member's name without its extension (`name_token`: the start of every path
   its sample writes, `<key>.<ext>`, `<key>.txt` or a folder), compared case-insensitively and after Unicode
   normalisation, must not appear on both sides of a point; so a duplicate member, the late partner of a given-up member and a name clash (also macOS's
@@ -25,12 +26,10 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from dalle3_etl.settings import Settings
-from dalle3_etl.shard.samples import Pairing, classify
+from dalle3_etl.shard.samples import classify
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarstream import TarFormatError
-
-#: Sample members whose bytes the conversion reads and keeps while the partner is waiting (their weight).
-_READ_ROLES = frozenset({"json"})
+from dalle3_etl.shard.textmembers import pairing_for
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,8 @@ class _Walk:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.pairing = Pairing(settings.max_pending)
+        self.text_exts = settings.text_exts
+        self.pairing = pairing_for(settings)  # the conversion's: text members as a third role when named
         self.first_seen: dict[str, int] = {}  # token -> index of the first member holding it
         self.last_seen: dict[str, int] = {}  # token -> index of the last one
         self.candidates: list[tuple[int, int]] = []  # (member index, offset) where nothing was pending
@@ -71,7 +71,7 @@ class _Walk:
         if member.kind == "dir" and member.problem is None:
             return
         name = member.name
-        key, role, _ = classify(name)
+        key, role, ext = classify(name, self.text_exts)
         if role is None:
             return
         token = name_token(name)
@@ -79,8 +79,10 @@ class _Walk:
             self.first_seen[token] = index
         self.last_seen[token] = index
         weight = 0
-        if member.problem is None and role in _READ_ROLES and member.size <= self.settings.max_json_bytes:
-            weight = member.size
+        if role != "image" and member.problem is None and member.size <= self.settings.max_json_bytes:
+            weight = member.size  # a JSON or text member is read and held while its sample waits
+        if role == "text":
+            role = "." + ext.lower()
         self.pairing.add(key, role, name, None, weight)
 
     def points(self) -> tuple[int, ...]:

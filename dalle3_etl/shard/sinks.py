@@ -52,11 +52,19 @@ DEDUP_COLUMN = "_dedup"
 DEDUP_KEY_BYTES = 16
 
 
+#: --webshart: the part's last two columns, where the image member's data is in the tar (first byte, length);
+#: never in the merged parquet (`run.merge` drops them, `run.webshart` reads them).
+WEBSHART_COLUMNS = ("_offset", "_length")
+
+
 def part_schema(settings: Settings) -> pa.Schema:
-    """A shard part's schema: the merged parquet's, and with --dedup the hidden key column last."""
+    """A shard part's schema: the merged parquet's, with --dedup the hidden key column, then with --webshart
+    the member's place in the tar (last)."""
     schema = schema_for(settings)
     if settings.dedup:
         schema = schema.append(pa.field(DEDUP_COLUMN, pa.binary(DEDUP_KEY_BYTES)))
+    for name in WEBSHART_COLUMNS if settings.webshart else ():
+        schema = schema.append(pa.field(name, pa.int64(), nullable=False))
     return schema
 
 
@@ -68,6 +76,13 @@ def key_array(keys: list[bytes | None]) -> pa.Array:
     return pa.Array.from_buffers(
         pa.binary(DEDUP_KEY_BYTES), len(keys), [_validity(keys, nulls), pa.py_buffer(data)], null_count=nulls
     )
+
+
+def int64_array(values: list[int]) -> pa.Array:
+    """`pa.array(values, pa.int64())` from a buffer (see the module's note on pandas)."""
+    if _LITTLE_ENDIAN and array("q").itemsize == 8:
+        return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(array("q", values))])
+    return pa.array(values, pa.int64())
 
 
 def parquet_writer(path: Path, schema: pa.Schema, compression: str) -> pq.ParquetWriter:
@@ -152,6 +167,7 @@ class PartWriter:
         self.batch_rows = settings.batch_rows
         self.pending: list[tuple] = []
         self.keys: list[bytes | None] | None = [] if settings.dedup else None
+        self.places: list[tuple[int, int]] | None = [] if settings.webshart else None  # (offset, length) per row
         self.rows = 0
         self._writer = parquet_writer(path, self.schema, "zstd")
 
@@ -169,6 +185,9 @@ class PartWriter:
         if self.keys is not None:
             arrays.append(key_array(self.keys))
             self.keys = []
+        if self.places is not None:
+            arrays.extend(int64_array(list(column)) for column in zip(*self.places))
+            self.places = []
         batch = pa.record_batch(arrays, schema=self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows

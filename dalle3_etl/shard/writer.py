@@ -46,6 +46,7 @@ class ImageRef:
     staged: str | None = None  # streamed input: staged copy of the body
     probed: bool = False  # streamed input without images: the size was probed as the body went by ...
     probe: tuple[int, int] | None = None  # ... with this result (None: header unreadable)
+    at: int = -1  # where the body starts in the tar (stream or file), for --webshart's index
 
 
 class SampleWriter:
@@ -116,7 +117,7 @@ class SampleWriter:
         if problem is not None:
             return Reject(Reason.IMAGE_INVALID, problem)
         if reader.seekable:
-            return ImageRef(offset=member.offset, size=member.size)
+            return ImageRef(offset=member.offset, size=member.size, at=member.offset)
         if self.stage_streamed:
             self._pending_seq += 1
             path = os.path.join(self.layout.staged_pending(self.shard_id), f"{self._pending_seq}")
@@ -124,11 +125,11 @@ class SampleWriter:
             with open(path, "wb") as fh:
                 fh.write(head)
                 reader.copy_to(fh)
-            return ImageRef(size=member.size, staged=path)
+            return ImageRef(size=member.size, staged=path, at=member.offset)
         # Streaming without copying images: probe now (if the size may be needed), as far as the header
         # goes, and keep no bytes, so a member waiting for its JSON costs no memory.
         probe = imageheader.probe_stream(reader.read, member.size, head) if need_size else None
-        return ImageRef(size=member.size, probed=True, probe=probe)
+        return ImageRef(size=member.size, probed=True, probe=probe, at=member.offset)
 
     # -- a finished sample -----------------------------------------------------------------------------
 
@@ -192,6 +193,8 @@ class SampleWriter:
             return
         if self.settings.dedup:
             self._keep_key(info.dedup_key)
+        if getattr(self.part, "places", None) is not None:  # --webshart: where the image is in the tar
+            self.part.places.append(tar_place(ref))
         self._add_row(filename, info, width, height, entry.key)
         self.samples += 1
         crash_point("sample", self.shard_id, self.samples)
@@ -314,6 +317,13 @@ class SampleWriter:
                 self.files.prune(filename)
             raise
         return written
+
+
+def tar_place(ref: ImageRef) -> tuple[int, int]:
+    """(offset, length) of an image member's data in its tar; --webshart refuses inputs where it is unknown."""
+    if ref.at < 0:
+        raise RuntimeError("--webshart: an image member's place in the tar is unknown")
+    return ref.at, ref.size
 
 
 def disk_error(exc: BaseException) -> bool:

@@ -78,6 +78,7 @@ def _libc():
 #   task:<shard>:<i>     task i of a split shard is staged and synced, not yet done     (shard/taskconvert.py)
 #   assemble:<shard>     a split shard's tasks are put together in its staging folder    (run/tasks.py)
 #   restart:<shard>      --restart has removed every record, then this shard's files (run/cleanup.py)
+#   webshart:<shard>     --webshart: the shard's index is written, later shards' and the entry are not (run/webshart.py)
 # Unset (always, outside these tests) the hook costs one comparison.
 
 _CRASH = os.environ.get("DALLE3_ETL_TEST_CRASH") or None

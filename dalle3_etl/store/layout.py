@@ -37,6 +37,7 @@ class Layout:
     OUT/<parquet>, rejects.jsonl, multidatabackend.json    the tool's files at the top (`own_files`)
     OUT/data/                     images and caption files (a symlink the user made is fine);
                                   metadata.jsonl with --also imagefolder (`imagefolder` in the state: it is the tool's)
+    OUT/webshart/<id>.json        --webshart: the shard's index (the tars stay where they are)
     OUT/.dalle3-etl/              the run state: manifest.json, lock, workers.lock and, per shard,
       shards/<id>.json            its completion record (`store.records`)
       parts/<id>.parquet          its rows, rejects/<id>.jsonl its rejects
@@ -109,6 +110,19 @@ class Layout:
 
     def shard_data(self, shard_id: str) -> Path:
         return self.data / shard_id
+
+    @property
+    def webshart_dir(self) -> Path:
+        """--webshart: one index per shard, `<shard>.json`, the metadata folder of SimpleTuner's webshart backend."""
+        return self.out / "webshart"
+
+    def webshart_index(self, shard_id: str) -> Path:
+        return self.webshart_dir / f"{shard_id}.json"
+
+    @property
+    def webshart_tars(self) -> Path:
+        """--webshart: the folder holding the indexed tars and each shard's tar name (`run.webshart`)."""
+        return self.state / "webshart.json"
 
     def cache(self, kind: str, dataset_id: str) -> Path:
         """Where SimpleTuner caches one kind of embeddings ("vae", "text") of a dataset (named in its entry)."""
@@ -186,7 +200,15 @@ class Layout:
     @property
     def temporary_folders(self) -> tuple[Path, ...]:
         """The state folders the tool writes files into atomically, so where its temporaries may be left."""
-        return (self.state, self.records_dir, self.parts_dir, self.rejects_dir, self.failed_dir, self.owned_dir)
+        return (
+            self.state,
+            self.records_dir,
+            self.parts_dir,
+            self.rejects_dir,
+            self.failed_dir,
+            self.owned_dir,
+            self.webshart_dir,
+        )
 
     @property
     def tasks_dir(self) -> Path:

@@ -93,6 +93,7 @@ def test_fresh_conversion_passes(out, converted):
     assert report["counts"]["shards"] == SPEC.shards
     status = {c["check"]: c["status"] for c in report["checks"]}
     assert status.pop("imagefolder") == "skipped"  # not made with --also imagefolder
+    assert status.pop("webshart") == "skipped"  # not made with --webshart
     assert set(status.values()) == {"ok"}
 
 

@@ -66,6 +66,7 @@ def test_every_mode_did_its_work(result):
     assert checks["convert-parquet"] == {"rows": captioned, "captions": 0, "images": 0}
     assert checks["convert-parquet-1w"] == {"rows": captioned, "captions": 0, "images": 0}
     assert checks["convert-parquet-dedup"] == {"rows": captioned, "captions": 0, "images": 0}  # no file hash repeats
+    assert checks["convert-webshart"] == {"indexes": SHARDS, "rows": captioned, "captions": 0, "images": 0}
     assert checks["convert-captions"] == {"rows": captioned, "captions": captioned, "images": 0}
     assert checks["convert-full"] == {"rows": captioned, "captions": captioned, "images": captioned}
     assert checks["old-recipe"]["rows"] == with_size

@@ -142,3 +142,12 @@ def test_a_worker_killed_in_a_task_fails_its_shard_and_the_rerun_completes(corpu
     second = _run(corpus, out, "--task-bytes", "20000", "-w", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert out_tree(out) == whole
+
+
+def test_webshart_indexes_of_a_split_shard_are_those_of_the_whole_one(corpus, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    convert([corpus], whole, workers=1, webshart=True)
+    convert([corpus], split, workers=2, webshart=True, task_bytes=20_000)
+    got, want = out_tree(split), out_tree(whole)
+    assert any(name.startswith("webshart/") for name in want)
+    assert got == want

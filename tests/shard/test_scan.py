@@ -127,15 +127,18 @@ def _tree(out: Path) -> dict:
     return {k: v for k, v in tree(out).items() if (not k.startswith(state) or k.startswith(keep)) and "/cache" not in k}
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     members=st.lists(member_st, min_size=2, max_size=24),
     ordered_prefix=st.integers(0, 8),
     fmt=st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]),
     task_bytes=st.integers(1_500, 6_000),
     max_pending=st.sampled_from([1, 2, 10_000]),
+    caption_field=st.sampled_from(["short_caption", ".txt"]),  # .txt: text members are a third role (img2dataset)
 )
-def test_split_conversion_equals_the_whole_one(tmp_path_factory, members, ordered_prefix, fmt, task_bytes, max_pending):
+def test_split_conversion_equals_the_whole_one(
+    tmp_path_factory, members, ordered_prefix, fmt, task_bytes, max_pending, caption_field
+):
     listed = samples([f"s{i}" for i in range(ordered_prefix)])
     for key, ext in members:
         data = js() if ext == "json" else b"a caption" if ext == "txt" else img("png" if ext == "png" else "jpeg")
@@ -144,8 +147,9 @@ def test_split_conversion_equals_the_whole_one(tmp_path_factory, members, ordere
     (root / "in").mkdir()
     (root / "in" / "data-000000.tar").write_bytes(tar_bytes(listed, fmt))
     whole, split = root / "whole", root / "split"
-    convert([root / "in"], whole, workers=1, max_pending=max_pending)
-    convert([root / "in"], split, workers=1, max_pending=max_pending, task_bytes=task_bytes)
+    opts = {"workers": 1, "max_pending": max_pending, "caption_field": caption_field}
+    convert([root / "in"], whole, **opts)
+    convert([root / "in"], split, task_bytes=task_bytes, **opts)
     got, want = _tree(split), _tree(whole)
     got.pop("multidatabackend.json"), want.pop("multidatabackend.json")
     assert got == want

@@ -17,6 +17,8 @@ CONVERT_MODES = {
     # synth's file hashes are all distinct: every key goes into the driver's table and every row is kept, as
     # in the real dataset (synth's md5_pil_hash, one per image size, would leave a handful of rows)
     "convert-parquet-dedup": ["--no-images", "--no-captions", "--dedup", "md5_file_hash"],
+    # the parquet plus OUT/webshart/<shard>.json indexes, nothing extracted (issue: within 1.5x of parquet-only)
+    "convert-webshart": ["--webshart"],
 }
 ALL_MODES = (
     "convert-parquet",
@@ -24,6 +26,7 @@ ALL_MODES = (
     "convert-full",
     "convert-parquet-1w",
     "convert-parquet-dedup",
+    "convert-webshart",
     "old-recipe",
     "webdataset",
     "tar-json",

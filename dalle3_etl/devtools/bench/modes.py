@@ -118,7 +118,8 @@ class Modes:
 
             layout = Layout(out)
             data = layout.data
-            return {
+            indexes = {"indexes": _count(layout.webshart_dir, (".json",))} if mode == "convert-webshart" else {}
+            return indexes | {
                 "rows": _parquet_rows(pinned_parquet(layout)),
                 "captions": _count(data, (".txt",)) if data.exists() else 0,
                 "images": _count(data, (".jpg", ".jpeg", ".png", ".webp")) if data.exists() else 0,

@@ -28,7 +28,7 @@ whatever the number of shards, so a corpus can be grown later (``shards=4`` afte
 ``first_shard=2``) and rewriting an identical shard leaves the existing file (and its mtime) untouched.
 
 The command line is ``dalle3-etl synth``. Modules: ``spec`` (SynthSpec, truth rows, truth.jsonl), ``samples``
-(one shard's samples), ``images``, ``captions``, ``tarwrite`` and ``corpus`` (writing shards and corpora).
+(one shard's samples), ``images``, ``captions``, ``tarwrite`` and ``corpus`` (writing shards and corpora), ``img2dataset`` (an img2dataset-style WebDataset corpus).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from __future__ import annotations
 from dalle3_etl.devtools.synth.captions import CAPTION_FIELDS, clean_caption
 from dalle3_etl.devtools.synth.corpus import write_corpus, write_shard
 from dalle3_etl.devtools.synth.images import make_image
+from dalle3_etl.devtools.synth.img2dataset import write_img2dataset_corpus
 from dalle3_etl.devtools.synth.spec import SpecError, SynthSpec, TruthRow, read_truth, shard_name, write_truth
 from dalle3_etl.devtools.synth.tarwrite import TAR_GID, TAR_GNAME, TAR_MODE, TAR_MTIME, TAR_UID, TAR_UNAME, write_tar
 
@@ -49,6 +50,7 @@ __all__ = [
     "write_tar",
     "write_shard",
     "write_corpus",
+    "write_img2dataset_corpus",
     "read_truth",
     "write_truth",
     "shard_name",
