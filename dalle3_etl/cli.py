@@ -79,6 +79,7 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
     config: Path | None = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
     workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
+    task_bytes: int | None = typer.Option(None, "--task-bytes", help="Split shards into tasks of ~this size."),
     caption_field: str | None = typer.Option(None, help="JSON field used as the caption; .txt: the text member."),
     caption_fallbacks: str | None = typer.Option(
         None, help="Comma-separated fields tried in order when the caption is empty."
@@ -162,6 +163,7 @@ def convert(
     settings = load_settings(
         config,
         workers=workers,
+        task_bytes=task_bytes,
         caption_field=caption_field,
         caption_fallbacks=_csv(caption_fallbacks),
         fields=_csv(fields),
