@@ -70,6 +70,8 @@ class BenchConfig:
         return -(-self.samples // self.shards)
 
 
-def _rmtree(path: Path) -> None:
-    """Remove a folder or file this command created (its work folders, corpora, temporary logs)."""
-    Root(path.parent).remove_tree(path)
+def _rmtree(path: Path, within: Path) -> None:
+    """Remove a folder or file this command created (its work folders, corpora, temporary logs). `within` is the
+    folder the command made it in: the removal is refused unless `path` is strictly inside it (no symlink
+    followed, `fsio.Root`), so a wrong path can never reach anything else."""
+    Root(within).remove_tree(path)

@@ -49,7 +49,9 @@ def generate_corpus(folder: Path, shards: int, per_shard: int, image_bytes: int,
                 f"{folder} holds files a bench run did not generate (no corpus.json): "
                 "choose another --location or move them"
             )
-        _rmtree(folder)  # a corpus this command generated earlier with another spec (its corpus.json says so)
+        _rmtree(
+            folder, folder.parent
+        )  # a corpus this command generated earlier with another spec (its corpus.json says so)
         folder.mkdir(parents=True)
         jobs = [(str(folder), spec, i) for i in range(shards)]
         if workers > 1 and shards > 1:

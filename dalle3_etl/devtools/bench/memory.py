@@ -20,7 +20,7 @@ def memory_check(cfg: BenchConfig, root: Path, log: Callable[[str], None]) -> di
     for name, (n, p) in cases.items():
         corpus = generate_corpus(root / f"mem-{n}x{p}", n, p, cfg.image_bytes, cfg.seed, cfg.workers)
         target = root / f"mem-out-{name}"
-        _rmtree(target)
+        _rmtree(target, root)
         cmd = [
             sys.executable,
             "-m",
@@ -34,7 +34,7 @@ def memory_check(cfg: BenchConfig, root: Path, log: Callable[[str], None]) -> di
             str(cfg.workers),
         ]
         stat = measure(lambda r, cmd=cmd: r.run(cmd))
-        _rmtree(target)
+        _rmtree(target, root)
         by_name: dict[str, float] = {}
         for proc in stat.procs:
             by_name[proc.name] = max(by_name.get(proc.name, 0.0), proc.peak_rss_kb / 1024)
@@ -58,7 +58,7 @@ def memory_check(cfg: BenchConfig, root: Path, log: Callable[[str], None]) -> di
             f"(main {max(main, default=0.0):.1f}, busiest worker {max(workers, default=0.0):.1f})"
         )
         if not cfg.keep_corpus:
-            _rmtree(corpus.path)
+            _rmtree(corpus.path, root)
     base = out["cases"]["1x"]["peak_rss_mb"]
     out["size_10x_ratio"] = out["cases"]["size_10x"]["peak_rss_mb"] / base
     out["count_10x_ratio"] = out["cases"]["count_10x"]["peak_rss_mb"] / base

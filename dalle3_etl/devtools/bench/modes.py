@@ -147,6 +147,6 @@ class Modes:
         return {}
 
     def clean(self, mode: str) -> None:
-        _rmtree(self.target(mode))
+        _rmtree(self.target(mode), self.work)
         if mode in FOLDER_MODES:
             self.folder.clean(mode)

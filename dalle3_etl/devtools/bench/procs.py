@@ -212,7 +212,7 @@ class Runner:
                 lines = Path(proc.rss_file).read_text().split()
                 maxrss = int(lines[-1]) if lines else maxrss
             finally:
-                _rmtree(Path(proc.rss_file))
+                _rmtree(Path(proc.rss_file), Path(tempfile.gettempdir()))
         if proc.returncode != 0:
             raise BenchError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{err[-2000:]}")
         self.cpu_by_root[proc.pid] = ru.ru_utime + ru.ru_stime
@@ -274,7 +274,7 @@ def measure(body: Callable[[Runner], dict[str, float] | None]) -> RunStat:
         logged = _logged_workers(log.name)
     finally:
         os.environ.pop(RSS_LOG_ENV, None)
-        _rmtree(Path(log.name))
+        _rmtree(Path(log.name), Path(tempfile.gettempdir()))
     exact = {p.pid for p in runner.procs}
     sampled = sampler.descendants(skip_children_of=runner.wrappers)
     for proc in sampled:  # a worker's own figure is exact; the sample may have missed its peak

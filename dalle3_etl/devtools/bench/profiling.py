@@ -85,7 +85,7 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
 
     def once(prof: cProfile.Profile | None = None) -> float:
         out = work / f"profile-{mode}"
-        _rmtree(out)
+        _rmtree(out, work)
         Layout(out).ensure()
         t0 = time.perf_counter()
         if prof is not None:
@@ -98,7 +98,7 @@ def profile_shard(shard: Path, work: Path, mode: str = "convert-full") -> dict:
     wall = min(once() for _ in range(2))  # warm-up and unprofiled wall time
     prof = cProfile.Profile()
     once(prof)
-    _rmtree(work / f"profile-{mode}")
+    _rmtree(work / f"profile-{mode}", work)
     stats = pstats.Stats(prof)
     by_stage = {s: 0.0 for s in STAGES}
     top = []

@@ -50,12 +50,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> dic
         result["files"] = write_results(result, out_dir, log)
         return result
     finally:
-        _rmtree(root)
+        _rmtree(root, Path(cfg.location))
         if not cfg.keep_corpus:  # what this run generated; never a --corpus the user passed
             for folder in generated + list(corpus_root.glob("mem-*")):
-                _rmtree(folder)
+                _rmtree(folder, corpus_root)
             if corpus_root.is_dir() and not any(corpus_root.iterdir()):
-                _rmtree(corpus_root)
+                _rmtree(corpus_root, Path(cfg.location))
 
 
 def _check(cfg: BenchConfig) -> None:

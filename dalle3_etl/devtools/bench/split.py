@@ -68,13 +68,13 @@ def make_corpus(folder: Path, large: int, small: int, image_bytes: int, seed: in
 
 def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: list[str]) -> float:
     if out.exists():
-        _rmtree(out)
+        _rmtree(out, out.parent)
     args = [sys.executable, "-m", "dalle3_etl", "convert", str(corpus), "-o", str(out), "-q", "-w", str(workers)]
     args += ["--task-bytes", str(task_bytes), *extra]
     start = time.perf_counter()
     subprocess.run(args, check=True)
     seconds = time.perf_counter() - start
-    _rmtree(out)
+    _rmtree(out, out.parent)
     return seconds
 
 
