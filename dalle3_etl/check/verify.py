@@ -343,7 +343,7 @@ def verify(
     if is_webshart(layout):  # the images stay in the tars: the indexes are checked instead (check.webshart)
         _check_state(layout, checks["stray_file"])
         _check_webshart_parquet(layout, report)
-        verify_webshart(layout, report)
+        verify_webshart(layout, report, Path(os.path.normpath(mount_path)) if mount_path is not None else None)
         return report
     checks["webshart"].skip("not made with --webshart")
     target, problems = read_target(out, mount_path)

@@ -14,6 +14,7 @@ every entry, the 512-byte tar header just before its offset:
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -137,25 +138,36 @@ def _check_index(layout: Layout, source: str, sid: str, tar: str, check: Check) 
     return len(files)
 
 
-def _check_entry(layout: Layout, source: str, check: Check) -> None:
-    """multidatabackend.json holds the webshart entry of this output."""
+def _check_entry(layout: Layout, source: str, check: Check, mount: Path | None = None) -> None:
+    """multidatabackend.json holds the webshart entry of this output (written for `mount`, the path OUT will have
+    on the training machine, when given: `metadata` is then under it; the tars' folder is outside OUT, so it must
+    be the same absolute path there as here)."""
     try:
         entries = orjson.loads(layout.dataloader_config.read_bytes())
         entry = next(e for e in entries if isinstance(e, dict) and e.get("type") == "webshart")
     except (OSError, orjson.JSONDecodeError, TypeError, StopIteration):
         check.fail(f"{layout.dataloader_config}: no webshart entry (`dalle3-etl entry {layout.out}` writes it)")
         return
-    for key, want in (("source", source), ("metadata", str(layout.webshart_dir.resolve()))):
-        got = entry.get(key)
-        if not isinstance(got, str) or not os.path.isabs(got) or not os.path.isdir(got):
-            check.fail(f"{key} {got!r}: not an absolute path of an existing folder")
-        elif os.path.realpath(got) != os.path.realpath(want):
-            check.fail(f"{key} {got!r}: this output's is {want}")
+    got = entry.get("source")
+    if not isinstance(got, str) or not os.path.isabs(got) or not os.path.isdir(got):
+        check.fail(f"source {got!r}: not an absolute path of an existing folder")
+    elif os.path.realpath(got) != os.path.realpath(source):
+        check.fail(f"source {got!r}: this output's tars are in {source}")
+    got = entry.get("metadata")
+    if mount is not None:
+        want = str(mount / layout.webshart_dir.relative_to(layout.out))
+        if got != want:
+            fix = f"`dalle3-etl entry {layout.out} --mount-path {mount}`"
+            check.fail(f"metadata {got!r}: for --mount-path {mount} it must be {want}; write it with {fix}")
+    elif not isinstance(got, str) or not os.path.isabs(got) or not os.path.isdir(got):
+        check.fail(f"metadata {got!r}: not an absolute path of an existing folder")
+    elif os.path.realpath(got) != os.path.realpath(layout.webshart_dir):
+        check.fail(f"metadata {got!r}: this output's is {layout.webshart_dir.resolve()}")
     if entry.get("caption_strategy") != "webshart" or entry.get("metadata_backend") != "webshart":
         check.fail("caption_strategy and metadata_backend must be 'webshart'")
 
 
-def verify_webshart(layout: Layout, report: VerifyReport) -> None:
+def verify_webshart(layout: Layout, report: VerifyReport, mount: Path | None = None) -> None:
     """The `webshart` check (and `dataloader`, `shard_rows` for a webshart output); the checks of images and
     caption files on disk are skipped: the images stay in the tars."""
     checks = report.checks
@@ -166,7 +178,7 @@ def verify_webshart(layout: Layout, report: VerifyReport) -> None:
     check = checks["webshart"]
     tars = read_tars(layout)
     source = tars.get("source", "")
-    _check_entry(layout, source, checks["dataloader"])
+    _check_entry(layout, source, checks["dataloader"], mount)
     for sid, why in changed_tars(layout).items():
         check.fail(f"{sid}: {why}")
     dropped = read_dedup_counts(layout)
