@@ -23,6 +23,7 @@ from dalle3_etl.run.dedup import KeyTable
 from dalle3_etl.run.pipeline import Reporter
 from dalle3_etl.run.plan import Plan, plan_run, refuse_foreign_folders
 from dalle3_etl.run.preflight import check_out_dir, check_settings
+from dalle3_etl.run.webshart import check_inputs
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.shard.dry import DryResult, DryRow
@@ -242,6 +243,8 @@ def dry_run(
     """What `convert` with these settings would do with `sources` (into an empty OUT), without writing."""
     reporter = reporter or DryReporter()
     out = Path(out).absolute()
+    if settings.webshart:  # what convert would refuse, a dry run refuses too (exit 2, the same line)
+        check_inputs(sources, Layout(out), restart=restart_run)
     plan = _preflight(Layout(out), sources, settings, restart_run)
     start = time.monotonic()
     funnel = Funnel(out=out, shards=len(sources), bytes_in=sum(src.size for src in sources))
