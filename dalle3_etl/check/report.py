@@ -27,6 +27,7 @@ CHECKS: dict[str, str] = {
     "stray_file": "no temporary files or staging leftovers",
     "header_size": "width/height = image header (--deep)",
     "imagefolder": "metadata.jsonl: a line per row, same file, caption and size (--also imagefolder)",
+    "train_size": "SimpleTuner keeps some rows at the entry's minimum_image_size",
     "webshart": "indexes match their unchanged tars: sizes, member headers, captions, one per tar (--webshart)",
 }
 
@@ -35,7 +36,7 @@ CHECKS: dict[str, str] = {
 class Check:
     code: str
     title: str
-    status: str = "ok"  # ok | failed | skipped
+    status: str = "ok"  # ok | failed | skipped | warning (something to know that does not fail verify)
     count: int = 0
     examples: list[str] = field(default_factory=list)
     note: str = ""
@@ -48,6 +49,13 @@ class Check:
         self.status = "failed"
         self.count += count
         self.examples.extend(examples[: MAX_EXAMPLES - len(self.examples)])
+
+    def warn(self, note: str, count: int = 0) -> None:
+        """Not a problem of the output, but something the user should act on (verify still exits 0)."""
+        if self.status == "ok":
+            self.status = "warning"
+            self.note = note
+            self.count = count
 
     def skip(self, note: str) -> None:
         if self.status == "ok":
@@ -104,7 +112,12 @@ def print_report(report: VerifyReport, console) -> None:
     table.add_column("what")
     table.add_column("result")
     table.add_column("count", justify="right")
-    shown = {"ok": Text("ok", "green"), "failed": Text("FAILED", "red"), "skipped": Text("skipped", "dim")}
+    shown = {
+        "ok": Text("ok", "green"),
+        "failed": Text("FAILED", "red"),
+        "skipped": Text("skipped", "dim"),
+        "warning": Text("warning", "yellow"),
+    }
     for check in report.checks.values():
         table.add_row(check.code, Text(check.title), shown[check.status], f"{check.count:,}" if check.count else "")
     console.print(table)
@@ -116,6 +129,9 @@ def print_report(report: VerifyReport, console) -> None:
             console.print(f"  ... and {check.count - len(check.examples):,} more", highlight=False)
         if check.note:
             console.print(safe(f"  note: {check.note}"))
+    for check in report.checks.values():
+        if check.status in ("ok", "warning") and check.note:
+            console.print(Text.assemble((check.code, "yellow"), safe(f": {check.note}")))
     counts = report.counts
     summary = (
         f"{counts.get('rows', 0):,} rows, {counts.get('images_on_disk', 0):,} images on disk, "
@@ -132,7 +148,14 @@ def print_report(report: VerifyReport, console) -> None:
                 ),
             )
         )
-    if report.ok:
+    warned = [c.code for c in report.checks.values() if c.status == "warning"]
+    if report.ok and warned:
+        console.print(
+            f"[yellow]OK, with warnings[/yellow]: the output is complete ({summary}); read the warning(s) above "
+            f"before training: {', '.join(warned)}.",
+            highlight=False,
+        )
+    elif report.ok:
         console.print(f"[green]OK[/green]: SimpleTuner can start on this output ({summary}).", highlight=False)
     else:
         console.print(f"[red]FAILED[/red]: {len(report.failed)} check(s) failed ({summary}).", highlight=False)

@@ -46,6 +46,7 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.check.report import MAX_EXAMPLES, Check, VerifyReport
 from dalle3_etl.check.target import Target, is_image_name, read_target
+from dalle3_etl.check.trainsize import check_train_size
 from dalle3_etl.check.webshart import is_webshart, verify_webshart
 from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.shard import imageheader
@@ -318,6 +319,7 @@ def _check_webshart_parquet(layout: Layout, report: VerifyReport) -> None:
     pf = _open_parquet(target, report.checks["parquet"])
     if pf is None:
         return
+    check_train_size(layout, pf, target.width, target.height, report.checks["train_size"])
     for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=target.columns):
         filenames, captions, widths, heights = batch.columns
         _fail_where(report.checks["empty_caption"], _blank_captions(captions), filenames, "null or empty caption")
@@ -371,6 +373,7 @@ def verify(
             checks[code].skip("the parquet cannot be used")
         return report
     total = pf.metadata.num_rows
+    check_train_size(layout, pf, target.width, target.height, checks["train_size"])
     _check_imagefolder(layout, pf, checks["imagefolder"])
     per_shard = _check_rows(pf, target, disk, report, lambda n: say(f"checked {n:,} of {total:,} rows"))
     if "shard" in pf.schema_arrow.names:
