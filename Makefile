@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 OUT ?= out
 SAMPLE ?= sample
 
-.PHONY: venv run run-img2dataset test bench clean
+.PHONY: venv run run-img2dataset run-extracted run-webshart test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,20 @@ run: venv
 run-img2dataset: venv
 	$(PY) -m dalle3_etl synth $(SAMPLE)-i2d --style img2dataset --shards 4 --per-shard 250 --seed 0
 	$(PY) -m dalle3_etl convert $(SAMPLE)-i2d -o $(OUT)-i2d --caption-field txt
+	$(PY) -m dalle3_etl entry $(OUT)-i2d --minimum-image-size 0.05 --resolution 0.25  # 256-px images
+	$(PY) -m dalle3_etl verify $(OUT)-i2d
+
+# An extracted folder (the old recipe's `tar xf` output): converted in place, images hard-linked into OUT.
+run-extracted: venv
+	$(PY) -m dalle3_etl synth $(SAMPLE)-extracted --extracted --shards 4 --per-shard 250 --seed 0
+	$(PY) -m dalle3_etl convert $(SAMPLE)-extracted -o $(OUT)-extracted
+	$(PY) -m dalle3_etl verify $(OUT)-extracted
+
+# Train from the tars: webshart indexes and the SimpleTuner webshart entry, no image written.
+run-webshart: venv
+	$(PY) -m dalle3_etl synth $(SAMPLE)-tars --shards 4 --per-shard 250 --seed 0
+	$(PY) -m dalle3_etl convert $(SAMPLE)-tars/*.tar -o $(OUT)-webshart --webshart
+	$(PY) -m dalle3_etl verify $(OUT)-webshart
 
 # The README's test command: the import layers (stages import only downward, no cycles), ruff, the suite.
 test: venv
@@ -42,4 +56,4 @@ bench: venv
 	$(PY) -m dalle3_etl bench
 
 clean:
-	rm -rf $(OUT) $(SAMPLE) $(OUT)-i2d $(SAMPLE)-i2d
+	rm -rf $(OUT) $(SAMPLE) $(OUT)-i2d $(SAMPLE)-i2d $(OUT)-extracted $(SAMPLE)-extracted $(OUT)-webshart $(SAMPLE)-tars
