@@ -72,21 +72,44 @@ def make_corpus(folder: Path, large: int, small: int, image_bytes: int, seed: in
 
 
 def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: the driver and its workers
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # descendants that were waited for
     return usage.ru_utime + usage.ru_stime
 
 
+def measure_child() -> None:
+    """`python -c '...measure_child()' CMD...`: run CMD and print the CPU seconds of it and all its descendants.
+
+    On Linux this process becomes their subreaper, so the fork server and its workers (which the driver does not
+    wait for) are reparented here and counted once waited for; elsewhere only the waited-for ones count. A process
+    of its own, so no other child of the caller is ever waited for here."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    subprocess.run(sys.argv[1:], check=True)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    print(_children_cpu())
+
+
+_MEASURE = "from dalle3_etl.devtools.bench.split import measure_child; measure_child()"
+
+
 def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: list[str]) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of the run's processes): CPU is what a loaded machine changes least."""
+    """(wall seconds, CPU seconds of the run's processes, its workers included on Linux): CPU is what a loaded
+    machine changes least."""
     if out.exists():
         _rmtree(out)
     args = [sys.executable, "-m", "dalle3_etl", "convert", str(corpus), "-o", str(out), "-q", "-w", str(workers)]
     args += ["--task-bytes", str(task_bytes), *extra]
-    cpu, start = _children_cpu(), time.perf_counter()
-    subprocess.run(args, check=True)
-    seconds, cpu = time.perf_counter() - start, _children_cpu() - cpu
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *args], check=True, stdout=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - start
     _rmtree(out)
-    return seconds, cpu
+    return seconds, float(done.stdout.split()[-1])
 
 
 def time_scan(path: Path, task_bytes: int) -> tuple[float, int]:
