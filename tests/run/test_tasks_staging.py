@@ -118,3 +118,21 @@ def test_resume_takes_back_only_the_unfinished_tasks_files(corpus, tmp_path):
     assert set(os.listdir(shared)) == everything - unfinished
     assert not layout.task_staging(SID, 1).exists()
     assert all(layout.task_done(SID, part.index).exists() for part in ranges if part.index != 1)
+
+
+def test_putting_a_shard_together_does_not_import_pyarrow_dataset(corpus, tmp_path):
+    # pq.read_table would import pyarrow.dataset: half a second of the driver, between the last task and the merge
+    code = (
+        "import sys\nfrom pathlib import Path\nfrom dalle3_etl.run.tasks import _concat_parts\n"
+        "from dalle3_etl.settings import Settings\nimport pyarrow.parquet as pq\n"
+        "paths = sys.argv[2:]\n_concat_parts([Path(p) for p in paths], Path(sys.argv[1]), Settings())\n"
+        "assert pq.ParquetFile(sys.argv[1]).metadata.num_rows == sum(pq.ParquetFile(p).metadata.num_rows for p in paths)\n"
+        "print('pyarrow.dataset' in sys.modules)"
+    )
+    layout, _settings, _src, ranges, _results = _split(corpus, tmp_path / "out")
+    parts = [str(layout.task_done(SID, part.index) / "part.parquet") for part in ranges]
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "all.parquet"), *parts], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False"]
