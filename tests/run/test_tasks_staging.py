@@ -25,47 +25,58 @@ SID = "data-000000"
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("staging") / "shards"
-    write_corpus(root, SPEC)
-    return root
+def shards_and_whole(tmp_path_factory) -> tuple[Path, dict[str, bytes | str]]:
+    """A corpus of two shards and what converting it whole publishes."""
+    base = tmp_path_factory.mktemp("staging")
+    write_corpus(base / "shards", SPEC)
+    convert([base / "shards"], base / "whole", workers=1)
+    return base / "shards", _published(base / "whole")
 
 
-@pytest.fixture(scope="module")
-def whole(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("whole") / "out"
-    convert([corpus], out, workers=1)
-    return _published(out)
+@pytest.fixture
+def corpus(shards_and_whole) -> Path:
+    return shards_and_whole[0]
+
+
+@pytest.fixture
+def whole(shards_and_whole) -> dict[str, bytes | str]:
+    return shards_and_whole[1]
 
 
 def _published(out: Path) -> dict[str, bytes | str]:
-    state = ".dalle3-etl/"
-    keep = (f"{state}shards/", f"{state}parts/", f"{state}rejects/", f"{state}manifest.json")
-    return {
-        k: v
-        for k, v in tree(out).items()
-        if (not k.startswith(state) or k.startswith(keep)) and k != "multidatabackend.json"
-    }
+    """OUT as published (files, records, parts, rejects, manifest), without the task state and temporaries."""
+    kept = ("shards/", "parts/", "rejects/", "manifest.json")
+    published = {}
+    for name, data in tree(out).items():
+        state, _, rest = name.partition(".dalle3-etl/")
+        if name == "multidatabackend.json" or (not state and rest and not rest.startswith(kept)):
+            continue
+        published[name] = data
+    return published
 
 
-def _run(corpus: Path, out: Path, *options: str, crash: str | None = None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "DALLE3_ETL_TEST_CRASH"}
-    if crash:
-        env["DALLE3_ETL_TEST_CRASH"] = crash
-    args = [sys.executable, "-m", "dalle3_etl", "convert", str(corpus), "-o", str(out), "-q", *options]
-    return subprocess.run(args, cwd=REPO, env=env, start_new_session=True, capture_output=True, text=True, timeout=180)
+def _run(corpus: Path, out: Path, workers: str, crash: str | None = None) -> subprocess.CompletedProcess:
+    """A convert with tasks of 20,000 bytes in a process of its own (a crash point kills its whole group)."""
+    env = dict(os.environ)
+    env.pop("DALLE3_ETL_TEST_CRASH", None)
+    env.update({"DALLE3_ETL_TEST_CRASH": crash} if crash else {})
+    command = [sys.executable, "-m", "dalle3_etl", "convert", str(corpus), "-o", str(out), "-q", "-w", workers]
+    command += ["--task-bytes", "20000"]
+    return subprocess.run(
+        command, cwd=REPO, env=env, start_new_session=True, capture_output=True, text=True, timeout=180
+    )
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_sigkill_in_the_middle_of_a_task_after_others_are_done_then_resume(corpus, whole, tmp_path, workers):
     out = tmp_path / "out"
-    first = _run(corpus, out, "--task-bytes", "20000", "-w", "1", crash="task:data-000000:2")
+    first = _run(corpus, out, "1", crash="task:data-000000:2")
     assert first.returncode == -9, first.stdout + first.stderr
     layout = Layout(out)
     done = sorted(layout.shard_tasks(SID).glob("done-*"))
     assert done
     # the next run is killed half-way through a task: its first files are in the shared folder, its log names them
-    second = _run(corpus, out, "--task-bytes", "20000", "-w", workers, crash="sample:data-000000:3")
+    second = _run(corpus, out, workers, crash="sample:data-000000:3")
     assert second.returncode == -9, second.stdout + second.stderr
     cut = [p for p in layout.shard_tasks(SID).glob("staging-*") if logged_entries(p / FILES_LOG)]
     assert cut, "no task was cut short with files written"
@@ -73,7 +84,7 @@ def test_sigkill_in_the_middle_of_a_task_after_others_are_done_then_resume(corpu
     assert set(logged_entries(cut[0] / FILES_LOG)) <= shared
     kept = set().union(*(logged_entries(p / FILES_LOG) for p in layout.shard_tasks(SID).glob("done-*")))
     assert kept and kept <= shared
-    third = _run(corpus, out, "--task-bytes", "20000", "-w", workers)
+    third = _run(corpus, out, workers)
     assert third.returncode == 0, third.stdout + third.stderr
     assert _published(out) == whole
     assert not layout.shard_tasks(SID).exists()
