@@ -7,8 +7,8 @@ points nearest to even multiples; the ranges are recorded (`store.tasks`) and a 
 other kinds of sources, and runs with `--dedup` (the within-shard repeats are the worker's) or `--flat`.
 
 When every task of a shard is done, the driver concatenates their parts (in the whole shard's row batches) and
-reject lines into the shard's staging folder, moves their files there, and commits it exactly as a whole shard is
-committed; its completion record is written last. The output is then byte for byte that of the whole shard.
+reject lines into the shard's staging folder, moves there the one folder all its tasks wrote their files into
+(`shard.taskfiles`), and commits it exactly as a whole shard is committed; its completion record is written last. The output is then byte for byte that of the whole shard.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerp
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.shard.sinks import parquet_writer, part_schema
 from dalle3_etl.shard.taskconvert import TASK_SEP
+from dalle3_etl.shard.taskfiles import forget_task_files, move_task_files
 from dalle3_etl.sources.base import ShardSource, natural_key
 from dalle3_etl.store.crash import crash_point, sync_filesystem
 from dalle3_etl.store.layout import Layout
@@ -236,6 +237,7 @@ def clean_task_leftovers(layout: Layout) -> None:
             fs.remove_tree(layout.shard_tasks(sid))
             continue
         for path in sorted(layout.shard_tasks(sid).glob("staging-*")):
+            forget_task_files(fs, layout.task_files(sid), sid, path)  # its files in the shared folder first
             fs.remove_tree(path)
 
 
@@ -257,16 +259,7 @@ def assemble(
             with open(done / "rejects.jsonl", "rb") as fh:
                 shutil.copyfileobj(fh, out)
     fs.write_atomic(layout.task_assembling(sid), b"")
-    target = layout.staged_files(sid) / sid
-    for done in dones:
-        files = done / "files" / sid
-        if not files.exists():
-            continue
-        if target.exists():  # the scan keeps each top-level name in one task: no entry is in two tasks
-            fs.move_entries(files, target)
-        else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fs.rename_new(files, target)
+    move_task_files(layout, sid)
     crash_point("assemble", sid)
     ShardConverter(src, layout, settings).commit()
     combined = _combine(src, [results[part.index] for part in ranges])
@@ -316,7 +309,8 @@ def _combine(src: ShardSource, parts: list[ShardResult]) -> ShardResult:
 def _concat_parts(paths: list[Path], dst: Path, settings: Settings) -> None:
     """The tasks' parts as one, in the row batches a whole-shard `PartWriter` writes (`batch_rows` each)."""
     schema = part_schema(settings)
-    table = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths]).combine_chunks()
+    # ParquetFile, not read_table: read_table imports pyarrow.dataset (half a second of the driver, once per run)
+    table = pa.concat_tables([pq.ParquetFile(p).read().cast(schema) for p in paths]).combine_chunks()
     writer = parquet_writer(dst, schema, "zstd")
     try:
         for batch in table.to_batches(max_chunksize=settings.batch_rows):

@@ -1,5 +1,6 @@
 """One task of a split shard, in a worker: the members whose first header lies in the task's byte range, converted
-as `convert.ShardConverter` converts a whole shard, into the task's own staging folder, then made done.
+as `convert.ShardConverter` converts a whole shard, into the task's own staging folder (its part and reject lines)
+and the folder all tasks of the shard share (its files, `shard.taskfiles`), then made done.
 
 The range starts and ends at points `scan` chose, where the whole-shard conversion has nothing waiting and no
 name carries over, so the task's rows, files and reject lines are exactly that stretch of the whole shard's.
@@ -9,6 +10,7 @@ shard together once all its tasks are done (`run.tasks`).
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard import tarstream
 from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
 from dalle3_etl.shard.rows import Reason
+from dalle3_etl.shard.taskfiles import FILES_LOG, TaskFiles, forget_task_files
 from dalle3_etl.shard.writer import SampleWriter
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.crash import crash_point, sync_filesystem
@@ -44,15 +47,19 @@ class TaskConverter(ShardConverter):
     def run(self) -> ShardResult:
         start = time.monotonic()
         fs = self.layout.fs
-        fs.remove_tree(self.staging)
+        self.forget_earlier_attempt()
         self.staging.mkdir(parents=True)
         self.writer = writer = SampleWriter(self.shard_id, self.layout, self.settings, self.staging)
+        files_dir = self.out_layout.task_files(self.shard_id)
+        writer.files = files = TaskFiles(files_dir, self.shard_id, fs, self.staging / FILES_LOG)  # shared folder
         try:
             error = self.read_all()
             writer.close()
         except BaseException:
             writer.abort()
             raise
+        finally:
+            files.close()
         result = self.result(error, start)
         result.bytes_in = self.part.length(self.src.size)
         result.part = self.part.index
@@ -63,6 +70,20 @@ class TaskConverter(ShardConverter):
         fs.remove_tree(done)  # a task done twice (a retried pool): the later one counts, the same bytes
         fs.rename_new(self.staging, done)
         return result
+
+    def forget_earlier_attempt(self) -> None:
+        """What an earlier attempt at this task left (a retried Ray task or pool): its files in the shared folder,
+        then its folder. A done one is first made not done (renamed back to staging), so a kill in between never
+        leaves a done task without its files."""
+        fs, out, sid = self.layout.fs, self.out_layout, self.shard_id
+        files_dir = out.task_files(sid)
+        forget_task_files(fs, files_dir, sid, self.staging)
+        fs.remove_tree(self.staging)
+        done = out.task_done(sid, self.part.index)
+        if os.path.lexists(done):
+            fs.rename_new(done, self.staging)
+            forget_task_files(fs, files_dir, sid, self.staging)
+            fs.remove_tree(self.staging)
 
     def read_all(self) -> str | None:
         writer = self.writer
@@ -91,7 +112,7 @@ def convert_task(
     try:
         return converter.run()
     except OSError as exc:
-        converter.layout.fs.remove_tree(converter.staging)
+        converter.forget_earlier_attempt()  # this attempt's files and folder
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
         return ShardResult(
             shard_id=src.shard_id,

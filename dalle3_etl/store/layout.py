@@ -50,9 +50,10 @@ class Layout:
       held/<id>/                  --dedup: files of its rows the merge found to be duplicates (`dedup.json`: counts)
       trash/                      left by a --restart of an earlier version
       tasks/<id>/                 a shard split into tasks (`run.tasks`): plan.json (its byte ranges, fixed by
-                                  the run that split it), staging-<i>/ (a task being converted), done-<i>/ (a
-                                  finished task: part, rejects, files, result.json), assembling (its tasks are
-                                  being put together into the shard's staging folder)
+                                  the run that split it), files/<id>/ (the images and caption files of all its
+                                  tasks), staging-<i>/ (a task being converted), done-<i>/ (a finished task:
+                                  part, rejects, files.jsonl naming its entries in files/, result.json),
+                                  assembling (its tasks are being put together into the shard's staging folder)
     """
 
     out: Path
@@ -226,6 +227,10 @@ class Layout:
 
     def task_done(self, shard_id: str, index: int) -> Path:
         return self.shard_tasks(shard_id) / f"done-{index}"
+
+    def task_files(self, shard_id: str) -> Path:
+        """The images and caption files of all of a split shard's tasks, as `staged_files` lays them out."""
+        return self.shard_tasks(shard_id) / "files"
 
     def task_assembling(self, shard_id: str) -> Path:
         return self.shard_tasks(shard_id) / "assembling"

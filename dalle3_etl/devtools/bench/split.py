@@ -9,6 +9,7 @@ the ratio is measured under the same load; and the header-only scan alone on the
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -34,6 +35,8 @@ class SplitBench:
     split_s: list[float] = field(default_factory=list)
     whole_s: list[float] = field(default_factory=list)
     scan_s: list[float] = field(default_factory=list)
+    split_cpu_s: list[float] = field(default_factory=list)  # user + system CPU of the driver and its workers
+    whole_cpu_s: list[float] = field(default_factory=list)
     tasks: int = 0
 
     @property
@@ -48,6 +51,8 @@ class SplitBench:
             "ratio_split_to_whole": self.ratio,
             "per_rep_ratios": [a / b for a, b in zip(self.split_s, self.whole_s)],
             "median_scan_s": statistics.median(self.scan_s) if self.scan_s else None,
+            "median_split_cpu_s": statistics.median(self.split_cpu_s),
+            "median_whole_cpu_s": statistics.median(self.whole_cpu_s),
         }
 
 
@@ -66,16 +71,45 @@ def make_corpus(folder: Path, large: int, small: int, image_bytes: int, seed: in
     return paths
 
 
-def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: list[str]) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # descendants that were waited for
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_child() -> None:
+    """`python -c '...measure_child()' CMD...`: run CMD and print the CPU seconds of it and all its descendants.
+
+    On Linux this process becomes their subreaper, so the fork server and its workers (which the driver does not
+    wait for) are reparented here and counted once waited for; elsewhere only the waited-for ones count. A process
+    of its own, so no other child of the caller is ever waited for here."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    subprocess.run(sys.argv[1:], check=True)
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+    print(_children_cpu())
+
+
+_MEASURE = "from dalle3_etl.devtools.bench.split import measure_child; measure_child()"
+
+
+def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the run's processes, its workers included on Linux): CPU is what a loaded
+    machine changes least."""
     if out.exists():
         _rmtree(out, out.parent)
     args = [sys.executable, "-m", "dalle3_etl", "convert", str(corpus), "-o", str(out), "-q", "-w", str(workers)]
     args += ["--task-bytes", str(task_bytes), *extra]
     start = time.perf_counter()
-    subprocess.run(args, check=True)
+    done = subprocess.run([sys.executable, "-c", _MEASURE, *args], check=True, stdout=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     _rmtree(out, out.parent)
-    return seconds
+    return seconds, float(done.stdout.split()[-1])
 
 
 def time_scan(path: Path, task_bytes: int) -> tuple[float, int]:
@@ -113,8 +147,9 @@ def run_split_bench(
     for rep in range(reps):
         order = [("split", task_bytes), ("whole", WHOLE)]
         for name, size in order if rep % 2 == 0 else order[::-1]:
-            seconds = time_convert(corpus, out, workers, size, bench.extra)
+            seconds, cpu = time_convert(corpus, out, workers, size, bench.extra)
             (bench.split_s if name == "split" else bench.whole_s).append(seconds)
+            (bench.split_cpu_s if name == "split" else bench.whole_cpu_s).append(cpu)
         seconds, bench.tasks = time_scan(paths[0], task_bytes)
         bench.scan_s.append(seconds)
     return bench
