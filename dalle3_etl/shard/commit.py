@@ -17,6 +17,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.sinks import written_names
 from dalle3_etl.store.inplace import remove_unit_captions
 from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.manifest import pinned_settings
 
 
 def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
@@ -43,6 +44,7 @@ def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
                     for name in written_names(f, settings.images, settings.captions)
                     if name.startswith(prefix)
                 ],
+                symlinks=pinned_settings(layout).get("link") == "symlink",  # the links are the tool's files
             )
         # else: the files cannot be listed; the folder stays and the next commit says so
     if not os.path.lexists(layout.shard_data(shard_id)):
