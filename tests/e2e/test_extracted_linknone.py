@@ -135,7 +135,7 @@ def test_a_redone_unit_rewrites_its_captions_only(folder, tmp_path):
     first = captions(folder)
     json_path = folder / "000030.json"
     info = orjson.loads(json_path.read_bytes())
-    info["caption"] = "a red bicycle against a wall"
+    info["short_caption"] = "a red bicycle against a wall"
     json_path.write_bytes(orjson.dumps(info))
     convert(folder, out, "-w", "1", "--captions-in-place")
     second = captions(folder)
