@@ -195,3 +195,16 @@ def test_two_folders_are_refused(folder, tmp_path):
     write_extracted(second, SPEC)
     code, output = cli("convert", folder, second, "-o", tmp_path / "out", "--link", "none")
     assert code == 2 and "one extracted folder at a time" in " ".join(output.split()), output
+
+
+def test_dry_run_counts_the_caption_files_and_no_image(folder, tmp_path):
+    before = files(folder)
+    args = ("convert", folder, "-o", tmp_path / "dry", "--dry-run", "--json", "--unit-samples", "25")
+    code, output = cli(*args, "--link", "none", "--captions-in-place")
+    assert code == 0, output
+    written = orjson.loads(output)["bytes"]
+    convert(folder, tmp_path / "out", "-w", "1", "--captions-in-place")
+    assert written["images"] == 0
+    assert written["captions"] == sum(len(v) for v in captions(folder).values()) > 0
+    assert not (tmp_path / "dry").exists()
+    assert {k: v for k, v in files(folder).items() if not k.endswith(".txt")} == before
