@@ -146,8 +146,9 @@ def _read_image_entry(entry: dict, place: Place, target: Target, problems: list[
     """The image folder and caption strategy of the image entry (problems appended to `problems`)."""
     layout = place.layout
     value = entry.get("instance_data_dir")
-    data_dir = _abs_path(value, "instance_data_dir", place, want_dir=True, problems=problems)
     expected = input_folder(layout) or layout.data
+    where = place if expected == layout.data else Place(layout)  # --link none: the input folder, not moved
+    data_dir = _abs_path(value, "instance_data_dir", where, want_dir=True, problems=problems)
     if data_dir is not None and data_dir.is_dir():
         if _elsewhere(data_dir, expected):
             problems.append(

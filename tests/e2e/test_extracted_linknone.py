@@ -208,3 +208,21 @@ def test_dry_run_counts_the_caption_files_and_no_image(folder, tmp_path):
     assert written["captions"] == sum(len(v) for v in captions(folder).values()) > 0
     assert not (tmp_path / "dry").exists()
     assert {k: v for k, v in files(folder).items() if not k.endswith(".txt")} == before
+
+
+def test_entry_rewrites_keep_the_input_folder_and_caches_under_out(folder, tmp_path):
+    out = tmp_path / "out"
+    convert(folder, out, "-w", "1")
+    code, output = cli("entry", out, "--id", "mine")
+    assert code == 0, output
+    image = entry(out)
+    assert image["instance_data_dir"] == str(folder.resolve())
+    assert image["cache_dir_vae"] == str(out.resolve() / "cache" / "vae" / "mine")
+    code, output = cli("entry", out, "--mount-path", "/mnt/st")
+    assert code == 0, output
+    image = entry(out)
+    assert image["instance_data_dir"] == str(folder.resolve())  # the folder is not moved with OUT
+    assert image["parquet"]["path"] == "/mnt/st/dalle3.parquet"
+    assert image["cache_dir_vae"] == "/mnt/st/cache/vae/mine"
+    code, output = cli("verify", out, "--mount-path", "/mnt/st")
+    assert code == 0, output
