@@ -98,6 +98,8 @@ class Settings:
     captions: bool = True
     flat: bool = False
     workers: int = _setting(0, min=0)
+    # A plain tar of 1.5x this or more is converted as tasks of about this many bytes (run/tasks.py); output unchanged.
+    task_bytes: int = _setting(1 << 30, min=1)
     batch_rows: int = _setting(8192, min=1)
     row_group_rows: int = _setting(65536, min=1)
     compression: str = _setting("zstd", choices=PARQUET_CODECS, lower=True)

@@ -25,6 +25,7 @@ from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import lock_holder
 from dalle3_etl.store.manifest import pinned_parquet
 from dalle3_etl.store.records import all_records
+from dalle3_etl.store.tasks import tasks_done
 
 
 def shard_states(out: Path) -> dict[str, dict]:
@@ -50,6 +51,11 @@ def shard_states(out: Path) -> dict[str, dict]:
             states[sid] = {"state": "failed", "samples": 0, "rejects": 0, "detail": info.get("failure") or ""}
     for sid in layout.seen_ids():
         states.setdefault(sid, {"state": "pending", "samples": 0, "rejects": 0, "detail": ""})
+        parts = tasks_done(layout, sid) if sid not in records else None
+        if parts is not None:  # a split shard partly done (the next run redoes only its unfinished parts)
+            states[sid]["detail"] = "; ".join(
+                filter(None, (f"{parts[0]} of {parts[1]} parts done", states[sid]["detail"]))
+            )
     return dict(sorted(states.items(), key=lambda kv: natural_key(kv[0])))
 
 

@@ -87,6 +87,7 @@ def _check_state(layout: Layout, check: Check) -> None:
     # folders of OUT/.dalle3-etl that are empty after a completed run, and what an entry in them means
     leftover = {
         layout.staging_dir: "unfinished shard",
+        layout.tasks_dir: "unfinished shard split into tasks",
         layout.flat_dir: "unpublished --flat files",
         layout.trash: "left by --restart",
     }

@@ -21,8 +21,10 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardResult, convert_shard
 from dalle3_etl.shard.dry import dry_run_shard
+from dalle3_etl.shard.taskconvert import convert_task
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.tasks import TaskRange
 
 ProgressCb = Callable[[str, int, int], None]
 ResultCb = Callable[[ShardResult], None]
@@ -34,6 +36,7 @@ class ShardTask:
     out: str
     settings: Settings
     dry: bool = False  # `convert --dry-run`: decide every sample, write nothing (`shard.dry.dry_run_shard`)
+    part: TaskRange | None = None  # one byte range of a split shard (`run.tasks`); None: the whole shard
 
     @property
     def workers_lock(self) -> str | None:
@@ -78,6 +81,8 @@ def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult
     try:
         if task.dry:
             result = dry_run_shard(task.source, Path(task.out), task.settings, progress)
+        elif task.part is not None:
+            result = convert_task(task.source, Path(task.out), task.settings, task.part, progress)
         else:
             result = convert_shard(task.source, Path(task.out), task.settings, progress)
         _log_peak_rss()
@@ -85,7 +90,11 @@ def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult
     except Exception as exc:  # a bug or an unexpected input error: report it, keep the run going
         if not task.dry:  # a dry run left nothing behind
             try:
-                forget_shard(Layout(Path(task.out)), task.source.shard_id, task.settings)
+                layout, sid = Layout(Path(task.out)), task.source.shard_id
+                if task.part is not None:  # a task of a split shard: its staging only
+                    layout.fs.remove_tree(layout.task_staging(sid, task.part.index))
+                else:
+                    forget_shard(layout, sid, task.settings)
             except OSError:
                 pass
         where = traceback.extract_tb(exc.__traceback__)[-1]
@@ -93,6 +102,7 @@ def run_task(task: ShardTask, progress: ProgressCb | None = None) -> ShardResult
             shard_id=task.source.shard_id,
             ok=False,
             failure=f"{type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})",
+            part=task.part.index if task.part is not None else None,
         )
 
 

@@ -140,16 +140,15 @@ class LocalExecutor:
                     try:
                         result = fut.result()
                     except Exception as exc:  # the worker process died (OOM killer, segfault)
-                        sid = task.source.shard_id
-                        if (
-                            may_retry
-                            and isinstance(exc, BrokenProcessPool)
-                            and not Layout(Path(task.out)).staging(sid).exists()
-                        ):
+                        sid, part = task.source.shard_id, task.part
+                        layout = Layout(Path(task.out))
+                        started = layout.staging(sid) if part is None else layout.task_staging(sid, part.index)
+                        if may_retry and isinstance(exc, BrokenProcessPool) and not started.exists():
                             retry.append(task)  # had not started
                             continue
                         result = ShardResult(
                             shard_id=sid,
+                            part=None if part is None else part.index,
                             ok=False,
                             failure=(
                                 f"worker process died while converting it or another shard (killed by a signal, "

@@ -83,6 +83,7 @@ def restart(layout: Layout, settings: Settings) -> None:
         layout.trash,
         layout.dups_dir,
         layout.held_dir,
+        layout.tasks_dir,
     ):
         fs.remove_tree(folder)
     fs.unlink(layout.dedup_counts)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import orjson
 
-from dalle3_etl.executors.base import ShardTask
 from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.cleanup import clean_leftovers, restart
@@ -23,6 +22,7 @@ from dalle3_etl.run.imagefolder import keep_imagefolder
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
 from dalle3_etl.run.preflight import check_out_dir, check_settings
+from dalle3_etl.run.tasks import clean_task_leftovers, plan_tasks
 from dalle3_etl.run.webshart import IndexOutcome, check_inputs, remember_tars, write_indexes
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
@@ -136,6 +136,7 @@ def _prepare(
         record_input_folder(layout, min(s.uri for s in sources))
     write_manifest(layout, settings.output_fingerprint())
     clean_leftovers(layout, settings)
+    clean_task_leftovers(layout)
     plan = plan_run(layout, sources, retry_failed=retry_failed)
     refuse_foreign_folders(layout, settings, plan)
     for src in plan.todo:  # marks shard ids this output owns, so leftovers can be told from user files
@@ -153,12 +154,18 @@ def _convert_and_merge(
     ray_address: str | None,
 ) -> None:
     runner = make_executor(executor, settings.workers or default_workers(), ray_address)
-    tasks = [ShardTask(src, str(layout.out), settings) for src in plan.todo]
+    tasks, book = plan_tasks(layout, plan.todo, settings)  # split shards: tasks, largest first
     reporter.start(plan, sum(src.size for src in plan.todo))
+    book.seed(reporter.progress)
     # parts are merged while later shards still convert; the end merges only what is left
     streaming = StreamingMerge(layout, settings, list(all_records(layout)), [src.shard_id for src in plan.todo])
 
     def on_result(result: ShardResult) -> None:
+        whole = book.settle(result)  # None while a split shard has tasks out, then the shard's result
+        if whole is not None:
+            on_shard(whole)
+
+    def on_shard(result: ShardResult) -> None:
         failed = layout.failed(result.shard_id)
         if result.ok:
             layout.fs.unlink(failed)
@@ -169,7 +176,9 @@ def _convert_and_merge(
         streaming.settle(result.shard_id)
 
     try:
-        runner.run(tasks, reporter.progress, on_result)
+        for sid in book.ready():  # tasks all done by earlier runs
+            on_shard(book.finish(sid))
+        runner.run(tasks, book.progress(reporter.progress), on_result)
         reporter.merging()
         done = sorted(all_records(layout), key=natural_key)
         summary.rows = merge(layout, done, settings, streaming)

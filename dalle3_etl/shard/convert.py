@@ -47,6 +47,7 @@ class ShardResult:
     seconds: float = 0.0
     error: str | None = None  # the shard could not be read to the end (good samples before it are kept)
     failure: str | None = None  # nothing committed (I/O error on output, crash): the shard is redone next run
+    part: int | None = None  # the result of one task of a split shard (`run.tasks`): its index
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -65,11 +65,16 @@ class TarReader(TarBytes):
     counts from 0). `position` is the number of archive bytes consumed or skipped so far.
     """
 
-    def __init__(self, fileobj, *, seekable: bool | None = None, max_meta_bytes: int = 1 << 20):
+    def __init__(
+        self, fileobj, *, seekable: bool | None = None, max_meta_bytes: int = 1 << 20, stop_at: int | None = None
+    ):
         """`max_meta_bytes` caps the data of the meta records before one member (in total) and of the pax
-        global headers of the whole archive (in total); see the module doc."""
+        global headers of the whole archive (in total); see the module doc. `stop_at`: the iteration ends,
+        without an end-of-archive marker, at the first member whose first header is at or past this offset
+        (a task's byte range, `run.tasks`)."""
         super().__init__(fileobj, seekable)
         self.max_meta_bytes = max_meta_bytes
+        self._stop_at = stop_at
         self._data_end = self._start  # end of the current member's data
         self._next_hdr = self._start  # offset of the next header
         self._member: Member | None = None
@@ -132,6 +137,16 @@ class TarReader(TarBytes):
     def __exit__(self, *exc) -> None:
         self.close()
 
+    @property
+    def next_header(self) -> int:
+        """Offset of the first header block (meta records included) of the member after the current one."""
+        return self._next_hdr
+
+    @property
+    def saw_global_header(self) -> bool:
+        """Whether a pax global header was read so far (its records carry over to every later member)."""
+        return self._global_bytes > 0
+
     def adopt(self, stream) -> None:
         """Own a decompression stream (`tarcompress.open_tar`): drained at the end-of-archive marker (its
         checksum is verified there), closed by `close`."""
@@ -193,6 +208,9 @@ class TarReader(TarBytes):
     def _next(self) -> Member | None:
         """The next member (None at the end): its meta records are read and applied on the way, never yielded."""
         if self._done:
+            return None
+        if self._stop_at is not None and self._next_hdr >= self._stop_at:
+            self._done = True
             return None
         if self._cur != self._next_hdr:
             self._advance()

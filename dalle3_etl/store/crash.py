@@ -75,6 +75,8 @@ def _libc():
 #   merge:parquet        dalle3.parquet is fully written under its temporary name, not renamed (run/merge.py)
 #   publish:<shard>:<n>  --flat: n-th file of a shard linked into OUT/data, its staged copy not yet removed (run/merge.py)
 #   publish_part:<shard> --flat: the part without clashing rows is written, the record is not updated (run/merge.py)
+#   task:<shard>:<i>     task i of a split shard is staged and synced, not yet done     (shard/taskconvert.py)
+#   assemble:<shard>     a split shard's tasks are put together in its staging folder    (run/tasks.py)
 #   restart:<shard>      --restart has removed every record, then this shard's files (run/cleanup.py)
 #   webshart:<shard>     --webshart: the shard's index is written, later shards' and the entry are not (run/webshart.py)
 # Unset (always, outside these tests) the hook costs one comparison.

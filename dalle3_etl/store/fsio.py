@@ -275,6 +275,30 @@ class Root:
             self.rename_new(os.path.join(s, name), target)
         self.remove_tree(s)
 
+    def move_entries(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        """Move every entry (file or folder) directly inside the tool's folder `src` into the tool's folder `dst`
+        on the same file system, one rename each through folder descriptors (a split shard's tasks put together:
+        `run.tasks`), then remove `src`. Refused (FileExistsError, nothing moved) when a name exists in `dst`."""
+        s, d = self.check(src), self.check(dst)
+        sfd = os.open(s, _DIR_FLAGS | _NOFOLLOW)
+        try:
+            dfd = os.open(d, _DIR_FLAGS | _NOFOLLOW)
+            try:
+                names = sorted(os.listdir(sfd))
+                for name in names:
+                    try:
+                        os.lstat(name, dir_fd=dfd)
+                    except FileNotFoundError:
+                        continue
+                    raise FileExistsError(errno.EEXIST, "exists already, not replaced", os.path.join(d, name))
+                for name in names:
+                    os.rename(name, name, src_dir_fd=sfd, dst_dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        finally:
+            os.close(sfd)
+        self.remove_tree(s)
+
     def link_new(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
         """Hard-link the tool's file `src` at `dst` (never replaces: FileExistsError); copies across file
         systems. The caller removes `src` afterwards."""

@@ -49,6 +49,10 @@ class Layout:
       dups/<id>.jsonl             --dedup: samples left out as repeats of an earlier one of the same shard
       held/<id>/                  --dedup: files of its rows the merge found to be duplicates (`dedup.json`: counts)
       trash/                      left by a --restart of an earlier version
+      tasks/<id>/                 a shard split into tasks (`run.tasks`): plan.json (its byte ranges, fixed by
+                                  the run that split it), staging-<i>/ (a task being converted), done-<i>/ (a
+                                  finished task: part, rejects, files, result.json), assembling (its tasks are
+                                  being put together into the shard's staging folder)
     """
 
     out: Path
@@ -205,6 +209,26 @@ class Layout:
             self.owned_dir,
             self.webshart_dir,
         )
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.state / "tasks"
+
+    def shard_tasks(self, shard_id: str) -> Path:
+        """A split shard's task state (see the class doc); removed once the shard's record is written."""
+        return self.tasks_dir / shard_id
+
+    def task_plan(self, shard_id: str) -> Path:
+        return self.shard_tasks(shard_id) / "plan.json"
+
+    def task_staging(self, shard_id: str, index: int) -> Path:
+        return self.shard_tasks(shard_id) / f"staging-{index}"
+
+    def task_done(self, shard_id: str, index: int) -> Path:
+        return self.shard_tasks(shard_id) / f"done-{index}"
+
+    def task_assembling(self, shard_id: str) -> Path:
+        return self.shard_tasks(shard_id) / "assembling"
 
     # -- one shard's state ---------------------------------------------------------------------------
 

@@ -1,0 +1,328 @@
+"""Tasks smaller than a shard: which shards are split (`plan_tasks`), in what order tasks run (largest first), progress
+across a shard's tasks, and putting a shard together once all its tasks are done (`TaskBook.settle`).
+
+A plain local tar of at least 1.5x `task_bytes` is scanned (`shard.scan`, headers only) and cut at the candidate
+points nearest to even multiples; the ranges are recorded (`store.tasks`) and a later run keeps them, whatever its
+`--task-bytes`, so a partly done shard comes out of one set of ranges. Not split: `hf://` and compressed shards,
+other kinds of sources, and runs with `--dedup` (the within-shard repeats are the worker's) or `--flat`.
+
+When every task of a shard is done, the driver concatenates their parts (in the whole shard's row batches) and
+reject lines into the shard's staging folder, moves their files there, and commits it exactly as a whole shard is
+committed; its completion record is written last. The output is then byte for byte that of the whole shard.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import shutil
+import signal
+from dataclasses import dataclass, field, replace
+from itertools import repeat
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dalle3_etl.executors.base import ProgressCb, ShardTask
+from dalle3_etl.executors.pool import default_workers, mp_context
+from dalle3_etl.settings import Settings
+from dalle3_etl.shard.commit import forget_shard
+from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerprint
+from dalle3_etl.shard.scan import choose_points, scan_tar
+from dalle3_etl.shard.sinks import parquet_writer, part_schema
+from dalle3_etl.shard.taskconvert import TASK_SEP
+from dalle3_etl.sources.base import ShardSource, natural_key
+from dalle3_etl.store.crash import crash_point, sync_filesystem
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.records import ShardRecord, write_record
+from dalle3_etl.store.tasks import TaskRange, ranges_from_points, read_plan, read_task_result, write_plan
+
+
+def splittable(src: ShardSource, settings: Settings) -> bool:
+    """Whether a shard may be cut into tasks: a plain local file (the scan also refuses a compressed one); other kinds
+    of sources (`hf://`, folders of loose files) say so by being another type."""
+    return type(src) is ShardSource and os.path.isfile(src.uri) and not settings.dedup and not settings.flat
+
+
+def _needs_scan(layout: Layout, src: ShardSource, settings: Settings) -> bool:
+    return (
+        splittable(src, settings)
+        and src.size >= settings.task_bytes * 3 // 2
+        and read_plan(layout, src.shard_id, source_fingerprint(src)) is None
+    )
+
+
+def scan_points(src: ShardSource, settings: Settings) -> tuple[int, ...]:
+    """Where a shard is cut (`shard.scan`); none when it cannot be read now (converted whole, which reports it)."""
+    try:
+        with src.open() as fh:
+            return choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
+    except OSError:
+        return ()
+
+
+def scan_many(sources: list[ShardSource], settings: Settings) -> dict[str, tuple[int, ...]]:
+    """`scan_points` of each shard, in a pool of the run's worker count (scans only read the inputs). Ctrl-C waits
+    for the scans under way (well under a second each), then stops."""
+    workers = min(settings.workers or default_workers(), len(sources))
+    if workers < 2:
+        return {src.shard_id: scan_points(src, settings) for src in sources}
+    pool = cf.ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp_context(),
+        initializer=signal.signal,
+        initargs=(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        return dict(zip([s.shard_id for s in sources], pool.map(scan_points, sources, repeat(settings))))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def shard_ranges(
+    layout: Layout, src: ShardSource, settings: Settings, scanned: dict[str, tuple[int, ...]] | None = None
+) -> list[TaskRange] | None:
+    """The tasks of a shard to convert, or None to convert it whole. A recorded plan for the same input is kept;
+    `scanned`: points found by `scan_many` (else the shard is scanned here when it needs to be)."""
+    sid = src.shard_id
+    fingerprint = source_fingerprint(src)
+    if splittable(src, settings):
+        ranges = read_plan(layout, sid, fingerprint)
+        if ranges is not None:
+            return ranges
+    layout.fs.remove_tree(layout.shard_tasks(sid))  # a plan for another input, or none
+    if not splittable(src, settings) or src.size < settings.task_bytes * 3 // 2:
+        return None
+    points = scanned[sid] if scanned is not None and sid in scanned else scan_points(src, settings)
+    if not points:
+        return None
+    forget_shard(layout, sid, settings)  # what an earlier conversion of it left, as a whole shard's run does
+    write_plan(layout, sid, fingerprint, points)
+    return ranges_from_points(points)
+
+
+@dataclass
+class _Split:
+    src: ShardSource
+    ranges: list[TaskRange]
+    results: dict[int, ShardResult] = field(default_factory=dict)
+    returned: int = 0  # results of this run's tasks (a failed one may not know its index)
+    submitted: int = 0
+
+
+class TaskBook:
+    """The driver's view of the split shards of a run: progress summed per shard, results collected per task."""
+
+    def __init__(self, layout: Layout, settings: Settings):
+        self.layout = layout
+        self.settings = settings
+        self.split: dict[str, _Split] = {}
+        self._running: dict[str, dict[str, tuple[int, int]]] = {}  # shard -> task key -> (bytes, samples)
+
+    def add(self, src: ShardSource, ranges: list[TaskRange]) -> list[ShardTask]:
+        """Record a split shard; its tasks not done yet."""
+        entry = self.split[src.shard_id] = _Split(src, ranges)
+        todo = []
+        for part in ranges:
+            done = read_task_result(self.layout, src.shard_id, part.index)
+            if done is not None and done.get("ok"):
+                entry.results[part.index] = ShardResult(**done)
+            else:
+                todo.append(part)
+        entry.submitted = len(todo)
+        return [ShardTask(src, str(self.layout.out), self.settings, part=part) for part in todo]
+
+    # -- progress ---------------------------------------------------------------------------------
+
+    def seed(self, progress: ProgressCb) -> None:
+        """Report what earlier runs did of the split shards (their done tasks)."""
+        for sid, entry in self.split.items():
+            if entry.results:
+                progress(sid, *self._done_counts(entry))
+
+    def _done_counts(self, entry: _Split) -> tuple[int, int]:
+        return sum(r.bytes_in for r in entry.results.values() if r.ok), sum(
+            r.samples for r in entry.results.values() if r.ok
+        )
+
+    def progress(self, progress: ProgressCb) -> ProgressCb:
+        """The executor's progress callback: a task's report (`shard<US>index`) becomes its shard's total."""
+
+        def report(key: str, nbytes: int, samples: int) -> None:
+            sid, sep, index = key.partition(TASK_SEP)
+            entry = self.split.get(sid)
+            if not sep or entry is None:
+                progress(key, nbytes, samples)
+                return
+            if int(index) in entry.results:
+                return  # a late report of a finished task
+            running = self._running.setdefault(sid, {})
+            running[index] = (nbytes, samples)
+            done_bytes, done_samples = self._done_counts(entry)
+            progress(
+                sid,
+                done_bytes + sum(b for b, _ in running.values()),
+                done_samples + sum(s for _, s in running.values()),
+            )
+
+        return report
+
+    # -- results ----------------------------------------------------------------------------------
+
+    def ready(self) -> list[str]:
+        """Split shards whose tasks were all done by earlier runs: to be put together now."""
+        return [sid for sid, e in self.split.items() if e.submitted == 0]
+
+    def settle(self, result: ShardResult) -> ShardResult | None:
+        """A task's result: None while the shard has tasks out, then the shard's (put together, or failed)."""
+        entry = self.split.get(result.shard_id)
+        if entry is None or result.part is None and result.ok:
+            return result  # a whole shard
+        entry.returned += 1
+        if result.ok:
+            entry.results[result.part] = result
+        else:
+            entry.results.setdefault(-1 - entry.returned, result)  # failures by arrival, out of the index range
+        self._running.get(result.shard_id, {}).pop(str(result.part), None)
+        if entry.returned < entry.submitted:
+            return None
+        return self.finish(result.shard_id)
+
+    def finish(self, sid: str) -> ShardResult:
+        entry = self.split[sid]
+        failed = [r for r in entry.results.values() if not r.ok]
+        if failed:
+            return replace(failed[0], part=None)
+        try:
+            return assemble(self.layout, entry.src, self.settings, entry.ranges, entry.results)
+        except OSError as exc:
+            forget_shard(self.layout, sid, self.settings)
+            self.layout.fs.remove_tree(self.layout.shard_tasks(sid))  # redone whole next run
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            return ShardResult(sid, ok=False, failure=f"{type(exc).__name__}: {exc.strerror or exc}{where}")
+
+
+def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> tuple[list[ShardTask], TaskBook]:
+    """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards."""
+    book = TaskBook(layout, settings)
+    sized: list[tuple[int, int, ShardTask]] = []
+    todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
+    scanned = scan_many([src for src in todo if _needs_scan(layout, src, settings)], settings)
+    for order, src in enumerate(todo):
+        ranges = shard_ranges(layout, src, settings, scanned)
+        if ranges is None:
+            sized.append((src.size, order, ShardTask(src, str(layout.out), settings)))
+            continue
+        for task in book.add(src, ranges):
+            sized.append((task.part.length(src.size), order, task))
+    # Largest first once a shard is split. Else shard order, as before tasks: with whole shards only, largest first
+    # is no better overall (benchmarks/makespan.py), and with one worker the merge streams each shard in turn.
+    if book.split and settings.workers != 1:
+        sized.sort(key=lambda t: (-t[0], t[1]))
+    return [task for _, _, task in sized], book
+
+
+def clean_task_leftovers(layout: Layout) -> None:
+    """Unfinished tasks' staging; the task state of shards that are complete or were being put together (a shard
+    cut short while its tasks were being moved together is redone whole: `clean_leftovers` took its files back)."""
+    fs = layout.fs
+    try:
+        sids = sorted(p.name for p in layout.tasks_dir.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return
+    for sid in sids:
+        if layout.record(sid).exists() or layout.task_assembling(sid).exists():
+            fs.remove_tree(layout.shard_tasks(sid))
+            continue
+        for path in sorted(layout.shard_tasks(sid).glob("staging-*")):
+            fs.remove_tree(path)
+
+
+# -- putting a shard together -----------------------------------------------------------------------
+
+
+def assemble(
+    layout: Layout, src: ShardSource, settings: Settings, ranges: list[TaskRange], results: dict[int, ShardResult]
+) -> ShardResult:
+    """Put the done tasks of a shard together and commit it as a whole shard is committed; record last."""
+    sid, fs = src.shard_id, layout.fs
+    staging = layout.staging(sid)
+    fs.remove_tree(staging)
+    staging.mkdir(parents=True)
+    dones = [layout.task_done(sid, part.index) for part in ranges]
+    _concat_parts([d / "part.parquet" for d in dones], layout.staged_part(sid), settings)
+    with open(layout.staged_rejects(sid), "wb") as out:
+        for done in dones:
+            with open(done / "rejects.jsonl", "rb") as fh:
+                shutil.copyfileobj(fh, out)
+    fs.write_atomic(layout.task_assembling(sid), b"")
+    target = layout.staged_files(sid) / sid
+    for done in dones:
+        files = done / "files" / sid
+        if not files.exists():
+            continue
+        if target.exists():  # the scan keeps each top-level name in one task: no entry is in two tasks
+            fs.move_entries(files, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.rename_new(files, target)
+    crash_point("assemble", sid)
+    ShardConverter(src, layout, settings).commit()
+    combined = _combine(src, [results[part.index] for part in ranges])
+    sync_filesystem(layout.state)  # the record must never reach the disk before the files it describes
+    crash_point("committed", sid)
+    write_record(
+        layout,
+        ShardRecord(
+            shard=sid,
+            source=source_fingerprint(src),
+            settings=settings.output_fingerprint(),
+            samples=combined.samples,
+            rejects=combined.rejects,
+            notes=combined.notes,
+            error=combined.error,
+            published=not settings.flat,
+        ),
+    )
+    crash_point("recorded", sid)
+    fs.remove_tree(layout.shard_tasks(sid))
+    return combined
+
+
+def _sum(dicts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            total[k] = total.get(k, 0) + v
+    return dict(sorted(total.items()))
+
+
+def _combine(src: ShardSource, parts: list[ShardResult]) -> ShardResult:
+    errors = [r.error for r in parts if r.error]
+    return ShardResult(
+        shard_id=src.shard_id,
+        ok=True,
+        samples=sum(r.samples for r in parts),
+        rejects=_sum([r.rejects for r in parts]),
+        notes=_sum([r.notes for r in parts]),
+        bytes_in=src.size,
+        bytes_out=sum(r.bytes_out for r in parts),
+        seconds=sum(r.seconds for r in parts),
+        error=errors[0] if errors else None,
+    )
+
+
+def _concat_parts(paths: list[Path], dst: Path, settings: Settings) -> None:
+    """The tasks' parts as one, in the row batches a whole-shard `PartWriter` writes (`batch_rows` each)."""
+    schema = part_schema(settings)
+    table = pa.concat_tables([pq.read_table(p, schema=schema) for p in paths]).combine_chunks()
+    writer = parquet_writer(dst, schema, "zstd")
+    try:
+        for batch in table.to_batches(max_chunksize=settings.batch_rows):
+            writer.write_batch(batch)
+    finally:
+        writer.close()
+
+
+__all__ = ["TaskBook", "assemble", "clean_task_leftovers", "plan_tasks", "shard_ranges", "splittable"]

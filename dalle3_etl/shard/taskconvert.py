@@ -1,0 +1,104 @@
+"""One task of a split shard, in a worker: the members whose first header lies in the task's byte range, converted
+as `convert.ShardConverter` converts a whole shard, into the task's own staging folder, then made done.
+
+The range starts and ends at points `scan` chose, where the whole-shard conversion has nothing waiting and no
+name carries over, so the task's rows, files and reject lines are exactly that stretch of the whole shard's.
+Done = the staging folder renamed to `done-<i>` with `result.json` inside, after a sync; the driver puts the
+shard together once all its tasks are done (`run.tasks`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import orjson
+
+from dalle3_etl.settings import Settings
+from dalle3_etl.shard import tarstream
+from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
+from dalle3_etl.shard.rows import Reason
+from dalle3_etl.shard.writer import SampleWriter
+from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.store.crash import crash_point, sync_filesystem
+from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.tasks import RESULT_NAME, TaskLayout, TaskRange
+
+#: Joins a shard id and a task index in progress reports (a control character: never in a shard id).
+TASK_SEP = "\x1f"
+
+
+def task_key(shard_id: str, index: int) -> str:
+    return f"{shard_id}{TASK_SEP}{index}"
+
+
+class TaskConverter(ShardConverter):
+    """Converts one byte range of a shard into `tasks/<shard>/staging-<i>`, then renames it `done-<i>`."""
+
+    def __init__(self, src: ShardSource, out: Path, settings: Settings, part: TaskRange, progress=None):
+        self.out_layout = Layout(Path(out))
+        layout = TaskLayout(self.out_layout.out, self.out_layout.task_staging(src.shard_id, part.index))
+        super().__init__(src, layout, settings, _keyed(progress, task_key(src.shard_id, part.index)))
+        self.part = part
+
+    def run(self) -> ShardResult:
+        start = time.monotonic()
+        fs = self.layout.fs
+        fs.remove_tree(self.staging)
+        self.staging.mkdir(parents=True)
+        self.writer = writer = SampleWriter(self.shard_id, self.layout, self.settings, self.staging)
+        try:
+            error = self.read_all()
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        result = self.result(error, start)
+        result.bytes_in = self.part.length(self.src.size)
+        result.part = self.part.index
+        (self.staging / RESULT_NAME).write_bytes(orjson.dumps(result.to_json()))
+        sync_filesystem(self.out_layout.state)  # done must never reach the disk before the task's files
+        crash_point("task", self.shard_id, self.part.index)
+        done = self.out_layout.task_done(self.shard_id, self.part.index)
+        fs.remove_tree(done)  # a task done twice (a retried pool): the later one counts, the same bytes
+        fs.rename_new(self.staging, done)
+        return result
+
+    def read_all(self) -> str | None:
+        writer = self.writer
+        with self.src.open() as fh:
+            try:
+                fh.seek(self.part.start)
+                writer.reader = reader = tarstream.TarReader(fh, seekable=True, stop_at=self.part.end)
+                self._convert_members(reader)
+            except tarstream.TarFormatError as exc:
+                writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))
+                return f"{self.src.uri}: {exc}"
+        return None
+
+
+def _keyed(progress: ProgressFn | None, key: str) -> ProgressFn | None:
+    if progress is None:
+        return None
+    return lambda _sid, nbytes, samples: progress(key, nbytes, samples)
+
+
+def convert_task(
+    src: ShardSource, out: Path, settings: Settings, part: TaskRange, progress: ProgressFn | None = None
+) -> ShardResult:
+    """Convert one task; an output I/O error gives a failed result (the task is redone next run)."""
+    converter = TaskConverter(src, out, settings, part, progress)
+    try:
+        return converter.run()
+    except OSError as exc:
+        converter.layout.fs.remove_tree(converter.staging)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return ShardResult(
+            shard_id=src.shard_id,
+            ok=False,
+            failure=f"{type(exc).__name__}: {exc.strerror or exc}{where}",
+            part=part.index,
+        )
+
+
+__all__ = ["TASK_SEP", "TaskConverter", "convert_task", "task_key"]
