@@ -323,9 +323,7 @@ class Root:
         `remove_files` with its `contents` (store.inplace)."""
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, data)
         finally:
             os.close(fd)
 
@@ -346,9 +344,7 @@ class Root:
         try:
             try:
                 for data in chunks:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -360,6 +356,12 @@ class Root:
     def write_atomic(self, path: str | os.PathLike, data: bytes) -> None:
         """Write a file the tool owns under a temporary name (`.<name>.tmp-<pid>`), sync it, rename it over."""
         self.write_atomic_chunks(path, (data,))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def content_digest(data: bytes) -> bytes:

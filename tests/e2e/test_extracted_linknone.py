@@ -19,36 +19,19 @@ from pathlib import Path
 import orjson
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from folder_helpers import cli, extracted
+from folder_helpers import tree as files
 
-from dalle3_etl.cli import app
 from dalle3_etl.devtools.synth import SynthSpec
 from dalle3_etl.devtools.synth.extracted import write_extracted
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = SynthSpec(shards=1, per_shard=60, seed=11, image_bytes=1200)
-runner = CliRunner()
-
-
-def cli(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
-    return result.exit_code, result.output
 
 
 def convert(folder: Path, out: Path, *more) -> None:
     code, output = cli("convert", folder, "-o", out, "-q", "--unit-samples", "25", "--link", "none", *more)
     assert code == 0, output
-
-
-def files(root: Path) -> dict[str, bytes]:
-    """Every file below root with its bytes (links as their target)."""
-    got = {}
-    for path in root.rglob("*"):
-        if path.is_symlink():
-            got[str(path.relative_to(root))] = os.readlink(path).encode()
-        elif path.is_file():
-            got[str(path.relative_to(root))] = path.read_bytes()
-    return got
 
 
 def captions(folder: Path) -> dict[str, bytes]:
@@ -61,10 +44,7 @@ def entry(out: Path) -> dict:
 
 @pytest.fixture
 def folder(tmp_path) -> Path:
-    path = tmp_path / "ex"
-    write_extracted(path, SPEC)
-    (path / ".truth.jsonl").unlink()
-    return path
+    return extracted(tmp_path / "ex", SPEC)
 
 
 def test_without_captions_in_place_nothing_is_written_anywhere_but_the_parquet(folder, tmp_path):

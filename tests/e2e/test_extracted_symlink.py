@@ -11,19 +11,11 @@ import os
 from pathlib import Path
 
 import orjson
-from typer.testing import CliRunner
+from folder_helpers import cli, extracted, tree
 
-from dalle3_etl.cli import app
 from dalle3_etl.devtools.synth import SynthSpec
-from dalle3_etl.devtools.synth.extracted import write_extracted
 
 SPEC = SynthSpec(shards=1, per_shard=50, seed=13, image_bytes=1200)
-runner = CliRunner()
-
-
-def cli(*args) -> tuple[int, str]:
-    result = runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "300"})
-    return result.exit_code, result.output
 
 
 def convert(folder: Path, out: Path, *more) -> None:
@@ -31,32 +23,15 @@ def convert(folder: Path, out: Path, *more) -> None:
     assert code == 0, output
 
 
-def tree(root: Path) -> dict[str, tuple[str, bytes]]:
-    got = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            got[rel] = ("link", os.readlink(path).encode())
-        elif path.is_file():
-            got[rel] = ("file", path.read_bytes())
-    return got
-
-
-def make_folder(path: Path) -> Path:
-    write_extracted(path, SPEC)
-    (path / ".truth.jsonl").unlink()
-    return path
-
-
 def test_images_are_links_to_the_input_and_verify_passes(tmp_path):
-    folder = make_folder(tmp_path / "ex")
+    folder = extracted(tmp_path / "ex", SPEC)
     before = tree(folder)
     out = tmp_path / "out"
     convert(folder, out, "-w", "1")
-    links = {k: v for k, v in tree(out / "data").items() if v[0] == "link"}
+    links = {k: v for k, v in tree(out / "data").items() if v.startswith(b"-> ")}
     assert len(links) > 40
-    for rel, (_kind, target) in links.items():
-        target = Path(target.decode())
+    for rel, target in links.items():
+        target = Path(os.fsdecode(target[3:]))
         assert target.is_absolute() and target.parent == folder
         assert target.name == rel.split("/", 1)[1]
     assert tree(folder) == before
@@ -65,7 +40,7 @@ def test_images_are_links_to_the_input_and_verify_passes(tmp_path):
 
 
 def test_redo_and_restart_remove_the_links_never_their_targets(tmp_path):
-    folder = make_folder(tmp_path / "ex")
+    folder = extracted(tmp_path / "ex", SPEC)
     out = tmp_path / "out"
     convert(folder, out, "-w", "1")
     json_path = folder / "000025.json"
@@ -85,7 +60,7 @@ def test_redo_and_restart_remove_the_links_never_their_targets(tmp_path):
 
 
 def test_one_and_two_workers_give_the_same_bytes_and_links(tmp_path):
-    folder = make_folder(tmp_path / "ex")
+    folder = extracted(tmp_path / "ex", SPEC)
     convert(folder, tmp_path / "one", "-w", "1")
     convert(folder, tmp_path / "two", "-w", "2")
     for name in ("dalle3.parquet", "rejects.jsonl"):

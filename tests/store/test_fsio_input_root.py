@@ -9,6 +9,7 @@ file before it is created, so a create that failed (a user's file there) leaves 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -96,12 +97,18 @@ def test_symlink_new_never_replaces(tmp_path):
     assert (tmp_path / "taken.jpg").read_bytes() == b"x"
 
 
-def test_journal_lists_before_creating_and_removal_spares_a_users_file(tmp_path):
-    out, folder = tmp_path / "out", tmp_path / "in"
+def out_and_folder(tmp_path) -> tuple[Layout, Path]:
+    """An output made with --link none from the folder `in`."""
+    folder = tmp_path / "in"
     folder.mkdir()
-    layout = Layout(out)
+    layout = Layout(tmp_path / "out")
     layout.ensure()
     record_input_folder(layout, str(folder))
+    return layout, folder
+
+
+def test_journal_lists_before_creating_and_removal_spares_a_users_file(tmp_path):
+    layout, folder = out_and_folder(tmp_path)
     (folder / "b.txt").write_bytes(b"the user's")
     journal = CaptionJournal(layout, "in-000000", Root(tmp_path))
     fd = open_dir(folder)
@@ -120,11 +127,7 @@ def test_journal_lists_before_creating_and_removal_spares_a_users_file(tmp_path)
 
 
 def test_a_journal_line_cut_by_a_crash_is_skipped(tmp_path):
-    out, folder = tmp_path / "out", tmp_path / "in"
-    folder.mkdir()
-    layout = Layout(out)
-    layout.ensure()
-    record_input_folder(layout, str(folder))
+    layout, folder = out_and_folder(tmp_path)
     (folder / "a.txt").write_bytes(b"x")
     layout.in_place("u").parent.mkdir(parents=True)
     layout.in_place("u").write_bytes(b'{"name": "612e7478", "dig')
