@@ -33,8 +33,9 @@ CROP_ASPECTS = ("square", "preserve", "random", "closest")
 ALSO_KINDS = ("imagefolder",)
 #: The columns of OUT/data/metadata.jsonl before the `--fields` ones.
 IMAGEFOLDER_COLUMNS = ("file_name", "text", "width", "height")
-#: How an extracted folder's images reach OUT/data: hard links (a copy where OUT is on another file system), copies.
-LINK_MODES = ("hard", "copy")
+#: How an extracted folder's images reach OUT/data: hard links (a copy where OUT is on another file system), copies,
+#: symlinks to the input files, or not at all ("none": SimpleTuner reads them in the input folder).
+LINK_MODES = ("hard", "copy", "symlink", "none")
 _NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f]+"  # one path component: no /, \, control characters; not . or ..
 
 
@@ -109,6 +110,7 @@ class Settings:
     # An extracted folder (sources/folder.py): how its images reach OUT/data, and samples per unit.
     link: str = _setting("hard", choices=LINK_MODES, pinned="when_set")
     unit_samples: int = _setting(10_000, min=1, pinned="when_set")
+    captions_in_place: bool = _setting(False, pinned="when_set")  # --link none: <stem>.txt beside each input image
     simpletuner: SimpleTunerSettings = field(default_factory=SimpleTunerSettings)
 
     def __post_init__(self) -> None:
@@ -121,6 +123,7 @@ class Settings:
             )
         _refuse_dedup_flat(self)
         _check_text_members(self)
+        _check_link_none(self)
 
     @cached_property  # extensions of the text members the caption settings name (see TEXT_MEMBER_RULE)
     def text_exts(self) -> frozenset[str]:
@@ -168,6 +171,7 @@ OUTPUT_KEYS = (
     "size_fields",
     "link",
     "unit_samples",
+    "captions_in_place",
 )
 _DEFAULTS = {f.name: f.default for f in fields(Settings)}
 
@@ -220,6 +224,20 @@ def _refuse_dedup_flat(settings: Settings) -> None:
             f"dedup = {settings.dedup!r} (--dedup) cannot be combined with flat = true (--flat): "
             "duplicates are removed from OUT/data/<shard>/ folders only; drop one of the two"
         )
+
+
+def _check_link_none(settings: Settings) -> None:
+    """link = "none" leaves the images in the input folder (store.inplace): nothing is published in OUT/data, so
+    the options that arrange files there are refused; --captions-in-place only goes with it."""
+    if settings.link != "none":
+        if settings.captions_in_place:
+            raise SettingsError("captions_in_place (--captions-in-place) needs link = none (--link none)")
+        return
+    for key, flag in (("flat", "--flat"), ("dedup", "--dedup"), ("also", "--also"), ("webshart", "--webshart")):
+        if getattr(settings, key):
+            raise SettingsError(f"link = none (--link none) writes nothing in OUT/data: leave out {flag}")
+    if settings.captions_in_place and "txt" in settings.text_exts:
+        raise SettingsError("captions_in_place (--captions-in-place) would write the .txt files read as captions")
 
 
 def _check_webshart(settings: Settings) -> None:

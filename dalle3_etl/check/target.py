@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.errors import UsageError
 from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
+from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
 
@@ -109,10 +110,13 @@ def read_target(out: Path, mount_path: Path | None = None) -> tuple[Target, list
     layout = Layout(Path(out))
     place = Place(layout, Path(os.path.normpath(mount_path)) if mount_path is not None else None)
     settings = pinned_settings(layout)
+    in_place = settings.get("link") == "none"  # the images stay in the input folder (store.inplace)
     target = Target(
-        data_dir=layout.data,
+        data_dir=input_folder(layout) or layout.data,
         parquet=pinned_parquet(layout, settings),
-        caption_strategy="textfile" if settings.get("captions", True) else "parquet",
+        caption_strategy="textfile"
+        if settings.get("captions", True) and (not in_place or settings.get("captions_in_place"))
+        else "parquet",
     )
     problems: list[str] = []
     path = layout.dataloader_config
@@ -142,11 +146,13 @@ def _read_image_entry(entry: dict, place: Place, target: Target, problems: list[
     """The image folder and caption strategy of the image entry (problems appended to `problems`)."""
     layout = place.layout
     value = entry.get("instance_data_dir")
-    data_dir = _abs_path(value, "instance_data_dir", place, want_dir=True, problems=problems)
+    expected = input_folder(layout) or layout.data
+    where = place if expected == layout.data else Place(layout)  # --link none: the input folder, not moved
+    data_dir = _abs_path(value, "instance_data_dir", where, want_dir=True, problems=problems)
     if data_dir is not None and data_dir.is_dir():
-        if _elsewhere(data_dir, layout.data):
+        if _elsewhere(data_dir, expected):
             problems.append(
-                f"instance_data_dir {value} is not this output's {layout.data} (a copied or moved "
+                f"instance_data_dir {value} is not this output's {expected} (a copied or moved "
                 f"output?); SimpleTuner would read the other one. Write the entry again for this "
                 f"place: run {place.fix()}"
             )

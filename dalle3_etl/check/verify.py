@@ -51,6 +51,7 @@ from dalle3_etl.check.webshart import is_webshart, verify_webshart
 from dalle3_etl.run.dedup import read_dedup_counts
 from dalle3_etl.shard import imageheader
 from dalle3_etl.sources.base import natural_key
+from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import TMP_GLOB, Layout
 from dalle3_etl.store.locks import lock_holder
 from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
@@ -117,10 +118,15 @@ def _blank_line(data: bytes) -> int:
 
 
 def _walk_images(
-    target: Target, report: VerifyReport, progress: Callable[[int], None], several: bool = False
+    target: Target,
+    report: VerifyReport,
+    progress: Callable[[int], None],
+    several: bool = False,
+    only: set[str] | None = None,
 ) -> set[str]:
     """Keys of the images SimpleTuner finds under instance_data_dir; checks caption files and temporaries.
-    `several`: the output was made with --extra-captions, its caption files hold one caption a line."""
+    `several`: the output was made with --extra-captions, its caption files hold one caption a line. `only`
+    (--link none: the input folder still holds its rejected samples' images): the images looked at."""
     checks = report.checks
     textfile = target.caption_strategy == "textfile"
     keys: set[str] = set()
@@ -133,6 +139,9 @@ def _walk_images(
         names = set(filenames)
         for name in sorted(filenames):
             if not is_image_name(name):
+                continue
+            if only is not None and prefix + name not in only:
+                report.counts["input_images_without_row"] += 1
                 continue
             keys.add(prefix + name)
             if not textfile:
@@ -361,7 +370,11 @@ def verify(
     if several:
         checks["multiline_caption_file"].skip("made with --extra-captions: one caption a line")
     disk = _walk_images(
-        target, report, lambda n: say(f"looking for images under {target.data_dir}: {n:,} so far"), several
+        target,
+        report,
+        lambda n: say(f"looking for images under {target.data_dir}: {n:,} so far"),
+        several,
+        _row_names(target) if input_folder(layout) is not None else None,
     )
     if not deep:
         checks["header_size"].skip("add --deep to re-read every image header")
@@ -387,6 +400,14 @@ def verify(
                 "holding the images, laid out as the filename column says"
             )
     return report
+
+
+def _row_names(target: Target) -> set[str] | None:
+    """--link none: the parquet's filenames (the input folder's other images are its rejected samples')."""
+    try:
+        return set(pq.read_table(target.parquet, columns=[target.filename]).column(0).to_pylist())
+    except (OSError, KeyError, pa.ArrowException):
+        return None
 
 
 __all__ = ["is_temp_name", "verify"]

@@ -66,7 +66,10 @@ def convert(
         None, "--webshart", help="Train from the tars: OUT/webshart/<shard>.json indexes, no images written."
     ),
     link: str | None = typer.Option(
-        None, "--link", help="Extracted folder: hard (default; a copy across file systems) or copy its images."
+        None, "--link", help="Extracted folder: hard (default; copy across file systems), copy, symlink or none."
+    ),
+    captions_in_place: bool | None = typer.Option(
+        None, "--captions-in-place", help="With --link none: write <stem>.txt beside each image in the input folder."
     ),
     unit_samples: int | None = typer.Option(None, metavar="N", help="Extracted folder: samples per unit (10000)."),
     executor: str = typer.Option("local", help="'local' (process pool) or 'ray'."),
@@ -132,6 +135,7 @@ def convert(
         webshart=webshart,
         link=link,
         unit_samples=unit_samples,
+        captions_in_place=captions_in_place,
     )
     if executor == "local" and (settings.workers or default_workers()) > 1:
         prestart_workers()  # the pool's imports overlap the driver's (below) and its planning
@@ -140,7 +144,9 @@ def convert(
     from dalle3_etl.run.report import RichReporter
 
     check_out_dir(out, write=not dry_run)  # before the inputs: a bad OUT is refused without looking at them
-    sources = resolve_inputs(inputs, keep_dir=keep_tars, unit_samples=settings.unit_samples)
+    sources = resolve_inputs(
+        inputs, keep_dir=keep_tars, unit_samples=settings.unit_samples, skip_txt=settings.captions_in_place
+    )
     if (note := check_folder_inputs(sources, settings.link, out)) and not quiet:
         Console(stderr=True, soft_wrap=True).print(plain(note))
     previous = _stop_on_sigterm()

@@ -12,6 +12,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.crash import crash_point
+from dalle3_etl.store.inplace import forget_input_folder
 from dalle3_etl.store.layout import TMP_GLOB, Layout
 from dalle3_etl.store.manifest import pinned_settings
 from dalle3_etl.store.records import all_records
@@ -87,6 +88,7 @@ def restart(layout: Layout, settings: Settings) -> None:
         fs.remove_tree(folder)
     fs.unlink(layout.dedup_counts)
     fs.unlink(layout.webshart_tars)
+    forget_input_folder(layout)  # --link none
     fs.unlink(layout.manifest)
 
 

@@ -9,6 +9,7 @@ import orjson
 
 from dalle3_etl.run.webshart import webshart_entry
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
+from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
 
 #: Dataset settings written into the image entry only when set (an entry without them is SimpleTuner's default).
@@ -26,14 +27,16 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
     image = {
         "id": st.id,
         "type": "local",
-        "instance_data_dir": str(out.data),
+        "instance_data_dir": str(input_folder(layout) or out.data),  # --link none: the input folder
         "resolution": st.resolution,
         "maximum_image_size": st.maximum_image_size,
         "minimum_image_size": st.minimum_image_size,
         "target_downsample_size": st.target_downsample_size,
         "resolution_type": st.resolution_type,
         "cache_dir_vae": str(out.out / st.cache_dir_vae if st.cache_dir_vae else out.cache("vae", st.id)),
-        "caption_strategy": "textfile" if settings.captions else "parquet",
+        "caption_strategy": "textfile"
+        if settings.captions and (settings.link != "none" or settings.captions_in_place)
+        else "parquet",  # --link none without --captions-in-place: no caption file anywhere
         "metadata_backend": "parquet",
         "parquet": {
             "path": str(out.parquet(settings.parquet_name)),

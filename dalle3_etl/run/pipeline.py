@@ -27,6 +27,7 @@ from dalle3_etl.run.webshart import IndexOutcome, check_inputs, remember_tars, w
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.sources.base import ShardSource, natural_key
+from dalle3_etl.store.inplace import record_input_folder
 from dalle3_etl.store.layout import Layout, StateError
 from dalle3_etl.store.locks import RunLock
 from dalle3_etl.store.manifest import write_manifest
@@ -131,6 +132,8 @@ def _prepare(
         restart(layout, settings)
     check_settings(layout, settings)
     layout.ensure()
+    if settings.link == "none" and sources:  # where the images stay: entry, verify and the leftovers' cleanup
+        record_input_folder(layout, min(s.uri for s in sources))
     write_manifest(layout, settings.output_fingerprint())
     clean_leftovers(layout, settings)
     clean_task_leftovers(layout)

@@ -19,6 +19,7 @@ from dalle3_etl.errors import UsageError
 from dalle3_etl.run.entry import write_dataloader_config
 from dalle3_etl.run.imagefolder import refuse_foreign_metadata, write_imagefolder
 from dalle3_etl.settings import OUTPUT_KEYS, Settings, SimpleTunerSettings, simpletuner_values
+from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import RunLock
 from dalle3_etl.store.manifest import read_manifest
@@ -73,6 +74,8 @@ def _entry_values(layout: Layout) -> dict[str, Any]:
     image, text = kinds.get("image", {}), kinds.get("text_embeds", {})
     values = {key: image[key] for key in _PLAIN_KEYS if key in image}
     data_dir = image.get("instance_data_dir")
+    if input_folder(layout) is not None:  # --link none: instance_data_dir is the input folder; OUT holds the parquet
+        data_dir = (image.get("parquet") or {}).get("path") if isinstance(image.get("parquet"), dict) else None
     if isinstance(data_dir, str) and os.path.isabs(data_dir) and isinstance(values.get("id"), str):
         old = Layout(Path(data_dir).parent)
         cached = (

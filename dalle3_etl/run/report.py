@@ -24,6 +24,7 @@ from dalle3_etl.run.webshart import webshart_lines
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import CAPTIONS_COLUMN
 from dalle3_etl.shard.convert import ShardResult
+from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.manifest import pinned_settings
 
@@ -170,7 +171,7 @@ class RichReporter(Reporter):
         lines = (
             webshart_lines(summary.webshart, summary.out)
             if summary.webshart
-            else [f"  images:     {summary.out / 'data'}"]
+            else [f"  images:     {input_folder(Layout(summary.out)) or summary.out / 'data'}"]  # --link none
         )
         for line in lines:
             self._print(safe(line))

@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.sinks import written_names
+from dalle3_etl.store.inplace import remove_unit_captions
 from dalle3_etl.store.layout import Layout
+from dalle3_etl.store.manifest import pinned_settings
 
 
 def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
@@ -27,6 +29,7 @@ def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
     fs = layout.fs
     owned = layout.owns_shard_data(shard_id)  # before the record goes: an output older than claims
     fs.unlink(layout.record(shard_id))
+    remove_unit_captions(layout, shard_id)  # --captions-in-place: what it wrote in the input folder
     if settings.flat:
         unpublish_flat(layout, shard_id, settings)
     elif owned and os.path.lexists(layout.shard_data(shard_id)):
@@ -41,6 +44,7 @@ def forget_shard(layout: Layout, shard_id: str, settings: Settings) -> None:
                     for name in written_names(f, settings.images, settings.captions)
                     if name.startswith(prefix)
                 ],
+                symlinks=pinned_settings(layout).get("link") == "symlink",  # the links are the tool's files
             )
         # else: the files cannot be listed; the folder stays and the next commit says so
     if not os.path.lexists(layout.shard_data(shard_id)):

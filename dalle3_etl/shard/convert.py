@@ -21,7 +21,7 @@ from typing import Any
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import tarstream, textmembers
 from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
-from dalle3_etl.shard.folderstream import open_members
+from dalle3_etl.shard.folderstream import data_files, open_members
 from dalle3_etl.shard.rows import Reason, Reject, parse_json
 from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.shard.writer import ImageRef, SampleWriter, disk_error
@@ -68,7 +68,7 @@ class ShardConverter:
         self.progress = progress
         self.shard_id = src.shard_id
         self.staging = layout.staging(self.shard_id)
-        self.write_files = settings.images or settings.captions
+        self.write_files = any(data_files(settings))
         self.writer: SampleWriter | None = None  # made by `run`, in the staging folder
 
     # -- pairing members into samples ---------------------------------------------------------------
@@ -261,9 +261,7 @@ class ShardConverter:
         writer = self.writer
         with self.src.open() as fh:
             try:
-                writer.reader = reader = open_members(
-                    self.src, fh, self.layout.fs if self.settings.link == "hard" else None
-                )
+                writer.reader = reader = open_members(self.src, fh, self.layout, self.settings)
                 self._convert_members(reader)
             except tarstream.TarFormatError as exc:
                 writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))

@@ -175,9 +175,12 @@ class DrySampleWriter(SampleWriter):
 
     def _write_sample(self, filename: str, ref: ImageRef, caption: str) -> int:
         """Claim the names the real write step creates; return the bytes it writes (image, caption file)."""
-        self.files.claim(written_names(filename, self.settings.images, self.settings.captions))
-        image = ref.size if self.settings.images else 0
-        text = len(caption.encode("utf-8")) if self.settings.captions else 0
+        self.files.claim(
+            written_names(filename, self.images, self.captions)
+        )  # under OUT/data (folderstream.data_files)
+        image = ref.size if self.images else 0
+        in_place = self.settings.captions and self.settings.captions_in_place  # --link none: beside the images
+        text = len(caption.encode("utf-8")) if self.captions or in_place else 0
         self._sample_bytes = (image, text)
         return image + text
 

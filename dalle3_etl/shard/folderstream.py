@@ -23,12 +23,15 @@ import errno
 import os
 import stat
 
+from dalle3_etl.settings import Settings
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.shard.tarbytes import COPY_CHUNK
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarheader import Member, decode_name, resolve_name
 from dalle3_etl.sources.folder import KIND_FILE, KIND_LINK, FolderUnit
 from dalle3_etl.store.fsio import Root
+from dalle3_etl.store.inplace import CaptionJournal
+from dalle3_etl.store.layout import Layout
 
 MAX_OPEN = 64  # image descriptors kept open while their sample waits for its partner
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -50,14 +53,25 @@ class FolderMember(Member):
         self.reason = reason
 
 
-def open_members(src, fh, link: Root | None = None):
-    """The member stream of `src` opened as `fh`: a `FolderReader` for a folder's unit (`link`: OUT's `Root`,
-    through which its images are hard-linked into OUT; None: copied), else the tar reader."""
+def open_members(src, fh, layout: Layout | None = None, settings: Settings | None = None):
+    """The member stream of `src` opened as `fh`: a `FolderReader` for a folder's unit (its images hard-linked,
+    symlinked or copied into `layout`'s OUT as `settings.link` says, or left where they are), else the tar reader."""
     if isinstance(src, FolderUnit):
-        reader = FolderReader(src, fh.fd, link)
+        link = settings.link if settings is not None else "copy"
+        reader = FolderReader(src, fh.fd, layout.fs if link in ("hard", "symlink") else None, symlink=link == "symlink")
+        if link == "none" and settings.captions and settings.captions_in_place:
+            reader.captions = CaptionJournal(layout, src.shard_id, Root(os.path.dirname(src.root)))
         fh.on_close = reader.close  # the image descriptors still open go with the folder's
         return reader
     return open_tar(fh)
+
+
+def data_files(settings: Settings) -> tuple[bool, bool]:
+    """(images, captions): whether images and caption files are written under OUT/data. With --link none
+    neither is: the images stay in the input folder, and the caption files go beside them, if asked."""
+    if settings.link == "none":
+        return False, False
+    return settings.images, settings.captions
 
 
 class FolderReader:
@@ -66,10 +80,12 @@ class FolderReader:
 
     seekable = True
 
-    def __init__(self, unit: FolderUnit, dir_fd: int, link: Root | None = None):
+    def __init__(self, unit: FolderUnit, dir_fd: int, link: Root | None = None, *, symlink: bool = False):
         self.unit = unit
         self.dir_fd = dir_fd
         self.links = link
+        self.symlink = symlink  # `place` makes a symlink to the input file instead of a hard link
+        self.captions: CaptionJournal | None = None  # --captions-in-place: `write_caption` writes there
         self.copied = 0
         self._starts: list[int] = []  # virtual offset of each opened file, increasing
         self._files: list[tuple[bytes, int, tuple[int, int]]] = []  # (relative path, size, (dev, ino))
@@ -257,6 +273,11 @@ class FolderReader:
         opened is never linked (`MemberChanged`)."""
         index = self._index(offset)
         rel, size, ident = self._files[index]
+        if self.symlink:
+            self.links.symlink_new(os.path.join(self.unit.root, os.fsdecode(rel)), dst)
+            created.append(dst)
+            self._done(index)
+            return
         try:
             self.links.link_input(*self._at(rel), dst)
         except OSError as exc:
@@ -276,7 +297,24 @@ class FolderReader:
         if (st.st_dev, st.st_ino) != ident:
             raise MemberChanged(f"{self._shown(index)} was replaced by another file while it was read")
 
+    def write_caption(self, offset: int, text: str) -> int:
+        """--captions-in-place: `<stem>.txt` of the image starting at `offset`, created new beside it in the input
+        folder (listed in the unit's journal first); FileExistsError naming it when that name is taken."""
+        rel = self._files[self._index(offset)][0]
+        caption = rel[: rel.rfind(b".")] + b".txt"
+        data = text.encode("utf-8")
+        try:
+            self.captions.create(*self._at(caption), rel=caption, data=data)
+        except FileExistsError:
+            shown = decode_name(caption)[0]
+            raise FileExistsError(
+                errno.EEXIST, f"{shown!r} exists already in the input folder (not replaced)"
+            ) from None
+        return len(data)
+
     def close(self) -> None:
+        if self.captions is not None:
+            self.captions.close()
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

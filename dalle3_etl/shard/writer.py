@@ -20,6 +20,7 @@ import orjson
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import imageheader
+from dalle3_etl.shard.folderstream import data_files
 from dalle3_etl.shard.rows import JsonInfo, Reason, Reject
 from dalle3_etl.shard.samples import Entry
 from dalle3_etl.shard.shape import NOTE_PREFIX, Filters, filter_of
@@ -63,8 +64,10 @@ class SampleWriter:
         self.samples = 0
         self.bytes_out = 0
         self.files = FileTree(layout.staged_files(shard_id), layout.fs)
-        self.prefix = "" if settings.flat else f"{shard_id}/"
-        self.write_files = settings.images or settings.captions
+        # --link none: `filename` is the path in the input folder, nothing goes under OUT/data (shard.folderstream)
+        self.prefix = "" if settings.flat or settings.link == "none" else f"{shard_id}/"
+        self.images, self.captions = data_files(settings)
+        self.write_files = self.images or self.captions or settings.captions_in_place
         self.reader: TarReader | None = None  # set once the shard is open: image bodies are copied from it
         self.stage_streamed = settings.images  # streamed image bodies staged until their JSON comes (else probed)
         self._pending_seq = 0
@@ -185,10 +188,13 @@ class SampleWriter:
                 if clash
                 else ""
             )
+            where = f"{filename!r} in the output"
+            if self.settings.captions_in_place:  # the error names the input folder's file
+                where, why = f"the caption file of {filename!r}", ""
             self.reject(
                 image_member,
                 Reason.NAME_CLASH if clash else Reason.NAME_UNUSABLE,
-                f"cannot create {filename!r} in the output: {exc.strerror}{why}",
+                f"cannot create {where}: {exc.strerror}{why}",
             )
             return
         if self.settings.dedup:
@@ -293,7 +299,7 @@ class SampleWriter:
         created: list[str] = []
         written = 0
         try:
-            if self.settings.images:
+            if self.images:
                 dst = self.files.path(filename)
                 if ref.staged:
                     os.close(os.open(dst, NEW_FILE, 0o644))  # claim the name, then move the image onto it
@@ -312,8 +318,10 @@ class SampleWriter:
                     finally:
                         os.close(fd)
                 written += ref.size
-            if self.settings.captions:
+            if self.captions:
                 written += self.files.write_text(caption_relpath(filename), caption)
+            elif getattr(self.reader, "captions", None) is not None:  # --captions-in-place (shard.folderstream)
+                written += self.reader.write_caption(ref.offset, caption)
         except Exception as exc:
             if not disk_error(exc):
                 for path in created:

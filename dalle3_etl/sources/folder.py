@@ -128,13 +128,17 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.DirEntry]]:
                     yield name, entry
 
 
-def scan_folder(path: Path) -> FolderScan:
-    """List `path` (see the module doc): sorted chunks of records, and what kinds of inputs it holds."""
+def scan_folder(path: Path, skip_txt: bool = False) -> FolderScan:
+    """List `path` (see the module doc): sorted chunks of records, and what kinds of inputs it holds.
+    `skip_txt` (--captions-in-place): `.txt` files are not listed, so the caption files the tool writes there
+    change no unit (a user's `<stem>.txt` already there is found when the caption is written: `name_clash`)."""
     scan = FolderScan(spill=tempfile.TemporaryFile())
     pending: list[bytes] = []
     for rel, entry in _walk(os.fsencode(path)):
-        st = entry.stat(follow_symlinks=False)
         low = rel.lower()
+        if skip_txt and low.endswith(b".txt"):
+            continue
+        st = entry.stat(follow_symlinks=False)
         if scan.tars is None and low.endswith(_TAR_SUFFIXES):
             scan.tars = os.fsdecode(rel)  # a link to a tar too: a Hub cache snapshot's shards are links
         if stat.S_ISLNK(st.st_mode):
@@ -227,12 +231,12 @@ def folder_units(path: Path, scan: FolderScan, unit_samples: int = UNIT_SAMPLES)
     return units
 
 
-def expand_folder(arg: str, path: Path, unit_samples: int) -> list[FolderUnit] | None:
+def expand_folder(arg: str, path: Path, unit_samples: int, skip_txt: bool = False) -> list[FolderUnit] | None:
     """The units of a folder argument that is an extracted folder; None for a folder of tar shards.
 
     A folder holding both tar shards and image files is refused: which of them to convert cannot be guessed
     (converting both would give every sample twice, as often the tars are the folder's source)."""
-    scan = scan_folder(path)
+    scan = scan_folder(path, skip_txt)
     if scan.tars is not None or scan.image is None:
         scan.spill.close()
     if scan.tars is not None and scan.image is not None:
@@ -253,6 +257,11 @@ def check_folder_inputs(sources: list[ShardSource], link: str, out: Path) -> str
         raise SourceError(
             f"--link {link}: only for an extracted folder (images and JSON files); tar shards are always read "
             "and their images copied: leave out --link"
+        )
+    if link == "none" and len(roots) > 1:
+        raise SourceError(
+            f"--link none: one extracted folder at a time ({shown(roots[0])} and {shown(roots[1])} given); the "
+            "dataset entry's instance_data_dir points at it"
         )
     if link != "hard" or not roots:
         return None

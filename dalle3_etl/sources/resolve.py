@@ -16,7 +16,7 @@ def _folded(shard_id: str) -> str:
 
 
 def resolve_inputs(
-    args: list[str], *, keep_dir: Path | str | None = None, unit_samples: int = UNIT_SAMPLES
+    args: list[str], *, keep_dir: Path | str | None = None, unit_samples: int = UNIT_SAMPLES, skip_txt: bool = False
 ) -> list[ShardSource]:
     """Turn command-line inputs into shard sources, in natural shard-id order, each shard once.
 
@@ -41,7 +41,8 @@ def resolve_inputs(
     for arg in args:
         if arg.startswith("hf://"):
             continue
-        units = expand_folder(arg, Path(arg).expanduser(), unit_samples) if Path(arg).expanduser().is_dir() else None
+        folder = Path(arg).expanduser()
+        units = expand_folder(arg, folder, unit_samples, skip_txt) if folder.is_dir() else None
         found.extend(units if units is not None else (local_source(p) for p in expand_local(arg)))
     for src in found:
         seen = by_id.get(src.shard_id)

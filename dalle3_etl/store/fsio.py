@@ -20,14 +20,17 @@ exists and fall back to copying when the target is on another file system (OUT/d
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_MAX_COMPARED = 1 << 20  # a caption file bigger than this is not one the tool wrote (captions are a few KB)
 
 
 class OwnershipError(RuntimeError):
@@ -146,11 +149,23 @@ class Root:
             raise
         return True
 
-    def remove_files(self, base: str | os.PathLike, relpaths: Iterable[str], *, prune: bool = True) -> int:
+    def remove_files(
+        self,
+        base: str | os.PathLike,
+        relpaths: Iterable[str],
+        *,
+        prune: bool = True,
+        symlinks: bool = False,
+        contents: Mapping[str, bytes] | None = None,
+    ) -> int:
         """Remove the regular files `base/<relpath>` the tool wrote, then (with `prune`, for a folder the tool
-        created whole) every folder on their way, up to and including `base`, that is empty afterwards. Each folder is opened component by component without
-        following symlinks, so nothing outside `base` is reached whatever was put there; anything that is not
-        a regular file under a listed name is left alone. Returns the number of files removed."""
+        created whole) every folder on their way, up to and including `base`, that is empty afterwards. Each
+        folder is opened component by component without following symlinks, so nothing outside `base` is
+        reached whatever was put there; anything that is not a regular file under a listed name is left alone.
+        `symlinks` (--link symlink: the listed names are links the tool made): a symlink under a listed name
+        is removed as a link, never followed, its target untouched. `contents` (relpath -> `content_digest` of
+        the bytes the tool wrote there): a file is removed only if it still holds exactly those bytes (in a
+        folder that is not the tool's, a user's file of that name stays). Returns the number of files removed."""
         full = self.check(base)
         base_st = self._no_link(full)
         if base_st is None or not stat.S_ISDIR(base_st.st_mode):
@@ -173,7 +188,13 @@ class Root:
                             st = os.lstat(name, dir_fd=fd)
                         except (FileNotFoundError, NotADirectoryError):
                             continue
-                        if stat.S_ISREG(st.st_mode):  # a symlink or folder under that name is not the tool's
+                        if stat.S_ISLNK(st.st_mode) and symlinks:
+                            os.unlink(name, dir_fd=fd)  # the link itself: unlink never follows the last component
+                            removed += 1
+                        elif stat.S_ISREG(st.st_mode):  # a symlink or folder under that name is not the tool's
+                            rel = f"{folder}/{name}" if folder else name
+                            if contents is not None and not _holds(fd, name, st, contents.get(rel)):
+                                continue
                             os.unlink(name, dir_fd=fd)
                             removed += 1
                 finally:
@@ -295,6 +316,22 @@ class Root:
         is taken, nothing replaced. The input file itself is not touched (`shard.folderstream`)."""
         os.link(src_name, self.check(dst), src_dir_fd=src_dir_fd, follow_symlinks=False)
 
+    def create_new_at(self, dir_fd: int, name: str | bytes, data: bytes) -> None:
+        """Create the new regular file `name` holding `data` in a folder of this root opened as `dir_fd` (without
+        following a link on the way: `shard.folderstream`); O_EXCL and O_NOFOLLOW: FileExistsError when the name
+        is taken by anything, a dangling link included, nothing replaced. Removed again only through
+        `remove_files` with its `contents` (store.inplace)."""
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644, dir_fd=dir_fd)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+
+    def symlink_new(self, target: str, dst: str | os.PathLike) -> None:
+        """Make `dst` (a new name below the root: FileExistsError otherwise) a symlink to the absolute `target`
+        (--link symlink); the link is the tool's, removed by `remove_files(..., symlinks=True)`."""
+        os.symlink(target, self.check(dst))
+
     def write_atomic_chunks(self, path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
         """`write_atomic` for content made piece by piece (memory holds one piece at a time, not the file)."""
         full = Path(self.check(path))
@@ -307,9 +344,7 @@ class Root:
         try:
             try:
                 for data in chunks:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -321,6 +356,32 @@ class Root:
     def write_atomic(self, path: str | os.PathLike, data: bytes) -> None:
         """Write a file the tool owns under a temporary name (`.<name>.tmp-<pid>`), sync it, rename it over."""
         self.write_atomic_chunks(path, (data,))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def content_digest(data: bytes) -> bytes:
+    """What `remove_files(contents=...)` compares a file's bytes with."""
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _holds(dir_fd: int, name: str, st: os.stat_result, digest: bytes | None) -> bool:
+    """Whether the regular file `name` (lstat `st`) still holds the bytes whose `content_digest` is `digest`."""
+    if digest is None or st.st_size > _MAX_COMPARED:
+        return False
+    try:
+        fd = os.open(name, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0), dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        data = os.read(fd, _MAX_COMPARED + 1)
+    finally:
+        os.close(fd)
+    return content_digest(data) == digest
 
 
 def _open_below(base_fd: int, folder: str) -> int | None:
@@ -392,6 +453,8 @@ def _copy_tree_new(src: str, dst: str) -> None:
                     todo.append((entry.path, target))
                 elif entry.is_file(follow_symlinks=False):
                     _copy_file_new(entry.path, target)
+                elif entry.is_symlink():  # --link symlink's links, moved to another disk as links
+                    os.symlink(os.readlink(entry.path), target)
 
 
-__all__ = ["Root", "OwnershipError"]
+__all__ = ["Root", "OwnershipError", "content_digest"]

@@ -269,6 +269,15 @@ class Layout:
         laid out as under OUT/data/<shard> (moved back if a later merge finds them first occurrences again)."""
         return self.held_dir / shard_id
 
+    @property
+    def input_folder_file(self) -> Path:
+        """--link none: the input folder's absolute path, where the images stay (store.inplace)."""
+        return self.state / "input-folder"
+
+    def in_place(self, shard_id: str) -> Path:
+        """--captions-in-place: the caption files a unit wrote in the input folder, each listed before it is made."""
+        return self.state / "in-place" / f"{shard_id}.jsonl"
+
     def staged_part(self, shard_id: str) -> Path:
         return self.staging(shard_id) / "part.parquet"
 

@@ -73,7 +73,8 @@ def test_every_mode_did_its_work(result):
     assert checks["old-recipe"]["json"] == total
     assert checks["webdataset"] == {"rows": with_size, "captions": with_size, "images": with_size}
     assert checks["tar-xf"] == {"json": total, "images": total}
-    assert checks["folder-convert"] == {"rows": captioned, "captions": captioned, "images": captioned}
+    assert checks["folder-convert"] == {"rows": captioned, "captions": captioned}  # beside the images
+    assert checks["folder-convert-hard"] == {"rows": captioned, "captions": captioned, "images": captioned}
     assert checks["folder-old-recipe"] == {"rows": with_size, "captions": with_size}
     assert result["modes"]["old-recipe"]["steps_median_s"].keys() == {"tar xf", "make_parquet.py", "make_captions.py"}
 

@@ -32,6 +32,7 @@ ALL_MODES = (
     "tar-json",
     "tar-xf",
     "folder-convert",  # an extracted folder (devtools/bench/folder.py)
+    "folder-convert-hard",
     "folder-old-recipe",
 )
 BASELINES = ("tar-json", "tar-xf", "old-recipe", "webdataset", "folder-old-recipe")
