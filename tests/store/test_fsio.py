@@ -111,7 +111,7 @@ def test_every_delete_move_and_overwrite_in_the_package_goes_through_fsio():
     method = re.compile(r"(\w+|\))\.(unlink|rmdir|rename|replace)\((.?)")
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name == "fsio.py":
+        if path.parent == PACKAGE / "store" / "fsio":  # the package every removal goes through
             continue
         for n, line in enumerate(path.read_text().splitlines(), 1):
             code = line.split("#", 1)[0]

@@ -62,7 +62,8 @@ def _stage_of(filename: str, func: str) -> str:
         return "record building"
     if base == "sinks.py":
         return "file creation" if func in ("path", "write_text") else "parquet write"
-    if base in ("os.py", "shutil.py", "fsio.py", "crash.py") or "posixpath" in filename:
+    in_fsio = os.path.basename(os.path.dirname(filename)) == "fsio"  # store/fsio/: __init__.py, fds.py
+    if base in ("os.py", "shutil.py", "crash.py") or in_fsio or "posixpath" in filename:
         return "file creation"
     if base in ("convert.py", "writer.py", "samples.py"):
         return "pairing + driver"
