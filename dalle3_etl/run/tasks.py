@@ -1,10 +1,11 @@
 """Tasks smaller than a shard: which shards are split (`plan_tasks`), in what order tasks run (largest first), progress
 across a shard's tasks, and putting a shard together once all its tasks are done (`TaskBook.settle`).
 
-A plain local tar of at least 1.5x `task_bytes` is scanned (`shard.scan`, headers only) and cut at the candidate
-points nearest to even multiples; the ranges are recorded (`store.tasks`) and a later run keeps them, whatever its
-`--task-bytes`, so a partly done shard comes out of one set of ranges. Not split: `hf://` and compressed shards,
-other kinds of sources, and runs with `--dedup` (the within-shard repeats are the worker's) or `--flat`.
+A plain local or `hf://` tar of at least 1.5x `task_bytes` is scanned (`shard.scan`, headers only; `hf://`: see
+`shard.hubsplit`) and cut at the candidate points nearest to even multiples; the ranges are recorded (`store.tasks`)
+and a later run keeps them, whatever its `--task-bytes`, so a partly done shard comes out of one set of ranges. Not
+split: compressed shards, other kinds of sources, and runs with `--dedup` (the within-shard repeats are the
+worker's) or `--flat`.
 
 When every task of a shard is done, the driver concatenates their parts (in the whole shard's row batches) and
 reject lines into the shard's staging folder, moves their files there, and commits it exactly as a whole shard is
