@@ -19,7 +19,10 @@ from dalle3_etl.check.status import shard_states
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.run import pipeline
 from dalle3_etl.run import tasks as tasks_mod
+from dalle3_etl.run.pipeline import run_convert
+from dalle3_etl.settings import load_settings
 from dalle3_etl.sources.hub import transfer
+from dalle3_etl.sources.resolve import resolve_inputs
 from dalle3_etl.store.layout import Layout
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,7 +73,7 @@ def state_tree(out: Path) -> dict[str, bytes | str]:
     }
 
 
-def _split_convert(hub: FakeHub, out: Path, **settings):
+def _split_convert(hub: FakeHub, out: Path, keep_dir: Path | None = None, **settings):
     """Convert every shard of the hub; returns (summary, {shard: tasks planned})."""
     planned: dict[str, int] = {}
     real = tasks_mod.plan_tasks
@@ -84,7 +87,9 @@ def _split_convert(hub: FakeHub, out: Path, **settings):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "plan_tasks", spy)
-        summary = convert([hub.uri("data/*.tar")], out, **settings)
+        summary = run_convert(
+            resolve_inputs([hub.uri("data/*.tar")], keep_dir=keep_dir), out, load_settings(None, **settings)
+        )
     return summary, planned
 
 
@@ -185,4 +190,13 @@ def test_sigkill_in_a_hub_split_shard_then_resume_gives_the_same_bytes(hub, loca
     second = _run(hub.uri("data/*.tar"), out, "--task-bytes", "30000", "-w", "2")
     assert second.returncode == 0, second.stdout + second.stderr
     assert state_tree(out) == state_tree(whole)
+    assert dataset(out) == dataset(local_whole)
+
+
+def test_with_keep_tars_the_scan_is_the_download_and_tasks_read_the_kept_tar(hub, local_whole, tmp_path):
+    out, keep = tmp_path / "out", tmp_path / "tars"
+    summary, planned = _split_convert(hub, out, keep, workers=2, task_bytes=20_000)
+    assert summary.exit_code == 0 and planned.get("data-000000", 0) >= 2
+    assert _served_bytes(hub, S0) == (1, len(hub.files[S0]))  # one read of the shard in all
+    assert (keep / "data-000000.tar").read_bytes() == hub.files[S0]
     assert dataset(out) == dataset(local_whole)
