@@ -14,6 +14,7 @@ import orjson
 import pytest
 from conftest import convert, tree
 from fakehub import FakeHub, files_from_dir, hub_env  # noqa: F401  (fixture)
+from test_split_shards import out_tree  # OUT as verify/status see it, records included
 
 from dalle3_etl.check.status import shard_states
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
@@ -36,22 +37,17 @@ def _fast_retries(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hubsplit") / "shards"
-    write_corpus(root, SPEC)
-    return root
-
-
-@pytest.fixture(scope="module")
-def local_whole(corpus, tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "out"
-    convert([corpus], out, workers=1)
-    return out
+def local_whole(tmp_path_factory):
+    """The local whole-shard conversion of the corpus (its shards beside it, in shards/)."""
+    base = tmp_path_factory.mktemp("hubsplit")
+    write_corpus(base / "shards", SPEC)
+    convert([base / "shards"], base / "out", workers=1)
+    return base / "out"
 
 
 @pytest.fixture
-def hub(corpus, hub_env):  # noqa: F811
-    with FakeHub(files_from_dir(corpus)) as fake:
+def hub(local_whole, hub_env):  # noqa: F811
+    with FakeHub(files_from_dir(local_whole.parent / "shards")) as fake:
         hub_env.point_to(fake)
         yield fake
 
@@ -60,17 +56,6 @@ def dataset(out: Path) -> dict[str, bytes | str]:
     """What training reads: the parquet, the reject lines, the files (records name the input: compared apart)."""
     files = tree(out / "data")
     return {"parquet": (out / "dalle3.parquet").read_bytes(), "rejects": (out / "rejects.jsonl").read_bytes(), **files}
-
-
-def state_tree(out: Path) -> dict[str, bytes | str]:
-    """OUT as `verify`/`status` see it, records included (task state and temporaries aside)."""
-    state = ".dalle3-etl/"
-    keep = (f"{state}shards/", f"{state}parts/", f"{state}rejects/", f"{state}manifest.json")
-    return {
-        k: v
-        for k, v in tree(out).items()
-        if (not k.startswith(state) or k.startswith(keep)) and k != "multidatabackend.json"
-    }
 
 
 def _split_convert(hub: FakeHub, out: Path, keep_dir: Path | None = None, **settings):
@@ -189,7 +174,7 @@ def test_sigkill_in_a_hub_split_shard_then_resume_gives_the_same_bytes(hub, loca
     assert {p.parent.name for p in Layout(out).tasks_dir.glob("*/plan.json")}, "killed before any shard was split"
     second = _run(hub.uri("data/*.tar"), out, "--task-bytes", "30000", "-w", "2")
     assert second.returncode == 0, second.stdout + second.stderr
-    assert state_tree(out) == state_tree(whole)
+    assert out_tree(out) == out_tree(whole)
     assert dataset(out) == dataset(local_whole)
 
 
