@@ -30,7 +30,7 @@ from dalle3_etl.executors.pool import default_workers, mp_context
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerprint
-from dalle3_etl.shard.hubsplit import is_hub, scan_hub, with_blocks
+from dalle3_etl.shard.hubsplit import hub_kept_whole, is_hub, scan_hub, with_blocks
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.shard.sinks import parquet_writer, part_schema
 from dalle3_etl.shard.taskconvert import TASK_SEP
@@ -221,9 +221,10 @@ def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> t
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
     todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
-    scanned = scan_many([src for src in todo if _needs_scan(layout, src, settings)], settings)
+    whole = hub_kept_whole(layout, todo, settings.workers or default_workers())
+    scanned = scan_many([s for s in todo if _needs_scan(layout, s, settings) and s.shard_id not in whole], settings)
     for order, src in enumerate(todo):
-        ranges = shard_ranges(layout, src, settings, scanned)
+        ranges = None if src.shard_id in whole else shard_ranges(layout, src, settings, scanned)
         if ranges is None:
             sized.append((src.size, order, ShardTask(src, str(layout.out), settings)))
             continue

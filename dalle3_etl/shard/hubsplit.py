@@ -15,17 +15,28 @@ from dataclasses import replace
 from typing import Any, BinaryIO
 
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard.convert import source_fingerprint
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.sources.hub.errors import HubError
 from dalle3_etl.sources.hub.ranges import BlockHasher, BlockHashes, ForwardReader, block_size_for, fetch_range
 from dalle3_etl.sources.hub.stream import HubShardSource
 from dalle3_etl.store.layout import Layout
-from dalle3_etl.store.tasks import TaskRange
+from dalle3_etl.store.tasks import TaskRange, read_plan
 
 
 def is_hub(src: ShardSource) -> bool:
     return type(src) is HubShardSource
+
+
+def hub_kept_whole(layout: Layout, todo: list[ShardSource], workers: int) -> set[str]:
+    """The `hf://` shards of a run converted whole: all of them when there are no more workers than `hf://` shards
+    to convert (each worker then streams a shard of its own; splitting would read every byte twice and start
+    converting only after the scans), except those an earlier run split (their done tasks are kept)."""
+    hub = [src for src in todo if is_hub(src)]
+    if len(hub) < workers:
+        return set()
+    return {src.shard_id for src in hub if read_plan(layout, src.shard_id, source_fingerprint(src)) is None}
 
 
 class HubPoints(tuple):
@@ -90,4 +101,4 @@ def open_task_input(src: ShardSource, part: TaskRange, layout: Layout) -> Iterat
         layout.fs.unlink(spool)
 
 
-__all__ = ["HubPoints", "is_hub", "open_task_input", "scan_hub", "with_blocks"]
+__all__ = ["HubPoints", "hub_kept_whole", "is_hub", "open_task_input", "scan_hub", "with_blocks"]

@@ -86,7 +86,7 @@ def _served_bytes(hub: FakeHub, path: str) -> tuple[int, int]:
     return len(gets), sum(g.body_bytes for g in gets)
 
 
-@pytest.mark.parametrize("task_bytes,workers", [(20_000, 2), (9_000, 1)])
+@pytest.mark.parametrize("task_bytes,workers", [(20_000, 3), (9_000, 4)])
 def test_hub_shards_read_in_ranges_give_the_bytes_of_local_shards(hub, local_whole, tmp_path, task_bytes, workers):
     out = tmp_path / "out"
     summary, planned = _split_convert(hub, out, workers=workers, task_bytes=task_bytes)
@@ -104,14 +104,14 @@ def test_hub_shards_read_in_ranges_give_the_bytes_of_local_shards(hub, local_who
 def test_a_shard_not_matching_the_hub_sha256_is_not_completed_and_a_rerun_converts_it(hub, local_whole, tmp_path):
     out = tmp_path / "out"
     hub.corrupt(S0)
-    summary, planned = _split_convert(hub, out, workers=2, task_bytes=20_000)
+    summary, planned = _split_convert(hub, out, workers=3, task_bytes=20_000)
     assert summary.exit_code == 1
     assert "data-000000" not in planned  # not split: converted whole, and failed on its sha256
     states = shard_states(out)
     assert states["data-000000"]["state"] == "failed" and states["data-000001"]["state"] == "done"
     assert not Layout(out).record("data-000000").exists()
     hub.heal()
-    summary, _ = _split_convert(hub, out, workers=2, task_bytes=20_000)
+    summary, _ = _split_convert(hub, out, workers=3, task_bytes=20_000)
     assert summary.exit_code == 0
     assert dataset(out) == dataset(local_whole)
 
@@ -130,7 +130,7 @@ def test_bytes_changed_after_the_scan_fail_the_shard_and_a_rerun_completes_it(hu
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "plan_tasks", damage_after_planning)
-        summary = convert([hub.uri("data/*.tar")], out, workers=1, task_bytes=20_000)
+        summary = convert([hub.uri("data/*.tar")], out, workers=3, task_bytes=20_000)
     assert summary.exit_code == 1
     failed = [r for r in summary.results if not r.ok]
     assert [r.shard_id for r in failed] == ["data-000000"] and "Hub's sha256" in failed[0].failure
@@ -141,7 +141,7 @@ def test_bytes_changed_after_the_scan_fail_the_shard_and_a_rerun_completes_it(hu
     tasks = len(orjson.loads(Layout(out).task_plan("data-000000").read_bytes())["points"]) + 1
     hub.heal()
     hub.clear_log()
-    summary, planned = _split_convert(hub, out, workers=1, task_bytes=20_000)
+    summary, planned = _split_convert(hub, out, workers=3, task_bytes=20_000)
     assert summary.exit_code == 0
     assert planned["data-000000"] == tasks - len(done_before)  # only the failed task again
     assert dataset(out) == dataset(local_whole)
@@ -150,9 +150,17 @@ def test_bytes_changed_after_the_scan_fail_the_shard_and_a_rerun_completes_it(hu
 def test_a_server_ignoring_range_gives_the_same_bytes(hub, local_whole, tmp_path):
     hub.ignore_range = True
     out = tmp_path / "out"
-    summary, planned = _split_convert(hub, out, workers=2, task_bytes=20_000)
+    summary, planned = _split_convert(hub, out, workers=3, task_bytes=20_000)
     assert summary.exit_code == 0 and planned.get("data-000000", 0) >= 2
     assert {g.status for g in hub.gets(S0)} == {200}
+    assert dataset(out) == dataset(local_whole)
+
+
+def test_hub_shards_stay_whole_when_every_worker_has_one(hub, local_whole, tmp_path):
+    out = tmp_path / "out"
+    summary, planned = _split_convert(hub, out, workers=2, task_bytes=20_000)  # 2 shards, 2 workers
+    assert summary.exit_code == 0 and planned == {}
+    assert _served_bytes(hub, S0) == (1, len(hub.files[S0]))  # streamed once, as before tasks
     assert dataset(out) == dataset(local_whole)
 
 
@@ -169,10 +177,10 @@ def test_sigkill_in_a_hub_split_shard_then_resume_gives_the_same_bytes(hub, loca
     whole = tmp_path / "whole"
     assert convert([hub.uri("data/*.tar")], whole, workers=1).exit_code == 0  # hf:// shards read whole
     out = tmp_path / "out"
-    first = _run(hub.uri("data/*.tar"), out, "--task-bytes", "20000", "-w", "2", crash=crash)
+    first = _run(hub.uri("data/*.tar"), out, "--task-bytes", "20000", "-w", "3", crash=crash)
     assert first.returncode == -9, first.stdout + first.stderr
     assert {p.parent.name for p in Layout(out).tasks_dir.glob("*/plan.json")}, "killed before any shard was split"
-    second = _run(hub.uri("data/*.tar"), out, "--task-bytes", "30000", "-w", "2")
+    second = _run(hub.uri("data/*.tar"), out, "--task-bytes", "30000", "-w", "3")
     assert second.returncode == 0, second.stdout + second.stderr
     assert out_tree(out) == out_tree(whole)
     assert dataset(out) == dataset(local_whole)
@@ -180,7 +188,7 @@ def test_sigkill_in_a_hub_split_shard_then_resume_gives_the_same_bytes(hub, loca
 
 def test_with_keep_tars_the_scan_is_the_download_and_tasks_read_the_kept_tar(hub, local_whole, tmp_path):
     out, keep = tmp_path / "out", tmp_path / "tars"
-    summary, planned = _split_convert(hub, out, keep, workers=2, task_bytes=20_000)
+    summary, planned = _split_convert(hub, out, keep, workers=3, task_bytes=20_000)
     assert summary.exit_code == 0 and planned.get("data-000000", 0) >= 2
     assert _served_bytes(hub, S0) == (1, len(hub.files[S0]))  # one read of the shard in all
     assert (keep / "data-000000.tar").read_bytes() == hub.files[S0]
