@@ -16,7 +16,8 @@ Faults, to test the client's recovery and our checks:
 * `FakeHub.cut(path, after=N)`: the next GET of ``path`` sends its headers (full ``Content-Length``) and ``N``
   bytes of body, then closes the connection;
 * `FakeHub.corrupt(path)`: ``path`` is served with damaged bytes while the listing and headers keep advertising
-  the original size and sha256.
+  the original size and sha256;
+* `FakeHub.ignore_range = True`: ``Range`` headers are ignored (200 and the whole file), as some servers do.
 
 Every request is logged (`FakeHub.log`, `FakeHub.gets`) so a test can assert e.g. that a resumed transfer sent
 ``Range: bytes=N-`` and got a 206.
@@ -149,6 +150,7 @@ class FakeHub:
         self._lock = threading.Lock()
         self._cuts: dict[str, list[int]] = {}  # path -> [after, times]
         self._corrupt: dict[str, bytes] = {}
+        self.ignore_range = False  # answer Range requests with 200 and the whole file
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.push(files if files is not None else make_shards(3), message="initial")
@@ -485,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
                     hub._cuts[path][1] = times - 1
         status, start, end = 200, 0, len(data)
         rng = self.headers.get("Range")
-        if rng:
+        if rng and not hub.ignore_range:
             m = _RANGE.match(rng.strip())
             if not m:
                 return self._error(416, "RangeNotSatisfiable", rng, {"Content-Range": f"bytes */{len(data)}"})

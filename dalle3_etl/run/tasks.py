@@ -1,10 +1,11 @@
 """Tasks smaller than a shard: which shards are split (`plan_tasks`), in what order tasks run (largest first), progress
 across a shard's tasks, and putting a shard together once all its tasks are done (`TaskBook.settle`).
 
-A plain local tar of at least 1.5x `task_bytes` is scanned (`shard.scan`, headers only) and cut at the candidate
-points nearest to even multiples; the ranges are recorded (`store.tasks`) and a later run keeps them, whatever its
-`--task-bytes`, so a partly done shard comes out of one set of ranges. Not split: `hf://` and compressed shards,
-other kinds of sources, and runs with `--dedup` (the within-shard repeats are the worker's) or `--flat`.
+A plain local or `hf://` tar of at least 1.5x `task_bytes` is scanned (`shard.scan`, headers only; `hf://`: see
+`shard.hubsplit`) and cut at the candidate points nearest to even multiples; the ranges are recorded (`store.tasks`)
+and a later run keeps them, whatever its `--task-bytes`, so a partly done shard comes out of one set of ranges. Not
+split: compressed shards, other kinds of sources, and runs with `--dedup` (the within-shard repeats are the
+worker's) or `--flat`.
 
 When every task of a shard is done, the driver concatenates their parts (in the whole shard's row batches) and
 reject lines into the shard's staging folder, moves there the one folder all its tasks wrote their files into
@@ -29,6 +30,7 @@ from dalle3_etl.executors.pool import default_workers, mp_context
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerprint
+from dalle3_etl.shard.hubsplit import hub_kept_whole, is_hub, scan_hub, with_blocks
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.shard.sinks import parquet_writer, part_schema
 from dalle3_etl.shard.taskconvert import TASK_SEP
@@ -37,13 +39,21 @@ from dalle3_etl.sources.base import ShardSource, natural_key
 from dalle3_etl.store.crash import crash_point, sync_filesystem
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import ShardRecord, write_record
-from dalle3_etl.store.tasks import TaskRange, ranges_from_points, read_plan, read_task_result, write_plan
+from dalle3_etl.store.tasks import (
+    TaskRange,
+    ranges_from_points,
+    read_plan,
+    read_plan_blocks,
+    read_task_result,
+    write_plan,
+)
 
 
 def splittable(src: ShardSource, settings: Settings) -> bool:
-    """Whether a shard may be cut into tasks: a plain local file (the scan also refuses a compressed one); other kinds
-    of sources (`hf://`, folders of loose files) say so by being another type."""
-    return type(src) is ShardSource and os.path.isfile(src.uri) and not settings.dedup and not settings.flat
+    """Whether a shard may be cut into tasks: a plain local file or `hf://` shard (the scan also refuses a compressed
+    one); other kinds of sources (folders of loose files) say so by being another type."""
+    plain = type(src) is ShardSource and os.path.isfile(src.uri) or is_hub(src)
+    return plain and not settings.dedup and not settings.flat
 
 
 def _needs_scan(layout: Layout, src: ShardSource, settings: Settings) -> bool:
@@ -55,7 +65,10 @@ def _needs_scan(layout: Layout, src: ShardSource, settings: Settings) -> bool:
 
 
 def scan_points(src: ShardSource, settings: Settings) -> tuple[int, ...]:
-    """Where a shard is cut (`shard.scan`); none when it cannot be read now (converted whole, which reports it)."""
+    """Where a shard is cut (`shard.scan`; `hf://`: `shard.hubsplit`, with its block hashes); none when it cannot
+    be read now (converted whole, which reports it)."""
+    if is_hub(src):
+        return scan_hub(src, settings)  # type: ignore[arg-type]
     try:
         with src.open() as fh:
             return choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
@@ -90,7 +103,7 @@ def shard_ranges(
     fingerprint = source_fingerprint(src)
     if splittable(src, settings):
         ranges = read_plan(layout, sid, fingerprint)
-        if ranges is not None:
+        if ranges is not None and with_blocks(src, read_plan_blocks(layout, sid)) is not None:
             return ranges
     layout.fs.remove_tree(layout.shard_tasks(sid))  # a plan for another input, or none
     if not splittable(src, settings) or src.size < settings.task_bytes * 3 // 2:
@@ -99,7 +112,7 @@ def shard_ranges(
     if not points:
         return None
     forget_shard(layout, sid, settings)  # what an earlier conversion of it left, as a whole shard's run does
-    write_plan(layout, sid, fingerprint, points)
+    write_plan(layout, sid, fingerprint, points, getattr(points, "blocks", None))
     return ranges_from_points(points)
 
 
@@ -209,13 +222,14 @@ def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> t
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
     todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
-    scanned = scan_many([src for src in todo if _needs_scan(layout, src, settings)], settings)
+    whole = hub_kept_whole(layout, todo, settings.workers or default_workers())
+    scanned = scan_many([s for s in todo if _needs_scan(layout, s, settings) and s.shard_id not in whole], settings)
     for order, src in enumerate(todo):
-        ranges = shard_ranges(layout, src, settings, scanned)
+        ranges = None if src.shard_id in whole else shard_ranges(layout, src, settings, scanned)
         if ranges is None:
             sized.append((src.size, order, ShardTask(src, str(layout.out), settings)))
             continue
-        for task in book.add(src, ranges):
+        for task in book.add(with_blocks(src, read_plan_blocks(layout, src.shard_id)) or src, ranges):
             sized.append((task.part.length(src.size), order, task))
     # Largest first once a shard is split. Else shard order, as before tasks: with whole shards only, largest first
     # is no better overall (benchmarks/makespan.py), and with one worker the merge streams each shard in turn.

@@ -26,6 +26,8 @@ from dalle3_etl.shard.rows import Reason, Reject, parse_json
 from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.shard.writer import ImageRef, SampleWriter, disk_error
 from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.sources.hub.errors import HubError
+from dalle3_etl.sources.hub.stream import HubStream
 from dalle3_etl.store.crash import crash_point, sync_filesystem
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import ShardRecord, write_record
@@ -264,6 +266,8 @@ class ShardConverter:
                 writer.reader = reader = open_members(self.src, fh, self.layout, self.settings)
                 self._convert_members(reader)
             except tarstream.TarFormatError as exc:
+                if isinstance(fh, HubStream):
+                    fh.finish()  # damage in bytes that are not the Hub's fails the shard (HubIntegrityError)
                 writer.reject(exc.member or f"@{exc.offset}", Reason.SHARD_UNREADABLE, str(exc))
                 return f"{self.src.uri}: {exc}"
         return None
@@ -307,8 +311,8 @@ class ShardConverter:
 
 def _fails_the_shard(exc: Exception) -> bool:
     """Not one sample's trouble: the disk failing (the shard is redone next run), the tar damaged (handled
-    by `run`), memory running out."""
-    return disk_error(exc) or isinstance(exc, (tarstream.TarFormatError, MemoryError))
+    by `run`), memory running out, the Hub's bytes not matching its sha256 or not coming (the shard fails)."""
+    return disk_error(exc) or isinstance(exc, (tarstream.TarFormatError, MemoryError, HubError))
 
 
 def _describe_error(exc: Exception) -> str:

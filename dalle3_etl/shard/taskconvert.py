@@ -19,6 +19,7 @@ import orjson
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import tarstream
 from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
+from dalle3_etl.shard.hubsplit import open_task_input
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.shard.taskfiles import FILES_LOG, TaskFiles, forget_task_files
 from dalle3_etl.shard.writer import SampleWriter
@@ -87,7 +88,7 @@ class TaskConverter(ShardConverter):
 
     def read_all(self) -> str | None:
         writer = self.writer
-        with self.src.open() as fh:
+        with open_task_input(self.src, self.part, self.out_layout) as fh:
             try:
                 fh.seek(self.part.start)
                 writer.reader = reader = tarstream.TarReader(fh, seekable=True, stop_at=self.part.end)

@@ -225,6 +225,10 @@ class Layout:
     def task_staging(self, shard_id: str, index: int) -> Path:
         return self.shard_tasks(shard_id) / f"staging-{index}"
 
+    def task_spool(self, shard_id: str, index: int) -> Path:
+        """The bytes of an `hf://` task's range, downloaded (sparse, at their offsets in the shard) before use."""
+        return self.task_staging(shard_id, index) / "range.tar"
+
     def task_done(self, shard_id: str, index: int) -> Path:
         return self.shard_tasks(shard_id) / f"done-{index}"
 

@@ -53,10 +53,23 @@ def read_plan(layout: Layout, shard_id: str, fingerprint: dict[str, Any]) -> lis
     return ranges_from_points(points)
 
 
-def write_plan(layout: Layout, shard_id: str, fingerprint: dict[str, Any], points: tuple[int, ...]) -> None:
+def write_plan(
+    layout: Layout, shard_id: str, fingerprint: dict[str, Any], points: tuple[int, ...], blocks: Any = None
+) -> None:
+    """`blocks`: an `hf://` shard's block hashes (`sources.hub.ranges`), kept with the ranges."""
     layout.shard_tasks(shard_id).mkdir(parents=True, exist_ok=True)
-    data = orjson.dumps({"source": fingerprint, "points": list(points)}, option=orjson.OPT_SORT_KEYS)
+    plan = {"source": fingerprint, "points": list(points)} | ({"blocks": blocks} if blocks is not None else {})
+    data = orjson.dumps(plan, option=orjson.OPT_SORT_KEYS)
     layout.fs.write_atomic(layout.task_plan(shard_id), data)
+
+
+def read_plan_blocks(layout: Layout, shard_id: str) -> Any:
+    """The block hashes recorded in a shard's plan (checked by their reader), or None."""
+    try:
+        obj = orjson.loads(layout.task_plan(shard_id).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return obj.get("blocks") if isinstance(obj, dict) else None
 
 
 def read_task_result(layout: Layout, shard_id: str, index: int) -> dict[str, Any] | None:
@@ -96,6 +109,7 @@ __all__ = [
     "TaskRange",
     "ranges_from_points",
     "read_plan",
+    "read_plan_blocks",
     "read_task_result",
     "write_plan",
 ]

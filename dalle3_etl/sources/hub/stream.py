@@ -16,6 +16,7 @@ from typing import Any
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.sources.hub.errors import HubError, HubIntegrityError, HubTransferError
 from dalle3_etl.sources.hub.keep import KeepWriter, kept_path, set_aside
+from dalle3_etl.sources.hub.ranges import BlockHashes
 from dalle3_etl.sources.hub.transfer import Body
 
 #: Stream tuning (tests lower CHUNK_SIZE and DRAIN_LIMIT).
@@ -37,6 +38,7 @@ class HubShardSource(ShardSource):
     blob_id: str | None = field(default=None, compare=False)  # git oid (checked for non-LFS files)
     endpoint: str | None = field(default=None, compare=False)
     keep_dir: str | None = field(default=None, compare=False)
+    blocks: BlockHashes | None = field(default=None, compare=False, repr=False)  # a split shard's (`ranges`)
 
     def open(self) -> HubStream:
         return open_verified_stream(self, keep_dir=self.keep_dir)

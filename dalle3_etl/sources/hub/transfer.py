@@ -45,15 +45,24 @@ class Body:
 
     `next_chunk` reconnects when the connection drops and gives up after ``max_retries`` failed attempts in a row;
     every failure is raised as a `HubError` (the caller releases what it holds). With ``local`` (a verified kept
-    copy) the bytes come from that file instead of the network.
+    copy) the bytes come from that file instead of the network. ``end``: stop there (a task's byte range, asked
+    for with a bounded ``Range``; a server that ignores it sends the whole file, cut here).
     """
 
     def __init__(
-        self, source, *, local: Path | None, token: str | bool | None, chunk_size: int, max_retries: int | None
+        self,
+        source,
+        *,
+        local: Path | None,
+        token: str | bool | None,
+        chunk_size: int,
+        max_retries: int | None,
+        end: int | None = None,
     ):
         self.source = source
         self._path = source.path_in_repo
         self._size = source.size
+        self._end = source.size if end is None else end
         self._local = local
         self._token = token
         self._chunk_size = chunk_size
@@ -95,6 +104,8 @@ class Body:
                         chunk = chunk[drop:]
                     if not chunk:
                         continue
+                    if received + len(chunk) > self._end and self._end < self._size:
+                        chunk = chunk[: self._end - received]  # a range read from a body that goes on
                     if received + len(chunk) > self._size:
                         raise HubIntegrityError(
                             f"{self._path}: the server sent more than the {self._size} bytes the Hub lists for it"
@@ -129,7 +140,7 @@ class Body:
             fh = stack.enter_context(open(self._local, "rb"))
             fh.seek(received)
             self._stack = stack
-            self._iter = iter(lambda: fh.read(self._chunk_size), b"")
+            self._iter = iter(lambda: fh.read(min(self._chunk_size, self._end - fh.tell())), b"")
             return
         src = self.source
         url = hf_hub_url(
@@ -141,8 +152,8 @@ class Body:
         )
         headers = build_hf_headers(token=self._token)
         headers["Accept-Encoding"] = "identity"
-        if received:
-            headers["Range"] = f"bytes={received}-"
+        if received or self._end < self._size:
+            headers["Range"] = f"bytes={received}-" + (str(self._end - 1) if self._end < self._size else "")
         try:
             resp = stack.enter_context(
                 http_stream_backoff("GET", url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT)
@@ -161,15 +172,17 @@ class Body:
         """A 206 for the range asked, or a 200 (Range ignored: the body starts over), of the size the Hub lists."""
         if resp.status_code == 206:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
-            if m is None or int(m[1]) != received:
+            if m is None or int(m[1]) != received or int(m[2]) >= self._end:
                 raise HubTransferError(
-                    f"{self._path}: asked for bytes {received}- but got Content-Range "
+                    f"{self._path}: asked for bytes {received}-{self._end - 1} but got Content-Range "
                     f"{resp.headers.get('Content-Range')!r}"
                 )
             if m[3] != "*" and int(m[3]) != self._size:
                 raise HubIntegrityError(f"{self._path}: the server has {m[3]} bytes, the Hub lists {self._size}")
         elif resp.status_code == 200:
             self._skip = received  # Range ignored: the body starts over
+            if received:
+                logger.warning("%s: the server ignored a Range request; reading from its start", self._path)
             length = resp.headers.get("Content-Length")
             if (
                 length is not None
