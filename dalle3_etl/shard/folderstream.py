@@ -25,7 +25,7 @@ import stat
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.rows import Reason
-from dalle3_etl.shard.tarbytes import COPY_CHUNK
+from dalle3_etl.shard.tarbytes import copy_fd_range
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarheader import Member, decode_name, resolve_name
 from dalle3_etl.sources.folder import KIND_FILE, KIND_LINK, FolderUnit
@@ -244,25 +244,8 @@ class FolderReader:
     def copy_range(self, offset: int, size: int, dst_fd: int) -> int:
         """Copy the member starting at `offset` (all its `size` bytes) to `dst_fd`; its descriptor is closed."""
         index = self._index(offset)
-        fd = self._fd(index)
-        done = 0
         try:
-            if hasattr(os, "copy_file_range"):
-                try:
-                    while done < size:
-                        k = os.copy_file_range(fd, dst_fd, size - done, done)
-                        if k == 0:
-                            break
-                        done += k
-                except OSError as exc:
-                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-                        raise
-            while done < size:
-                chunk = self._pread(index, done, min(COPY_CHUNK, size - done))
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(dst_fd, view) :]
-                done += len(chunk)
+            done, _fast = copy_fd_range(self._fd(index), 0, size, dst_fd, lambda at, n: self._pread(index, at, n))
         finally:
             self._done(index)
         return done

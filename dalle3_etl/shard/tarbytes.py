@@ -19,6 +19,7 @@ import errno
 import io
 import os
 import stat
+from collections.abc import Callable
 
 from dalle3_etl.shard.tarheader import TarFormatError
 
@@ -103,6 +104,34 @@ def _regular_file_fd(f) -> tuple[int, int] | None:
     return fd, st.st_size
 
 
+def copy_fd_range(
+    src_fd: int | None, offset: int, size: int, dst_fd: int, pread: Callable[[int, int], bytes], *, fast: bool = True
+) -> tuple[int, bool]:
+    """Copy `size` bytes of `src_fd` at `offset` to `dst_fd` at its current position: os.copy_file_range while it
+    works (`fast`, and USE_COPY_FILE_RANGE: tests turn it off to force the portable path), then `pread(at, n)`
+    and write in COPY_CHUNK pieces (`pread` raises, naming its input, where the bytes end). Returns (bytes
+    copied, whether copy_file_range may be tried again on this input). Tar members and folder files share it."""
+    done = 0
+    if USE_COPY_FILE_RANGE and fast and src_fd is not None and size and hasattr(os, "copy_file_range"):
+        try:
+            while done < size:
+                k = os.copy_file_range(src_fd, dst_fd, size - done, offset + done)
+                if k == 0:
+                    break  # the input shrank under us: `pread` reports it
+                done += k
+        except OSError as exc:
+            if exc.errno not in _CFR_FALLBACK_ERRNOS:
+                raise
+            fast = False  # not again for this input
+    while done < size:
+        chunk = pread(offset + done, min(COPY_CHUNK, size - done))
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst_fd, view) :]
+        done += len(chunk)
+    return done, fast
+
+
 class TarBytes:
     """An archive's bytes from a file object: `_take` and `_skip` move forward from `_cur`, the offset of
     the next unconsumed byte (absolute in the file object: a seekable one may start the archive at its
@@ -156,29 +185,16 @@ class TarBytes:
             raise TarFormatError(
                 f"cannot copy {size} bytes at offset {offset}: the archive ends at {self._size}", offset=offset
             )
-        done = 0
-        if USE_COPY_FILE_RANGE and self._cfr_ok and self._fd is not None and size:
-            try:
-                while done < size:
-                    k = os.copy_file_range(self._fd, dst_fd, size - done, offset + done)
-                    if k == 0:
-                        break  # file shrank under us: the fallback reports it
-                    done += k
-            except OSError as exc:
-                if exc.errno not in _CFR_FALLBACK_ERRNOS:
-                    raise
-                self._cfr_ok = False  # don't try again for this archive
-        while done < size:
-            chunk = self._raw_pread(offset + done, min(COPY_CHUNK, size - done))
+
+        def pread(at: int, n: int) -> bytes:
+            chunk = self._raw_pread(at, n)
             if not chunk:
                 raise TarFormatError(
-                    f"cannot copy {size} bytes at offset {offset}: the archive ends at {offset + done}",
-                    offset=offset + done,
+                    f"cannot copy {size} bytes at offset {offset}: the archive ends at {at}", offset=at
                 )
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(dst_fd, view) :]
-            done += len(chunk)
+            return chunk
+
+        done, self._cfr_ok = copy_fd_range(self._fd, offset, size, dst_fd, pread, fast=self._cfr_ok)
         return done
 
     # -- low level I/O ------------------------------------------------------------------------------
