@@ -139,6 +139,7 @@ class _CountedPart:
     """Stands in for the parquet part: each row is counted by the dry writer instead."""
 
     keys = None  # --dedup: the keys go to `DryRow.key`, for the driver
+    places = None  # --webshart: a dry run writes no index
 
     def __init__(self, add) -> None:
         self.add = add

@@ -25,7 +25,7 @@ import stat
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.rows import Reason
-from dalle3_etl.shard.tarbytes import copy_fd_range
+from dalle3_etl.shard.tarbytes import NEW_FILE, copy_fd_range
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarheader import Member, decode_name, resolve_name
 from dalle3_etl.sources.folder import KIND_FILE, KIND_LINK, FolderUnit
@@ -250,12 +250,16 @@ class FolderReader:
             self._done(index)
         return done
 
-    def place(self, offset: int, dst: str, created: list[str]) -> None:
-        """Hard-link the image starting at `offset` at `dst` (a new name: EEXIST otherwise), appended to `created`
-        once it exists; copied instead where the file system refuses the link. A file replaced since it was
-        opened is never linked (`MemberChanged`)."""
+    def place(self, offset: int, dst: str, created: list[str], size: int = -1) -> None:
+        """The image starting at `offset` at `dst` (a new name: EEXIST otherwise), appended to `created` once it
+        exists: hard-linked (symlinked with --link symlink), copied with --link copy or where the file system
+        refuses the link. A file replaced since it was opened is never linked (`MemberChanged`). `size`: unused,
+        the listing has it (the signature is `TarBytes.place`'s)."""
         index = self._index(offset)
         rel, size, ident = self._files[index]
+        if self.links is None:
+            self._copy_new(offset, size, dst, created)
+            return
         if self.symlink:
             self.links.symlink_new(os.path.join(self.unit.root, os.fsdecode(rel)), dst)
             created.append(dst)
@@ -266,19 +270,22 @@ class FolderReader:
         except OSError as exc:
             if exc.errno not in _LINK_FALLBACK:
                 raise
-            fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-            created.append(dst)
             self.copied += 1
-            try:
-                self.copy_range(offset, size, fd)
-            finally:
-                os.close(fd)
+            self._copy_new(offset, size, dst, created)
             return
         created.append(dst)
         self._done(index)
         st = os.lstat(dst)
         if (st.st_dev, st.st_ino) != ident:
             raise MemberChanged(f"{self._shown(index)} was replaced by another file while it was read")
+
+    def _copy_new(self, offset: int, size: int, dst: str, created: list[str]) -> None:
+        fd = os.open(dst, NEW_FILE | getattr(os, "O_CLOEXEC", 0), 0o644)
+        created.append(dst)
+        try:
+            self.copy_range(offset, size, fd)
+        finally:
+            os.close(fd)
 
     def write_caption(self, offset: int, text: str) -> int:
         """--captions-in-place: `<stem>.txt` of the image starting at `offset`, created new beside it in the input

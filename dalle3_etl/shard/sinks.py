@@ -24,10 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dalle3_etl.settings import CAPTIONS_COLUMN, LIST_FIELDS, Settings
+from dalle3_etl.shard.tarbytes import NEW_FILE
 from dalle3_etl.store.fsio import Root
-
-#: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
-NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 def schema_for(settings: Settings) -> pa.Schema:

@@ -104,6 +104,10 @@ def _regular_file_fd(f) -> tuple[int, int] | None:
     return fd, st.st_size
 
 
+#: `os.open` flags of every output file: a new file, never an existing name truncated or replaced.
+NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
 def copy_fd_range(
     src_fd: int | None, offset: int, size: int, dst_fd: int, pread: Callable[[int, int], bytes], *, fast: bool = True
 ) -> tuple[int, bool]:
@@ -196,6 +200,16 @@ class TarBytes:
 
         done, self._cfr_ok = copy_fd_range(self._fd, offset, size, dst_fd, pread, fast=self._cfr_ok)
         return done
+
+    def place(self, offset: int, dst: str, created: list[str], size: int) -> None:
+        """The image member of `size` bytes at `offset` as the new file `dst` (EEXIST when the name is taken),
+        appended to `created` once it exists. `folderstream.FolderReader.place` links a folder's file instead."""
+        fd = os.open(dst, NEW_FILE, 0o644)
+        created.append(dst)
+        try:
+            self.copy_range(offset, size, fd)
+        finally:
+            os.close(fd)
 
     # -- low level I/O ------------------------------------------------------------------------------
 

@@ -67,6 +67,8 @@ class SampleWriter:
         # --link none: `filename` is the path in the input folder, nothing goes under OUT/data (shard.folderstream)
         self.prefix = "" if settings.flat or settings.link == "none" else f"{shard_id}/"
         self.images, self.captions = data_files(settings)
+        # --link none --captions-in-place: the folder reader writes each caption beside its image
+        self.captions_in_place = settings.captions_in_place and settings.captions
         self.write_files = self.images or self.captions or settings.captions_in_place
         self.reader: TarReader | None = None  # set once the shard is open: image bodies are copied from it
         self.stage_streamed = settings.images  # streamed image bodies staged until their JSON comes (else probed)
@@ -199,7 +201,7 @@ class SampleWriter:
             return
         if self.settings.dedup:
             self._keep_key(info.dedup_key)
-        if getattr(self.part, "places", None) is not None:  # --webshart: where the image is in the tar
+        if self.part.places is not None:  # --webshart: where the image is in the tar
             self.part.places.append(tar_place(ref))
         self._add_row(filename, info, width, height, entry.key)
         self.samples += 1
@@ -306,21 +308,12 @@ class SampleWriter:
                     created.append(dst)
                     self.layout.fs.replace(ref.staged, dst)
                     ref.staged = None
-                elif getattr(
-                    self.reader, "links", False
-                ):  # an extracted folder's file, hard-linked (shard.folderstream)
-                    self.reader.place(ref.offset, dst, created)
-                else:
-                    fd = os.open(dst, NEW_FILE, 0o644)
-                    created.append(dst)
-                    try:
-                        self.reader.copy_range(ref.offset, ref.size, fd)
-                    finally:
-                        os.close(fd)
+                else:  # copied out of the tar; an extracted folder's file linked or copied (its reader decides)
+                    self.reader.place(ref.offset, dst, created, ref.size)
                 written += ref.size
             if self.captions:
                 written += self.files.write_text(caption_relpath(filename), caption)
-            elif getattr(self.reader, "captions", None) is not None:  # --captions-in-place (shard.folderstream)
+            elif self.captions_in_place:  # beside the image in the input folder (shard.folderstream)
                 written += self.reader.write_caption(ref.offset, caption)
         except Exception as exc:
             if not disk_error(exc):
