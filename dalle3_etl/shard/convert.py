@@ -21,7 +21,8 @@ from typing import Any
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard import tarstream, textmembers
 from dalle3_etl.shard.commit import forget_shard, move_in_shard_files
-from dalle3_etl.shard.folderstream import data_files, open_members
+from dalle3_etl.shard.folderloop import convert_unit
+from dalle3_etl.shard.folderstream import FolderReader, data_files, open_members
 from dalle3_etl.shard.rows import Reason, Reject, parse_json
 from dalle3_etl.shard.samples import Duplicate, Entry, Pairing, classify
 from dalle3_etl.shard.writer import ImageRef, SampleWriter, disk_error
@@ -167,60 +168,73 @@ class ShardConverter:
         return parse_json(data, settings), len(data)
 
     def _convert_members(self, reader: tarstream.TarReader) -> None:
-        settings = self.settings
-        pairing = textmembers.pairing_for(settings)
-        text_exts = settings.text_exts
-        last = time.monotonic()
+        pairing = textmembers.pairing_for(self.settings)
         try:
-            for member in reader:
-                if self.progress is not None:
-                    now = time.monotonic()
-                    if now - last >= PROGRESS_EVERY:
-                        self.progress(self.shard_id, reader.position, self.writer.samples)
-                        last = now
-                done = problems = None
-                try:  # one sample's trouble, whatever it is, rejects that sample, never the shard
-                    if member.kind == "dir" and member.problem is None:
-                        self.writer.notes["other_members"] += 1  # never created; files make their own folders
-                        continue
-                    key, role, ext = classify(member.name, text_exts)
-                    weight = 0
-                    payload: Any
-                    if member.problem is not None:
-                        payload = Reject(getattr(member, "reason", Reason.UNSAFE_MEMBER), member.problem)
-                        if role is None:
-                            self.writer.reject(member.name, payload.reason, payload.detail)
-                            continue
-                        role = "." + ext.lower() if role == "text" else role
-                        # else it takes its partner down with it: one line for the sample, not two
-                    elif role is None:
-                        self.writer.notes["other_members"] += 1
-                        continue
-                    elif role == "text":
-                        role = "." + ext.lower()
-                        payload, weight = textmembers.read_text(reader, member, settings)
-                    elif role == "json":
-                        payload, weight = self._json_payload(reader, member)
-                    else:
-                        waiting = pairing.pending.get(key)
-                        json_half = waiting.json if waiting is not None else None
-                        need_size = not (
-                            json_half is not None
-                            and (isinstance(json_half.payload, Reject) or json_half.payload.width is not None)
-                        )
-                        payload = self.writer.image_ref(reader, member, ext.lower(), need_size)
-                    done, problems = pairing.add(key, role, member.name, payload, weight)
-                    self._settle(done, problems)
-                except Exception as exc:
-                    if _fails_the_shard(exc):
-                        raise
-                    self._sample_failed(exc, member, pairing, done, problems)
+            if isinstance(reader, FolderReader) and not self.settings.text_exts:
+                convert_unit(self, reader, pairing)  # a sample's two files at once (shard.folderloop)
+            else:
+                last = time.monotonic()
+                for member in reader:
+                    if self.progress is not None:
+                        now = time.monotonic()
+                        if now - last >= PROGRESS_EVERY:
+                            self.progress(self.shard_id, reader.position, self.writer.samples)
+                            last = now
+                    self._member(reader, member, pairing)
         except tarstream.TarFormatError as exc:
             for entry in pairing.leftovers():
                 self._report_unpaired(entry, f"before the shard became unreadable at offset {exc.offset}")
             raise
         for entry in pairing.leftovers():
             self._report_unpaired(entry, "in this shard")
+
+    def _member(self, reader: tarstream.TarReader, member: tarstream.Member, pairing: Pairing) -> None:
+        """One member: classified, read and paired; the sample it completes converted. One sample's trouble,
+        whatever it is, rejects that sample, never the shard."""
+        done = problems = None
+        try:
+            if member.kind == "dir" and member.problem is None:
+                self.writer.notes["other_members"] += 1  # never created; files make their own folders
+                return
+            key, role, ext = classify(member.name, self.settings.text_exts)
+            weight = 0
+            payload: Any
+            if member.problem is not None:
+                payload = Reject(getattr(member, "reason", Reason.UNSAFE_MEMBER), member.problem)
+                if role is None:
+                    self.writer.reject(member.name, payload.reason, payload.detail)
+                    return
+                role = "." + ext.lower() if role == "text" else role
+                # else it takes its partner down with it: one line for the sample, not two
+            elif role is None:
+                self.writer.notes["other_members"] += 1
+                return
+            elif role == "text":
+                role = "." + ext.lower()
+                payload, weight = textmembers.read_text(reader, member, self.settings)
+            elif role == "json":
+                payload, weight = self._json_payload(reader, member)
+            else:
+                waiting = pairing.pending.get(key)
+                json_half = waiting.json if waiting is not None else None
+                need_size = not (
+                    json_half is not None
+                    and (isinstance(json_half.payload, Reject) or json_half.payload.width is not None)
+                )
+                payload = self.writer.image_ref(reader, member, ext.lower(), need_size)
+            done, problems = pairing.add(key, role, member.name, payload, weight)
+            self._settle(done, problems)
+        except Exception as exc:
+            self._trouble(exc, member, pairing, done, problems)
+
+    def _trouble(
+        self, exc: Exception, member: tarstream.Member, pairing: Pairing, done: Entry | None, problems: list | None
+    ) -> None:
+        """An exception handling `member` (or the sample `done` it completed): raised again when it fails the
+        shard, else that sample is rejected (`_sample_failed`)."""
+        if _fails_the_shard(exc):
+            raise exc
+        self._sample_failed(exc, member, pairing, done, problems)
 
     # -- the whole shard ----------------------------------------------------------------------------
 

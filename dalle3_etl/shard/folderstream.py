@@ -131,21 +131,28 @@ class FolderReader:
 
     def __iter__(self):
         for rel, kind in self.unit.files():
-            self._cur = -1
-            name, utf8_ok = decode_name(rel)
-            name, problem = resolve_name(name, utf8_ok, "file")
-            offset = self._next
-            if problem is not None:
-                yield FolderMember(name, 0, offset, "file", problem=problem)
-            elif kind == KIND_LINK:
-                yield FolderMember(
-                    name, 0, offset, "symlink", problem="symbolic link in the input folder, not followed"
-                )
-            elif kind != KIND_FILE:
-                yield FolderMember(name, 0, offset, "other", problem="not a regular file (device, fifo or socket)")
-            else:
-                yield self._open(rel, name, offset)
-            self._next += 1
+            yield self.member(rel, kind)
+
+    def member(self, rel: bytes, kind: bytes) -> Member:
+        """The next member: the file `rel` of the listing (`kind` as listed), opened unless it has a problem."""
+        self._cur = -1
+        name, utf8_ok = decode_name(rel)
+        name, problem = resolve_name(name, utf8_ok, "file")
+        offset = self._next
+        if problem is not None:
+            member = FolderMember(name, 0, offset, "file", problem=problem)
+        elif kind == KIND_LINK:
+            member = FolderMember(name, 0, offset, "symlink", problem="symbolic link in the input folder, not followed")
+        elif kind != KIND_FILE:
+            member = FolderMember(name, 0, offset, "other", problem="not a regular file (device, fifo or socket)")
+        else:
+            member = self._open(rel, name, offset)
+        self._next += 1
+        return member
+
+    def release(self) -> None:
+        """The current member is read to its end and not needed again (a JSON file): its descriptor is closed now."""
+        self._done(self._cur)
 
     def _open(self, rel: bytes, name: str, offset: int) -> Member:
         try:
