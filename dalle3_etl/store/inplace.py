@@ -19,6 +19,7 @@ a resumed run gives the same bytes in OUT and in the folder.
 from __future__ import annotations
 
 import os
+from binascii import hexlify
 from pathlib import Path
 
 import orjson
@@ -64,8 +65,8 @@ class CaptionJournal:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
             self._fd = os.open(self.path, flags, 0o644)
-        line = orjson.dumps({"name": rel.hex(), "digest": content_digest(data).hex()}) + b"\n"
-        os.write(self._fd, line)
+        # the bytes of orjson.dumps({"name": rel.hex(), "digest": ...}) + b"\n", without the dict (hex needs no escape)
+        os.write(self._fd, b'{"name":"%s","digest":"%s"}\n' % (hexlify(rel), hexlify(content_digest(data))))
         self.root.create_new_at(dir_fd, name, data)
 
     def close(self) -> None:

@@ -16,7 +16,10 @@ _MAX_COMPARED = 1 << 20  # a caption file bigger than this is not one the tool w
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    done = os.write(fd, data)  # a small file: one call (no memoryview)
+    if done == len(data):
+        return
+    view = memoryview(data)[done:]
     while view:
         view = view[os.write(fd, view) :]
 
