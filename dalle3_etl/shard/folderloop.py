@@ -22,8 +22,10 @@ from typing import Any
 
 from dalle3_etl.shard.rows import Reject
 from dalle3_etl.shard.samples import Entry, Half, Pairing
+from dalle3_etl.shard.tarheader import is_plain_name
 
 _IMAGE_EXTS = frozenset((b"jpg", b"jpeg", b"png", b"webp", b"gif", b"bmp", b"tif", b"tiff"))
+_PLAIN_KEY_MAX = 4096 - len(".jpeg")  # a longer key may make a name over tarheader's 4096 limit
 _PROGRESS_EVERY = 0.25  # seconds between progress reports (as shard.convert's loop)
 
 
@@ -80,9 +82,22 @@ def _payload(conv: Any, reader: Any, member: Any, is_json: bool, json_payload: A
     return conv.writer.image_ref(reader, member, name[name.rfind(".") + 1 :].lower(), need_size), 0
 
 
+def _plain_key(key: bytes) -> str | None:
+    """`key` decoded when `key.<ext>` is a plain name for any extension of letters (`tarheader.is_plain_name`:
+    its characters are those of the key, its length is at most 5 more), else None: the reader decides."""
+    if len(key) > _PLAIN_KEY_MAX or not key.isascii():
+        return None
+    text = key.decode("ascii")
+    return text if is_plain_name(text) else None
+
+
 def _sample(conv: Any, reader: Any, pairing: Pairing, key: bytes, exts: tuple[bytes, ...], json_first: bool) -> None:
     """One key with a JSON and an image file (`exts`: the first's extension, kind, the second's extension, kind)."""
-    first = reader.member(_rel(key, exts[0]), exts[1])
+    text = _plain_key(key)
+    plain1 = plain2 = None
+    if text is not None:  # the extensions are ASCII letters (`_json_first`)
+        plain1, plain2 = f"{text}.{exts[0].decode()}", f"{text}.{exts[2].decode()}"
+    first = reader.member(_rel(key, exts[0]), exts[1], plain1)
     if first.problem is not None:
         conv._member(reader, first, pairing)
         conv._member(reader, reader.member(_rel(key, exts[2]), exts[3]), pairing)
@@ -96,7 +111,7 @@ def _sample(conv: Any, reader: Any, pairing: Pairing, key: bytes, exts: tuple[by
     name1 = first.name
     skey = name1[: name1.rfind(".")]
     role1 = "json" if json_first else "image"
-    second = reader.member(_rel(key, exts[2]), exts[3])
+    second = reader.member(_rel(key, exts[2]), exts[3], plain2)
     if second.problem is not None or _would_push_out(pairing, weight1):
         _add(conv, pairing, first, skey, role1, payload1, weight1)
         conv._member(reader, second, pairing)

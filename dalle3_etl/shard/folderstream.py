@@ -94,6 +94,7 @@ class FolderReader:
         self._pos = 0
         self._cur = -1  # index of the current member in _files, -1: none to read
         self._cur_read = 0
+        self._cur_size = 0
         self._sub: tuple[bytes, int] | None = None  # (relative path, descriptor) of the subfolder last opened
 
     @property
@@ -133,11 +134,15 @@ class FolderReader:
         for rel, kind in self.unit.files():
             yield self.member(rel, kind)
 
-    def member(self, rel: bytes, kind: bytes) -> Member:
-        """The next member: the file `rel` of the listing (`kind` as listed), opened unless it has a problem."""
+    def member(self, rel: bytes, kind: bytes, plain: str | None = None) -> Member:
+        """The next member: the file `rel` of the listing (`kind` as listed), opened unless it has a problem.
+        `plain`: `rel` decoded, when the caller knows it is a plain name (`tarheader.is_plain_name`)."""
         self._cur = -1
-        name, utf8_ok = decode_name(rel)
-        name, problem = resolve_name(name, utf8_ok, "file")
+        if plain is None:
+            name, utf8_ok = decode_name(rel)
+            name, problem = resolve_name(name, utf8_ok, "file")
+        else:
+            name, problem = plain, None
         offset = self._next
         if problem is not None:
             member = FolderMember(name, 0, offset, "file", problem=problem)
@@ -176,7 +181,7 @@ class FolderReader:
         self._fds[index] = fd
         while len(self._fds) > MAX_OPEN:
             os.close(self._fds.pop(next(iter(self._fds))))
-        self._cur, self._cur_read = index, 0
+        self._cur, self._cur_read, self._cur_size = index, 0, st.st_size
         self._next = offset + st.st_size
         self._pos += st.st_size
         return Member(name, st.st_size, offset, "file")
@@ -189,14 +194,18 @@ class FolderReader:
 
     def read(self, n: int = -1) -> bytes:
         """Up to n (all remaining if n < 0) bytes of the current member."""
-        if self._cur < 0:
+        cur = self._cur
+        if cur < 0:
             return b""
-        size = self._files[self._cur][1]
-        remaining = size - self._cur_read
+        at = self._cur_read
+        remaining = self._cur_size - at
         if n is None or n < 0 or n > remaining:
             n = remaining
-        data = self._pread(self._cur, self._cur_read, n)
-        self._cur_read += len(data)
+        fd = self._fds.get(cur)
+        data = os.pread(fd, n, at) if fd is not None else b""  # a small file: one call
+        if len(data) < n:
+            data += self._pread(cur, at + len(data), n - len(data))
+        self._cur_read = at + len(data)
         return data
 
     def pread(self, offset: int, n: int) -> bytes:
