@@ -19,11 +19,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dalle3_etl.sources.hub.errors import HubIntegrityError
 from dalle3_etl.sources.hub.keep import kept_path, set_aside
-from dalle3_etl.sources.hub.transfer import Body
+
+if TYPE_CHECKING:
+    from dalle3_etl.sources.hub.transfer import Body
 
 BLOCK_MIN = 64 << 10
 BLOCK_MAX = 4 << 20  # 2,400 hashes (150 KB of plan) for a 10 GB shard
@@ -183,6 +185,8 @@ def fetch_range(src, blocks: BlockHashes, start: int, end: int | None, spool: Pa
     kept = kept_path(src.keep_dir, src.path_in_repo) if src.keep_dir else None
     local = kept if kept is not None and kept.is_file() and kept.stat().st_size == src.size else None
     hasher = BlockHasher(blocks.block, _checker(src, blocks, str(local or src.uri)), lo)
+    from dalle3_etl.sources.hub.transfer import Body  # httpx and huggingface_hub: only for a Hub shard
+
     body = Body(src, local=local, token=token, chunk_size=CHUNK, max_retries=None, end=hi)
     out = None if local is not None else open(spool, "xb")
     try:

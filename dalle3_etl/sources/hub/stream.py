@@ -17,7 +17,6 @@ from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.sources.hub.errors import HubError, HubIntegrityError, HubTransferError
 from dalle3_etl.sources.hub.keep import KeepWriter, kept_path, set_aside
 from dalle3_etl.sources.hub.ranges import BlockHashes
-from dalle3_etl.sources.hub.transfer import Body
 
 #: Stream tuning (tests lower CHUNK_SIZE and DRAIN_LIMIT).
 CHUNK_SIZE = 1 << 20
@@ -88,6 +87,8 @@ class HubStream(io.RawIOBase):
         final = kept_path(keep_dir, self._path) if keep_dir is not None else None
         if final is not None and final.is_file() and final.stat().st_size == self._size:
             self._local = final
+        from dalle3_etl.sources.hub.transfer import Body  # httpx and huggingface_hub: only for a Hub shard
+
         self._body = Body(
             source, local=self._local, token=token, chunk_size=chunk_size or CHUNK_SIZE, max_retries=max_retries
         )
