@@ -156,15 +156,19 @@ class ShardConverter:
         else:
             self._settle(*added)
 
-    def _json_payload(self, reader: tarstream.TarReader, member: tarstream.Member) -> tuple[Any, int]:
-        """(parsed JSON or reject, bytes held) of the JSON member being read; a too large one is skipped unread."""
+    def _json_payload(
+        self, reader: tarstream.TarReader, member: tarstream.Member, data: bytes | None = None
+    ) -> tuple[Any, int]:
+        """(parsed JSON or reject, bytes held) of the JSON member being read (`data`: read already); a too large
+        one is skipped unread."""
         settings = self.settings
         if member.size > settings.max_json_bytes:  # skipped unread, in stream mode too
             return Reject(
                 Reason.JSON_TOO_LARGE,
                 f"JSON member is {member.size} bytes, more than max_json_bytes={settings.max_json_bytes}; not read",
             ), 0
-        data = reader.read()
+        if data is None:
+            data = reader.read()
         return parse_json(data, settings), len(data)
 
     def _convert_members(self, reader: tarstream.TarReader) -> None:

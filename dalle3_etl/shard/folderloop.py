@@ -23,6 +23,7 @@ from typing import Any
 from dalle3_etl.shard.rows import Reject
 from dalle3_etl.shard.samples import Entry, Half, Pairing
 from dalle3_etl.shard.tarheader import is_plain_name
+from dalle3_etl.sources.folder import KIND_FILE
 
 _IMAGE_EXTS = frozenset((b"jpg", b"jpeg", b"png", b"webp", b"gif", b"bmp", b"tif", b"tiff"))
 _PLAIN_KEY_MAX = 4096 - len(".jpeg")  # a longer key may make a name over tarheader's 4096 limit
@@ -70,10 +71,19 @@ def _json_first(ext1: bytes, ext2: bytes) -> bool | None:
     return None
 
 
-def _payload(conv: Any, reader: Any, member: Any, is_json: bool, json_payload: Any) -> tuple[Any, int]:
+def _next_member(conv: Any, reader: Any, rel: bytes, kind: bytes, plain: str | None, is_json: bool) -> tuple:
+    """(the next member, the JSON file's bytes when they were read with it, else None)."""
+    if is_json and plain is not None and kind == KIND_FILE:
+        got = reader.read_whole(rel, plain, conv.settings.max_json_bytes)  # opened, read and closed at once
+        if got is not None:
+            return got
+    return reader.member(rel, kind, plain), None
+
+
+def _payload(conv: Any, reader: Any, member: Any, is_json: bool, json_payload: Any, data: Any) -> tuple[Any, int]:
     """(payload, weight) of a member just opened, as `ShardConverter._member` makes them."""
     if is_json:
-        read = conv._json_payload(reader, member)
+        read = conv._json_payload(reader, member, data)
         reader.release()  # read whole: its descriptor is not kept
         return read
     name = member.name
@@ -97,13 +107,13 @@ def _sample(conv: Any, reader: Any, pairing: Pairing, key: bytes, exts: tuple[by
     plain1 = plain2 = None
     if text is not None:  # the extensions are ASCII letters (`_json_first`)
         plain1, plain2 = f"{text}.{exts[0].decode()}", f"{text}.{exts[2].decode()}"
-    first = reader.member(_rel(key, exts[0]), exts[1], plain1)
+    first, data1 = _next_member(conv, reader, _rel(key, exts[0]), exts[1], plain1, json_first)
     if first.problem is not None:
         conv._member(reader, first, pairing)
         conv._member(reader, reader.member(_rel(key, exts[2]), exts[3]), pairing)
         return
     try:
-        payload1, weight1 = _payload(conv, reader, first, json_first, None)
+        payload1, weight1 = _payload(conv, reader, first, json_first, None, data1)
     except Exception as exc:
         conv._trouble(exc, first, pairing, None, None)
         conv._member(reader, reader.member(_rel(key, exts[2]), exts[3]), pairing)
@@ -111,13 +121,17 @@ def _sample(conv: Any, reader: Any, pairing: Pairing, key: bytes, exts: tuple[by
     name1 = first.name
     skey = name1[: name1.rfind(".")]
     role1 = "json" if json_first else "image"
-    second = reader.member(_rel(key, exts[2]), exts[3], plain2)
-    if second.problem is not None or _would_push_out(pairing, weight1):
+    if _would_push_out(pairing, weight1):  # the member loop's order: the first file added, then the second opened
+        _add(conv, pairing, first, skey, role1, payload1, weight1)
+        conv._member(reader, reader.member(_rel(key, exts[2]), exts[3], plain2), pairing)
+        return
+    second, data2 = _next_member(conv, reader, _rel(key, exts[2]), exts[3], plain2, not json_first)
+    if second.problem is not None:
         _add(conv, pairing, first, skey, role1, payload1, weight1)
         conv._member(reader, second, pairing)
         return
     try:
-        payload2, _weight2 = _payload(conv, reader, second, not json_first, payload1 if json_first else None)
+        payload2, _weight2 = _payload(conv, reader, second, not json_first, payload1 if json_first else None, data2)
     except Exception as exc:
         _add(conv, pairing, first, skey, role1, payload1, weight1)
         conv._trouble(exc, second, pairing, None, None)

@@ -155,6 +155,31 @@ class FolderReader:
         self._next += 1
         return member
 
+    def read_whole(self, rel: bytes, name: str, limit: int) -> tuple[Member, bytes | None] | None:
+        """The next member, a JSON file, read whole and closed at once: (its member, its bytes, None when it is over
+        `limit` bytes: left unread). `rel` is listed as a regular file and `name` is its plain name. None, with
+        nothing done, when it cannot be opened, is no longer a regular file or reads shorter than its size: then
+        `member` opens it again and says why (the same reject, the same error, as for any member)."""
+        try:
+            fd = self._open_file(rel)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            size = st.st_size
+            data = os.pread(fd, size, 0) if size <= limit else None
+        finally:
+            os.close(fd)
+        if data is not None and len(data) != size:
+            return None
+        self._cur = -1
+        offset = self._next
+        self._next = offset + size + 1
+        self._pos += size
+        return Member(name, size, offset, "file"), data
+
     def release(self) -> None:
         """The current member is read to its end and not needed again (a JSON file): its descriptor is closed now."""
         self._done(self._cur)
