@@ -50,6 +50,7 @@ class ShardResult:
     error: str | None = None  # the shard could not be read to the end (good samples before it are kept)
     failure: str | None = None  # nothing committed (I/O error on output, crash): the shard is redone next run
     part: int | None = None  # the result of one task of a split shard (`run.tasks`): its index
+    boundary: str | None = None  # a task: why its range's end is not a point the whole shard allows (None: it is)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -72,6 +73,10 @@ class ShardConverter:
         self.staging = layout.staging(self.shard_id)
         self.write_files = any(data_files(settings))
         self.writer: SampleWriter | None = None  # made by `run`, in the staging folder
+        # A task of a split shard (`taskconvert`) collects the names of its sample members and notes whether a
+        # member still waited for its partner when its range ended: what says its end was a true boundary.
+        self.names: set[str] | None = None
+        self.pending_at_end = False
 
     # -- pairing members into samples ---------------------------------------------------------------
 
@@ -170,6 +175,7 @@ class ShardConverter:
         settings = self.settings
         pairing = textmembers.pairing_for(settings)
         text_exts = settings.text_exts
+        names = self.names
         last = time.monotonic()
         try:
             for member in reader:
@@ -184,6 +190,8 @@ class ShardConverter:
                         self.writer.notes["other_members"] += 1  # never created; files make their own folders
                         continue
                     key, role, ext = classify(member.name, text_exts)
+                    if names is not None and role is not None:
+                        names.add(member.name)
                     weight = 0
                     payload: Any
                     if member.problem is not None:
@@ -219,6 +227,7 @@ class ShardConverter:
             for entry in pairing.leftovers():
                 self._report_unpaired(entry, f"before the shard became unreadable at offset {exc.offset}")
             raise
+        self.pending_at_end = bool(pairing.pending)
         for entry in pairing.leftovers():
             self._report_unpaired(entry, "in this shard")
 

@@ -56,7 +56,7 @@ def name_token(name: str) -> str:
     return unicodedata.normalize("NFC", first).casefold()
 
 
-class _Walk:
+class PairingWalk:
     """The state the scan replays: the pairing, the span of each name token, the candidate points."""
 
     def __init__(self, settings: Settings):
@@ -111,7 +111,7 @@ def scan_tar(fh: BinaryIO, size: int, settings: Settings) -> ShardScan:
     if not reader.seekable:
         reader.close()
         return ShardScan(size, 0, (), "compressed or not seekable")
-    walk = _Walk(settings)
+    walk = PairingWalk(settings)
     pending = walk.pairing.pending
     members = iter(reader)
     index = 0
@@ -149,4 +149,4 @@ def choose_points(scan: ShardScan, task_bytes: int) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-__all__ = ["ShardScan", "choose_points", "name_token", "scan_tar"]
+__all__ = ["PairingWalk", "ShardScan", "choose_points", "name_token", "scan_tar"]
