@@ -2,9 +2,11 @@
 
 Every task of a shard creates its images and caption files in `tasks/<shard>/files/<shard>/` (`Layout.task_files`),
 so putting the shard together moves that one folder instead of every file (86,000 renames for a shard of 4 KB
-images). Two tasks never create the same entry there: `shard.scan` places a split point only where no name token
-(the first component of a member's name without its extension, ignoring case and normalisation, the start of every
-path its sample writes) has members on both sides.
+images). Two tasks of a split that holds never create the same entry there: a split point is valid only where no name
+token (the first component of a member's name without its extension, ignoring case and normalisation, the start of
+every path its sample writes) has members on both sides (`shard.scan` places points so; guessed points,
+`shard.probe`, are checked after the tasks, and a shard whose tasks met the same token is dropped whole, shared
+folder included, and converted again whole).
 
 So that a task cut short (killed, its worker lost, its pool retried) can be taken back without touching the files of
 the shard's other tasks, a task logs each top-level entry it is about to create, before creating it, one JSON string a
