@@ -73,9 +73,9 @@ class ShardConverter:
         self.staging = layout.staging(self.shard_id)
         self.write_files = any(data_files(settings))
         self.writer: SampleWriter | None = None  # made by `run`, in the staging folder
-        # A task of a split shard (`taskconvert`) collects the names of its sample members and notes whether a
+        # A task of a split shard (`taskconvert`) collects the keys of its sample members and notes whether a
         # member still waited for its partner when its range ended: what says its end was a true boundary.
-        self.names: set[str] | None = None
+        self.sample_keys: set[str] | None = None
         self.pending_at_end = False
 
     # -- pairing members into samples ---------------------------------------------------------------
@@ -175,7 +175,7 @@ class ShardConverter:
         settings = self.settings
         pairing = textmembers.pairing_for(settings)
         text_exts = settings.text_exts
-        names = self.names
+        sample_keys = self.sample_keys
         last = time.monotonic()
         try:
             for member in reader:
@@ -190,8 +190,8 @@ class ShardConverter:
                         self.writer.notes["other_members"] += 1  # never created; files make their own folders
                         continue
                     key, role, ext = classify(member.name, text_exts)
-                    if names is not None and role is not None:
-                        names.add(member.name)
+                    if sample_keys is not None and role is not None:
+                        sample_keys.add(key)
                     weight = 0
                     payload: Any
                     if member.problem is not None:

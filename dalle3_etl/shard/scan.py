@@ -56,6 +56,14 @@ def name_token(name: str) -> str:
     return unicodedata.normalize("NFC", first).casefold()
 
 
+def key_token(key: str) -> str:
+    """`name_token` of every member whose key (its name without the last extension, `samples.classify`) is `key`:
+    a sample's members share it, so a task collects keys (half as many) and turns them into tokens once."""
+    if "/" not in key and key.isascii():
+        return key.lower()
+    return name_token(key + ".")
+
+
 class PairingWalk:
     """The state the scan replays: the pairing, the span of each name token, the candidate points."""
 
@@ -149,4 +157,4 @@ def choose_points(scan: ShardScan, task_bytes: int) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-__all__ = ["PairingWalk", "ShardScan", "choose_points", "name_token", "scan_tar"]
+__all__ = ["PairingWalk", "ShardScan", "choose_points", "key_token", "name_token", "scan_tar"]

@@ -24,7 +24,7 @@ from dalle3_etl.shard import tarstream
 from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
 from dalle3_etl.shard.hubsplit import open_task_input
 from dalle3_etl.shard.rows import Reason
-from dalle3_etl.shard.scan import name_token
+from dalle3_etl.shard.scan import key_token
 from dalle3_etl.shard.taskfiles import FILES_LOG, TaskFiles, forget_task_files
 from dalle3_etl.shard.writer import SampleWriter
 from dalle3_etl.sources.base import ShardSource
@@ -48,7 +48,7 @@ class TaskConverter(ShardConverter):
         layout = TaskLayout(self.out_layout.out, self.out_layout.task_staging(src.shard_id, part.index))
         super().__init__(src, layout, settings, _keyed(progress, task_key(src.shard_id, part.index)))
         self.part = part
-        self.names = set()  # the sample members' names (`ShardConverter._convert_members`): their tokens
+        self.sample_keys = set()  # the sample members' keys (`ShardConverter._convert_members`): their tokens
         self._reader: tarstream.TarReader | None = None
 
     def run(self) -> ShardResult:
@@ -70,7 +70,7 @@ class TaskConverter(ShardConverter):
         result = self.result(error, start)
         result.bytes_in = self.part.length(self.src.size)
         result.part = self.part.index
-        tokens = sorted({name_token(name).encode("utf-8", "surrogatepass") for name in self.names})
+        tokens = sorted({key_token(key).encode("utf-8", "surrogatepass") for key in self.sample_keys})
         result.boundary = self.boundary(error, tokens)
         write_task_tokens(self.staging, [t for t in tokens if b"\0" not in t])
         (self.staging / RESULT_NAME).write_bytes(orjson.dumps(result.to_json()))

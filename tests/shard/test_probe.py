@@ -10,11 +10,14 @@ from dataclasses import replace
 
 import pytest
 from badinput_helpers import img, js, tar_bytes
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.probe import probe_points
-from dalle3_etl.shard.scan import scan_tar
+from dalle3_etl.shard.samples import classify
+from dalle3_etl.shard.scan import key_token, name_token, scan_tar
 
 S = Settings()
 
@@ -78,3 +81,11 @@ def test_a_tar_inside_a_member_may_be_guessed_into(tmp_path):
     points = probe(raw, len(raw) // 2)
     assert points is not None and len(points) == 1
     assert points[0] not in allowed(raw)  # inside payload.bin
+
+
+@given(st.text(alphabet="aAbÉé./_x-", min_size=1, max_size=12), st.sampled_from(["jpg", "JSON", "txt", "png"]))
+def test_a_keys_token_is_the_token_of_every_member_name_with_that_key(stem, ext):
+    name = f"{stem}.{ext}"
+    key, role, _ = classify(name, frozenset({"txt"}))
+    if role is not None:
+        assert key_token(key) == name_token(name)
