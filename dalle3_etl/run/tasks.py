@@ -23,7 +23,6 @@ from itertools import repeat
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dalle3_etl.executors.base import ProgressCb, ShardTask
 from dalle3_etl.executors.pool import default_workers, mp_context
@@ -41,6 +40,7 @@ from dalle3_etl.store.crash import crash_point, sync_filesystem
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import ShardRecord, write_record
 from dalle3_etl.store.tasks import (
+    TASK_PART,
     TaskRange,
     ranges_from_points,
     read_plan,
@@ -327,7 +327,7 @@ def assemble(
     fs.remove_tree(staging)
     staging.mkdir(parents=True)
     dones = [layout.task_done(sid, part.index) for part in ranges]
-    _concat_parts([d / "part.parquet" for d in dones], layout.staged_part(sid), settings)
+    _concat_parts([d / TASK_PART for d in dones], layout.staged_part(sid), settings)
     with open(layout.staged_rejects(sid), "wb") as out:
         for done in dones:
             with open(done / "rejects.jsonl", "rb") as fh:
@@ -381,10 +381,13 @@ def _combine(src: ShardSource, parts: list[ShardResult]) -> ShardResult:
 
 
 def _concat_parts(paths: list[Path], dst: Path, settings: Settings) -> None:
-    """The tasks' parts as one, in the row batches a whole-shard `PartWriter` writes (`batch_rows` each)."""
+    """The tasks' parts (Arrow IPC files) as one parquet, in the row batches a whole-shard `PartWriter` writes
+    (`batch_rows` each)."""
     schema = part_schema(settings)
-    # ParquetFile, not read_table: read_table imports pyarrow.dataset (half a second of the driver, once per run)
-    table = pa.concat_tables([pq.ParquetFile(p).read().cast(schema) for p in paths]).combine_chunks()
+    # zero-copy reads of the mapped files; combine_chunks copies the rows out before the maps are let go
+    tables = [pa.ipc.open_file(pa.memory_map(str(path))).read_all().cast(schema) for path in paths]
+    table = pa.concat_tables(tables).combine_chunks()
+    del tables
     writer = parquet_writer(dst, schema, "zstd")
     try:
         for batch in table.to_batches(max_chunksize=settings.batch_rows):

@@ -17,6 +17,7 @@ import orjson
 from dalle3_etl.store.layout import Layout
 
 RESULT_NAME = "result.json"
+TASK_PART = "part.arrow"  # a task's rows (`TaskLayout.staged_part`)
 TOKENS_NAME = "tokens.bin"  # a done task's name tokens (`shard.scan.name_token`), sorted, NUL-separated
 
 
@@ -119,9 +120,13 @@ class TaskLayout(Layout):
     def staging(self, shard_id: str) -> Path:
         return self.task_dir
 
+    def staged_part(self, shard_id: str) -> Path:
+        return self.task_dir / TASK_PART  # Arrow IPC: read once, memory-mapped, by the driver (`sinks.PartWriter`)
+
 
 __all__ = [
     "RESULT_NAME",
+    "TASK_PART",
     "TaskLayout",
     "TaskRange",
     "ranges_from_points",
