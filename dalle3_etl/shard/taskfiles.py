@@ -36,7 +36,7 @@ class MappedLog:
     """Lines appended to a file through a shared memory map, grown by doubling; `close` trims the file to them."""
 
     def __init__(self, path: Path, size: int = 1 << 20):
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # in a fresh staging folder
         self._size = size
         self._pos = 0
         os.ftruncate(self._fd, size)
