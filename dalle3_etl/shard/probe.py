@@ -111,20 +111,20 @@ def _sample_start(fh: BinaryIO, at: int, limit: int) -> int | None:
 def _head_is_free(fh: BinaryIO, settings: Settings) -> bool:
     """Whether the first HEAD_MEMBERS members of the shard have a point where nothing waits (the scan's rule)."""
     fh.seek(0)
-    reader = open_tar(fh)
-    if not reader.seekable:
-        return False
-    walk = PairingWalk(settings)
-    pending = walk.pairing.pending
-    try:
-        for index, member in enumerate(reader):
-            if index >= HEAD_MEMBERS:
-                break
-            if index > 0 and not pending and not reader.saw_global_header:
-                return True
-            walk.member(index, member)
-    except TarFormatError:
-        return False
+    with open_tar(fh) as reader:  # closes what it made for a compressed shard, never `fh`
+        if not reader.seekable:
+            return False
+        walk = PairingWalk(settings)
+        pending = walk.pairing.pending
+        try:
+            for index, member in enumerate(reader):
+                if index >= HEAD_MEMBERS:
+                    break
+                if index > 0 and not pending and not reader.saw_global_header:
+                    return True
+                walk.member(index, member)
+        except TarFormatError:
+            return False
     return False
 
 

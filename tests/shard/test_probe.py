@@ -89,3 +89,12 @@ def test_a_keys_token_is_the_token_of_every_member_name_with_that_key(stem, ext)
     key, role, _ = classify(name, frozenset({"txt"}))
     if role is not None:
         assert key_token(key) == name_token(name)
+
+
+def test_a_compressed_shard_is_not_guessed_into(tmp_path):
+    import gzip
+
+    raw = tar_bytes([m for i in range(60) for m in ((f"s{i}.jpg", img(nbytes=700)), (f"s{i}.json", js()))])
+    packed = gzip.compress(raw)
+    assert probe(packed, len(packed) // 4) is None  # the scan decides, and finds no point in a stream either
+    assert scan_tar(io.BytesIO(packed), len(packed), S).points == ()
