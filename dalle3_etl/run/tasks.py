@@ -18,6 +18,7 @@ import concurrent.futures as cf
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
@@ -89,15 +90,20 @@ def probe_local(src: ShardSource, settings: Settings) -> tuple[int, ...] | None:
         return ()
 
 
-def scan_many(sources: list[ShardSource], settings: Settings) -> dict[str, tuple[int, ...]]:
+def scan_many(
+    sources: list[ShardSource], settings: Settings, on_scan: Callable[[list[ShardSource]], None] | None = None
+) -> dict[str, tuple[int, ...]]:
     """The points of each shard: guessed for local shards (`probe_local`, here), else by `scan_points` in a pool
-    of the run's worker count (scans only read the inputs). Ctrl-C waits for the scans under way, then stops."""
+    of the run's worker count (scans only read the inputs), announced first to `on_scan` (an `hf://` shard's scan
+    reads all of it). Ctrl-C waits for the scans under way, then stops."""
     found: dict[str, tuple[int, ...]] = {}
     for src in sources:
         points = probe_local(src, settings)
         if points is not None:
             found[src.shard_id] = points
     sources = [src for src in sources if src.shard_id not in found]
+    if sources and on_scan is not None:
+        on_scan(sources)
     workers = min(settings.workers or default_workers(), len(sources))
     if workers < 2:
         return found | {src.shard_id: scan_points(src, settings) for src in sources}
@@ -277,13 +283,21 @@ def split_fails(layout: Layout, sid: str, ranges: list[TaskRange], results: dict
     return None
 
 
-def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> tuple[list[ShardTask], TaskBook]:
-    """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards."""
+def plan_tasks(
+    layout: Layout,
+    todo: list[ShardSource],
+    settings: Settings,
+    on_scan: Callable[[list[ShardSource]], None] | None = None,
+) -> tuple[list[ShardTask], TaskBook]:
+    """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards;
+    `on_scan` hears of the shards read whole to find their points, before they are."""
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
     todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
     whole = hub_kept_whole(layout, todo, settings.workers or default_workers())
-    scanned = scan_many([s for s in todo if _needs_scan(layout, s, settings) and s.shard_id not in whole], settings)
+    scanned = scan_many(
+        [s for s in todo if _needs_scan(layout, s, settings) and s.shard_id not in whole], settings, on_scan
+    )
     for order, src in enumerate(todo):
         ranges = None if src.shard_id in whole else shard_ranges(layout, src, settings, scanned)
         if ranges is None:
