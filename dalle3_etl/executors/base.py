@@ -27,7 +27,9 @@ from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.tasks import TaskRange
 
 ProgressCb = Callable[[str, int, int], None]
-ResultCb = Callable[[ShardResult], None]
+# A finished task's result; the callback may give back more tasks to run in the same run (a split shard whose
+# split did not hold is converted again whole: `run.tasks.TaskBook`).
+ResultCb = Callable[[ShardResult], "list[ShardTask] | None"]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ and its progress queue.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import os
 import queue
@@ -32,8 +33,9 @@ class InlineExecutor:
     """Runs shards one after another in this process (`--workers 1`)."""
 
     def run(self, tasks: list[ShardTask], on_progress: ProgressCb, on_result: ResultCb) -> None:
-        for task in tasks:
-            on_result(run_task(task, on_progress))
+        todo = collections.deque(tasks)
+        while todo:
+            todo.extend(on_result(run_task(todo.popleft(), on_progress)) or ())
 
 
 _progress_queue = None
@@ -130,6 +132,7 @@ class LocalExecutor:
             initargs=(progress_queue, os.getpid(), tasks[0].workers_lock),
         )
         retry: list[ShardTask] = []
+        order = list(tasks)  # and the tasks `on_result` gave back
         try:
             pending = {pool.submit(_pool_task, task): task for task in tasks}
             while pending:
@@ -155,7 +158,9 @@ class LocalExecutor:
                                 f"e.g. the OOM killer?): {type(exc).__name__}: {exc}"
                             ),
                         )
-                    on_result(result)
+                    for more in on_result(result) or ():
+                        order.append(more)
+                        pending[pool.submit(_pool_task, more)] = more
         except BaseException:
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
@@ -165,7 +170,7 @@ class LocalExecutor:
             pool.shutdown(wait=True)
         finally:
             progress_queue.close()
-        return sorted(retry, key=tasks.index)
+        return sorted(retry, key=order.index)
 
 
 def _drain(progress_queue, on_progress: ProgressCb) -> None:

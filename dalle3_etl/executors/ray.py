@@ -216,9 +216,13 @@ class RayExecutor:
         pending: dict[Any, ShardTask] = {}
         finished: set[str] = set()
         try:
-            for task in tasks:
+
+            def submit(task: ShardTask) -> None:
                 ref = remote.options(name=f"convert {task.source.shard_id}").remote(task, board, __version__)
                 pending[ref] = task
+
+            for task in tasks:
+                submit(task)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=WAIT_SECONDS)
                 board = self._drain(board, finished, on_progress)
@@ -226,7 +230,9 @@ class RayExecutor:
                     task = pending.pop(ref)
                     result = self._result(ref, task)
                     finished.add(result.shard_id)
-                    on_result(result)
+                    for again in on_result(result) or ():
+                        finished.discard(again.source.shard_id)  # its progress counts again
+                        submit(again)
         except BaseException:  # Ctrl-C, or a callback failed: stop the cluster's work on this run
             self._cancel(list(pending))
             raise

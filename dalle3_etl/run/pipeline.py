@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from dalle3_etl.executors.base import ShardTask
 from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.cleanup import clean_leftovers, restart
@@ -47,6 +48,7 @@ class RunSummary:
     incomplete: dict[str, str] = field(default_factory=dict)  # input shard id -> failed / damaged / not converted
     duplicates: int | None = None  # --dedup: duplicate rejects in the whole output, as the merge decided
     webshart: IndexOutcome | None = None  # --webshart: the indexes written and the caches cleared
+    redone_whole: dict[str, str] = field(default_factory=dict)  # split shard -> why its split did not hold
 
     @property
     def failed(self) -> list[ShardResult]:
@@ -60,19 +62,27 @@ class RunSummary:
         """Input shards left incomplete by earlier runs (this run's failures are reported one by one)."""
         now = {r.shard_id for r in self.failed}
         earlier = {sid: state for sid, state in self.incomplete.items() if sid not in now}
-        if not earlier:
-            return []
-        return [
-            f"{len(earlier)} input shard(s) incomplete from earlier runs: "
-            + ", ".join(f"{sid} ({state})" for sid, state in earlier.items())
-            + ". See `dalle3-etl status`; --retry-failed redoes failed and damaged shards."
-        ]
+        lines = []
+        if earlier:
+            lines.append(
+                f"{len(earlier)} input shard(s) incomplete from earlier runs: "
+                + ", ".join(f"{sid} ({state})" for sid, state in earlier.items())
+                + ". See `dalle3-etl status`; --retry-failed redoes failed and damaged shards."
+            )
+        if self.redone_whole:
+            lines.append(
+                f"{len(self.redone_whole)} shard(s) converted again whole, as the points they were cut at did not "
+                "hold (the output is the whole shard's): "
+                + "; ".join(f"{sid}: {why}" for sid, why in self.redone_whole.items())
+            )
+        return lines
 
 
 class Reporter:
     """What the driver tells the user; `report.RichReporter` draws it. This base class stays silent."""
 
     def start(self, plan: Plan, total_bytes: int) -> None: ...
+    def scanning(self, sources: list[ShardSource]) -> None: ...  # read whole before the run to find split points
     def progress(self, shard_id: str, nbytes: int, samples: int) -> None: ...
     def shard_done(self, result: ShardResult) -> None: ...
     def merging(self) -> None: ...
@@ -154,16 +164,19 @@ def _convert_and_merge(
     ray_address: str | None,
 ) -> None:
     runner = make_executor(executor, settings.workers or default_workers(), ray_address)
-    tasks, book = plan_tasks(layout, plan.todo, settings)  # split shards: tasks, largest first
+    tasks, book = plan_tasks(layout, plan.todo, settings, reporter.scanning)  # split shards: largest first
     reporter.start(plan, sum(src.size for src in plan.todo))
     book.seed(reporter.progress)
     # parts are merged while later shards still convert; the end merges only what is left
     streaming = StreamingMerge(layout, settings, list(all_records(layout)), [src.shard_id for src in plan.todo])
 
-    def on_result(result: ShardResult) -> None:
+    def on_result(result: ShardResult) -> list[ShardTask]:
         whole = book.settle(result)  # None while a split shard has tasks out, then the shard's result
+        if isinstance(whole, ShardTask):
+            return [whole]  # its split did not hold: converted again whole
         if whole is not None:
             on_shard(whole)
+        return []
 
     def on_shard(result: ShardResult) -> None:
         failed = layout.failed(result.shard_id)
@@ -177,8 +190,13 @@ def _convert_and_merge(
 
     try:
         for sid in book.ready():  # tasks all done by earlier runs
-            on_shard(book.finish(sid))
+            whole = book.finish(sid)
+            if isinstance(whole, ShardTask):
+                tasks.insert(0, whole)
+            else:
+                on_shard(whole)
         runner.run(tasks, book.progress(reporter.progress), on_result)
+        summary.redone_whole = dict(book.redone)
         reporter.merging()
         done = sorted(all_records(layout), key=natural_key)
         summary.rows = merge(layout, done, settings, streaming)

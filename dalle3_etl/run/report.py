@@ -24,6 +24,7 @@ from dalle3_etl.run.webshart import webshart_lines
 from dalle3_etl.safetext import human_bytes, plain, safe
 from dalle3_etl.settings import CAPTIONS_COLUMN
 from dalle3_etl.shard.convert import ShardResult
+from dalle3_etl.shard.hubsplit import is_hub
 from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.manifest import pinned_settings
@@ -74,6 +75,13 @@ class RichReporter(Reporter):
             )
             self.task = self.bar.add_task(self._desc(), total=total_bytes or None, rate="")
             self.bar.start()
+
+    def scanning(self, sources) -> None:
+        if self.quiet:
+            return
+        hub = sum(1 for src in sources if is_hub(src))
+        what = f"{len(sources)} shard(s)" + (f", {hub} of them from the Hub (read in full)" if hub else "")
+        self.console.print(f"Reading the headers of {what} to find where to split them; the conversion starts after.")
 
     def _desc(self) -> str:
         return f"shards {self.finished}/{self.total_shards}"

@@ -18,12 +18,12 @@ import concurrent.futures as cf
 import os
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dalle3_etl.executors.base import ProgressCb, ShardTask
 from dalle3_etl.executors.pool import default_workers, mp_context
@@ -31,6 +31,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerprint
 from dalle3_etl.shard.hubsplit import hub_kept_whole, is_hub, scan_hub, with_blocks
+from dalle3_etl.shard.probe import probe_points
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.shard.sinks import parquet_writer, part_schema
 from dalle3_etl.shard.taskconvert import TASK_SEP
@@ -40,11 +41,13 @@ from dalle3_etl.store.crash import crash_point, sync_filesystem
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import ShardRecord, write_record
 from dalle3_etl.store.tasks import (
+    TASK_PART,
     TaskRange,
     ranges_from_points,
     read_plan,
     read_plan_blocks,
     read_task_result,
+    read_task_tokens,
     write_plan,
 )
 
@@ -65,8 +68,8 @@ def _needs_scan(layout: Layout, src: ShardSource, settings: Settings) -> bool:
 
 
 def scan_points(src: ShardSource, settings: Settings) -> tuple[int, ...]:
-    """Where a shard is cut (`shard.scan`; `hf://`: `shard.hubsplit`, with its block hashes); none when it cannot
-    be read now (converted whole, which reports it)."""
+    """Where a shard is cut, by the full scan (`shard.scan`; `hf://`: `shard.hubsplit`, with its block hashes);
+    none when it cannot be read now (converted whole, which reports it)."""
     if is_hub(src):
         return scan_hub(src, settings)  # type: ignore[arg-type]
     try:
@@ -76,12 +79,34 @@ def scan_points(src: ShardSource, settings: Settings) -> tuple[int, ...]:
         return ()
 
 
-def scan_many(sources: list[ShardSource], settings: Settings) -> dict[str, tuple[int, ...]]:
-    """`scan_points` of each shard, in a pool of the run's worker count (scans only read the inputs). Ctrl-C waits
-    for the scans under way (well under a second each), then stops."""
+def probe_local(src: ShardSource, settings: Settings) -> tuple[int, ...] | None:
+    """Guessed points of a local shard (`shard.probe`: milliseconds, checked by its tasks); None: scan it."""
+    if is_hub(src):
+        return None
+    try:
+        with src.open() as fh:
+            return probe_points(fh, src.size, settings)
+    except OSError:
+        return ()
+
+
+def scan_many(
+    sources: list[ShardSource], settings: Settings, on_scan: Callable[[list[ShardSource]], None] | None = None
+) -> dict[str, tuple[int, ...]]:
+    """The points of each shard: guessed for local shards (`probe_local`, here), else by `scan_points` in a pool
+    of the run's worker count (scans only read the inputs), announced first to `on_scan` (an `hf://` shard's scan
+    reads all of it). Ctrl-C waits for the scans under way, then stops."""
+    found: dict[str, tuple[int, ...]] = {}
+    for src in sources:
+        points = probe_local(src, settings)
+        if points is not None:
+            found[src.shard_id] = points
+    sources = [src for src in sources if src.shard_id not in found]
+    if sources and on_scan is not None:
+        on_scan(sources)
     workers = min(settings.workers or default_workers(), len(sources))
     if workers < 2:
-        return {src.shard_id: scan_points(src, settings) for src in sources}
+        return found | {src.shard_id: scan_points(src, settings) for src in sources}
     pool = cf.ProcessPoolExecutor(
         max_workers=workers,
         mp_context=mp_context(),
@@ -89,7 +114,7 @@ def scan_many(sources: list[ShardSource], settings: Settings) -> dict[str, tuple
         initargs=(signal.SIGINT, signal.SIG_IGN),
     )
     try:
-        return dict(zip([s.shard_id for s in sources], pool.map(scan_points, sources, repeat(settings))))
+        return found | dict(zip([s.shard_id for s in sources], pool.map(scan_points, sources, repeat(settings))))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -103,12 +128,18 @@ def shard_ranges(
     fingerprint = source_fingerprint(src)
     if splittable(src, settings):
         ranges = read_plan(layout, sid, fingerprint)
+        if ranges is not None and len(ranges) == 1:
+            return None  # a shard whose split did not hold (`TaskBook.finish`): converted whole
         if ranges is not None and with_blocks(src, read_plan_blocks(layout, sid)) is not None:
             return ranges
     layout.fs.remove_tree(layout.shard_tasks(sid))  # a plan for another input, or none
     if not splittable(src, settings) or src.size < settings.task_bytes * 3 // 2:
         return None
-    points = scanned[sid] if scanned is not None and sid in scanned else scan_points(src, settings)
+    if scanned is not None and sid in scanned:
+        points = scanned[sid]
+    else:
+        probed = probe_local(src, settings)
+        points = scan_points(src, settings) if probed is None else probed
     if not points:
         return None
     forget_shard(layout, sid, settings)  # what an earlier conversion of it left, as a whole shard's run does
@@ -133,6 +164,7 @@ class TaskBook:
         self.settings = settings
         self.split: dict[str, _Split] = {}
         self._running: dict[str, dict[str, tuple[int, int]]] = {}  # shard -> task key -> (bytes, samples)
+        self.redone: dict[str, str] = {}  # shard -> why its split did not hold (converted again whole)
 
     def add(self, src: ShardSource, ranges: list[TaskRange]) -> list[ShardTask]:
         """Record a split shard; its tasks not done yet."""
@@ -188,8 +220,9 @@ class TaskBook:
         """Split shards whose tasks were all done by earlier runs: to be put together now."""
         return [sid for sid, e in self.split.items() if e.submitted == 0]
 
-    def settle(self, result: ShardResult) -> ShardResult | None:
-        """A task's result: None while the shard has tasks out, then the shard's (put together, or failed)."""
+    def settle(self, result: ShardResult) -> ShardResult | ShardTask | None:
+        """A task's result: None while the shard has tasks out, then the shard's (put together, or failed), or the
+        task that converts it whole when its split did not hold (`finish`)."""
         entry = self.split.get(result.shard_id)
         if entry is None or result.part is None and result.ok:
             return result  # a whole shard
@@ -203,11 +236,15 @@ class TaskBook:
             return None
         return self.finish(result.shard_id)
 
-    def finish(self, sid: str) -> ShardResult:
+    def finish(self, sid: str) -> ShardResult | ShardTask:
         entry = self.split[sid]
         failed = [r for r in entry.results.values() if not r.ok]
         if failed:
             return replace(failed[0], part=None)
+        why = split_fails(self.layout, sid, entry.ranges, entry.results)
+        if why is not None:
+            self.redone[sid] = why
+            return self.redo_whole(entry)
         try:
             return assemble(self.layout, entry.src, self.settings, entry.ranges, entry.results)
         except OSError as exc:
@@ -216,14 +253,51 @@ class TaskBook:
             where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
             return ShardResult(sid, ok=False, failure=f"{type(exc).__name__}: {exc.strerror or exc}{where}")
 
+    def redo_whole(self, entry: _Split) -> ShardTask:
+        """Drop the tasks of a shard whose split did not hold and record it as one range (converted whole, also by
+        later runs); the task that converts it whole."""
+        sid, layout = entry.src.shard_id, self.layout
+        forget_shard(layout, sid, self.settings)
+        layout.fs.remove_tree(layout.shard_tasks(sid))
+        write_plan(layout, sid, source_fingerprint(entry.src), ())
+        del self.split[sid]
+        self._running.pop(sid, None)
+        return ShardTask(entry.src, str(layout.out), self.settings)
 
-def plan_tasks(layout: Layout, todo: list[ShardSource], settings: Settings) -> tuple[list[ShardTask], TaskBook]:
-    """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards."""
+
+def split_fails(layout: Layout, sid: str, ranges: list[TaskRange], results: dict[int, ShardResult]) -> str | None:
+    """Why the done tasks of a shard do not add up to its whole conversion (None: they do): a task whose range
+    end was no boundary (`ShardResult.boundary`), or a name token met by two tasks (the whole shard decides a
+    duplicate, a late partner or a name clash within itself; tasks would each keep theirs)."""
+    seen: set[bytes] = set()
+    for part in ranges:
+        result = results[part.index]
+        if result.boundary is not None:
+            return f"task {part.index}: {result.boundary}"
+        tokens = read_task_tokens(layout, sid, part.index)
+        if tokens is None:
+            return f"task {part.index} has no name tokens on record"
+        if not seen.isdisjoint(tokens):
+            return f"a member name of task {part.index} is also in an earlier task"
+        seen |= tokens
+    return None
+
+
+def plan_tasks(
+    layout: Layout,
+    todo: list[ShardSource],
+    settings: Settings,
+    on_scan: Callable[[list[ShardSource]], None] | None = None,
+) -> tuple[list[ShardTask], TaskBook]:
+    """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards;
+    `on_scan` hears of the shards read whole to find their points, before they are."""
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
     todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
     whole = hub_kept_whole(layout, todo, settings.workers or default_workers())
-    scanned = scan_many([s for s in todo if _needs_scan(layout, s, settings) and s.shard_id not in whole], settings)
+    scanned = scan_many(
+        [s for s in todo if _needs_scan(layout, s, settings) and s.shard_id not in whole], settings, on_scan
+    )
     for order, src in enumerate(todo):
         ranges = None if src.shard_id in whole else shard_ranges(layout, src, settings, scanned)
         if ranges is None:
@@ -267,7 +341,7 @@ def assemble(
     fs.remove_tree(staging)
     staging.mkdir(parents=True)
     dones = [layout.task_done(sid, part.index) for part in ranges]
-    _concat_parts([d / "part.parquet" for d in dones], layout.staged_part(sid), settings)
+    _concat_parts([d / TASK_PART for d in dones], layout.staged_part(sid), settings)
     with open(layout.staged_rejects(sid), "wb") as out:
         for done in dones:
             with open(done / "rejects.jsonl", "rb") as fh:
@@ -321,10 +395,13 @@ def _combine(src: ShardSource, parts: list[ShardResult]) -> ShardResult:
 
 
 def _concat_parts(paths: list[Path], dst: Path, settings: Settings) -> None:
-    """The tasks' parts as one, in the row batches a whole-shard `PartWriter` writes (`batch_rows` each)."""
+    """The tasks' parts (Arrow IPC files) as one parquet, in the row batches a whole-shard `PartWriter` writes
+    (`batch_rows` each)."""
     schema = part_schema(settings)
-    # ParquetFile, not read_table: read_table imports pyarrow.dataset (half a second of the driver, once per run)
-    table = pa.concat_tables([pq.ParquetFile(p).read().cast(schema) for p in paths]).combine_chunks()
+    # zero-copy reads of the mapped files; combine_chunks copies the rows out before the maps are let go
+    tables = [pa.ipc.open_file(pa.memory_map(str(path))).read_all().cast(schema) for path in paths]
+    table = pa.concat_tables(tables).combine_chunks()
+    del tables
     writer = parquet_writer(dst, schema, "zstd")
     try:
         for batch in table.to_batches(max_chunksize=settings.batch_rows):

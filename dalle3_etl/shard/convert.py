@@ -51,6 +51,7 @@ class ShardResult:
     error: str | None = None  # the shard could not be read to the end (good samples before it are kept)
     failure: str | None = None  # nothing committed (I/O error on output, crash): the shard is redone next run
     part: int | None = None  # the result of one task of a split shard (`run.tasks`): its index
+    boundary: str | None = None  # a task: why its range's end is not a point the whole shard allows (None: it is)
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -73,6 +74,10 @@ class ShardConverter:
         self.staging = layout.staging(self.shard_id)
         self.write_files = any(data_files(settings))
         self.writer: SampleWriter | None = None  # made by `run`, in the staging folder
+        # A task of a split shard (`taskconvert`) collects the keys of its sample members and notes whether a
+        # member still waited for its partner when its range ended: what says its end was a true boundary.
+        self.sample_keys: set[str] | None = None
+        self.pending_at_end = False
 
     # -- pairing members into samples ---------------------------------------------------------------
 
@@ -174,7 +179,7 @@ class ShardConverter:
     def _convert_members(self, reader: tarstream.TarReader) -> None:
         pairing = textmembers.pairing_for(self.settings)
         try:
-            if isinstance(reader, FolderReader) and not self.settings.text_exts:
+            if isinstance(reader, FolderReader) and not self.settings.text_exts and self.sample_keys is None:
                 convert_unit(self, reader, pairing)  # a sample's two files at once (shard.folderloop)
             else:
                 last = time.monotonic()
@@ -189,6 +194,7 @@ class ShardConverter:
             for entry in pairing.leftovers():
                 self._report_unpaired(entry, f"before the shard became unreadable at offset {exc.offset}")
             raise
+        self.pending_at_end = bool(pairing.pending)
         for entry in pairing.leftovers():
             self._report_unpaired(entry, "in this shard")
 
@@ -201,6 +207,8 @@ class ShardConverter:
                 self.writer.notes["other_members"] += 1  # never created; files make their own folders
                 return
             key, role, ext = classify(member.name, self.settings.text_exts)
+            if self.sample_keys is not None and role is not None:
+                self.sample_keys.add(key)  # a task of a split shard (`taskconvert`)
             weight = 0
             payload: Any
             if member.problem is not None:

@@ -56,7 +56,15 @@ def name_token(name: str) -> str:
     return unicodedata.normalize("NFC", first).casefold()
 
 
-class _Walk:
+def key_token(key: str) -> str:
+    """`name_token` of every member whose key (its name without the last extension, `samples.classify`) is `key`:
+    a sample's members share it, so a task collects keys (half as many) and turns them into tokens once."""
+    if "/" not in key and key.isascii():
+        return key.lower()
+    return name_token(key + ".")
+
+
+class PairingWalk:
     """The state the scan replays: the pairing, the span of each name token, the candidate points."""
 
     def __init__(self, settings: Settings):
@@ -111,7 +119,7 @@ def scan_tar(fh: BinaryIO, size: int, settings: Settings) -> ShardScan:
     if not reader.seekable:
         reader.close()
         return ShardScan(size, 0, (), "compressed or not seekable")
-    walk = _Walk(settings)
+    walk = PairingWalk(settings)
     pending = walk.pairing.pending
     members = iter(reader)
     index = 0
@@ -149,4 +157,4 @@ def choose_points(scan: ShardScan, task_bytes: int) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-__all__ = ["ShardScan", "choose_points", "name_token", "scan_tar"]
+__all__ = ["PairingWalk", "ShardScan", "choose_points", "key_token", "name_token", "scan_tar"]

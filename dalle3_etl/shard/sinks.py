@@ -157,7 +157,10 @@ def column_array(values: list, type_: pa.DataType) -> pa.Array:
 
 class PartWriter:
     """Collects rows (tuples in schema order) and writes one record batch every `batch_rows` rows.
-    With --dedup, each row's key is appended to `keys` before the row is added (the hidden last column)."""
+    With --dedup, each row's key is appended to `keys` before the row is added (the hidden last column).
+
+    A path ending in `.arrow` is written as an Arrow IPC file instead of parquet: the part of one task of a split
+    shard, read back once by the driver (`run.tasks`), memory-mapped, with no parquet encoding on either side."""
 
     def __init__(self, path: Path, settings: Settings):
         self.path = path
@@ -167,7 +170,10 @@ class PartWriter:
         self.keys: list[bytes | None] | None = [] if settings.dedup else None
         self.places: list[tuple[int, int]] | None = [] if settings.webshart else None  # (offset, length) per row
         self.rows = 0
-        self._writer = parquet_writer(path, self.schema, "zstd")
+        if path.suffix == ".arrow":
+            self._writer = pa.ipc.new_file(str(path), self.schema)
+        else:
+            self._writer = parquet_writer(path, self.schema, "zstd")
 
     def add(self, values: tuple) -> None:
         pending = self.pending

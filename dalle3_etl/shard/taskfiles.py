@@ -2,17 +2,23 @@
 
 Every task of a shard creates its images and caption files in `tasks/<shard>/files/<shard>/` (`Layout.task_files`),
 so putting the shard together moves that one folder instead of every file (86,000 renames for a shard of 4 KB
-images). Two tasks never create the same entry there: `shard.scan` places a split point only where no name token
-(the first component of a member's name without its extension, ignoring case and normalisation, the start of every
-path its sample writes) has members on both sides.
+images). Two tasks of a split that holds never create the same entry there: a split point is valid only where no name
+token (the first component of a member's name without its extension, ignoring case and normalisation, the start of
+every path its sample writes) has members on both sides (`shard.scan` places points so; guessed points,
+`shard.probe`, are checked after the tasks, and a shard whose tasks met the same token is dropped whole, shared
+folder included, and converted again whole).
 
 So that a task cut short (killed, its worker lost, its pool retried) can be taken back without touching the files of
 the shard's other tasks, a task logs each top-level entry it is about to create, before creating it, one JSON string a
 line in `files.jsonl` of its own staging folder (`forget_task_files` removes the logged entries, through `fsio`).
+The log is a file mapped into memory (`MappedLog`): a line copied there is in the OS's page cache at once, where a
+later process reads it even if this one was killed, without a system call per file (one `write` per entry cost a
+task ~2.5 µs a sample). It is trimmed to its lines when the task closes it; a killed task's log ends in zero bytes.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -26,6 +32,36 @@ from dalle3_etl.store.layout import Layout
 FILES_LOG = "files.jsonl"
 
 
+class MappedLog:
+    """Lines appended to a file through a shared memory map, grown by doubling; `close` trims the file to them."""
+
+    def __init__(self, path: Path, size: int = 1 << 20):
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # in a fresh staging folder
+        self._size = size
+        self._pos = 0
+        os.ftruncate(self._fd, size)
+        self._map = mmap.mmap(self._fd, size)
+
+    def write(self, line: bytes) -> None:
+        end = self._pos + len(line)
+        if end > self._size:
+            self._map.close()
+            while end > self._size:
+                self._size *= 2
+            os.ftruncate(self._fd, self._size)
+            self._map = mmap.mmap(self._fd, self._size)
+        self._map[self._pos : end] = line
+        self._pos = end
+
+    def close(self) -> None:
+        if self._fd < 0:
+            return
+        self._map.close()
+        os.ftruncate(self._fd, self._pos)
+        os.close(self._fd)
+        self._fd = -1
+
+
 class TaskFiles(FileTree):
     """A `FileTree` rooted at the shared `<files>/<shard>` folder that logs each new top-level entry first.
 
@@ -36,7 +72,7 @@ class TaskFiles(FileTree):
         super().__init__(files_dir / shard_id, fs)
         self._lead = shard_id + "/"
         self._logged: set[str] = set()
-        self._log = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._log = MappedLog(log)
 
     def _inner(self, relpath: str) -> str:
         if not relpath.startswith(self._lead):
@@ -47,7 +83,7 @@ class TaskFiles(FileTree):
         inner = self._inner(relpath)
         entry = inner.partition("/")[0]
         if entry not in self._logged:
-            os.write(self._log, orjson.dumps(entry) + b"\n")  # on disk (the OS's) before the entry exists
+            self._log.write(orjson.dumps(entry) + b"\n")  # in the OS's page cache before the entry exists
             self._logged.add(entry)
         return super().path(inner)
 
@@ -55,15 +91,13 @@ class TaskFiles(FileTree):
         super().prune(self._inner(relpath))  # stops below the root: the shared `<shard>` folder stays
 
     def close(self) -> None:
-        if self._log >= 0:
-            os.close(self._log)
-            self._log = -1
+        self._log.close()
 
 
 def logged_entries(log: Path) -> list[str]:
     """The entries a task logged (a line cut short by a kill is skipped: its entry was never created)."""
     try:
-        lines = log.read_bytes().splitlines()
+        lines = log.read_bytes().rstrip(b"\0").splitlines()  # a killed task's mapped log ends in zero bytes
     except FileNotFoundError:
         return []
     entries = []
@@ -105,4 +139,4 @@ def move_task_files(layout: Layout, shard_id: str) -> None:
     fs.rename_new(shared, target)
 
 
-__all__ = ["FILES_LOG", "TaskFiles", "forget_task_files", "logged_entries", "move_task_files"]
+__all__ = ["FILES_LOG", "MappedLog", "TaskFiles", "forget_task_files", "logged_entries", "move_task_files"]

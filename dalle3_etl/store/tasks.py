@@ -17,6 +17,8 @@ import orjson
 from dalle3_etl.store.layout import Layout
 
 RESULT_NAME = "result.json"
+TASK_PART = "part.arrow"  # a task's rows (`TaskLayout.staged_part`)
+TOKENS_NAME = "tokens.bin"  # a done task's name tokens (`shard.scan.name_token`), sorted, NUL-separated
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,20 @@ def read_task_result(layout: Layout, shard_id: str, index: int) -> dict[str, Any
     return obj if isinstance(obj, dict) else None
 
 
+def write_task_tokens(folder: Path, tokens: list[bytes]) -> None:
+    """A task's name tokens (bytes without NUL), into its staging `folder` before it is made done."""
+    (folder / TOKENS_NAME).write_bytes(b"\0".join(sorted(tokens)))
+
+
+def read_task_tokens(layout: Layout, shard_id: str, index: int) -> set[bytes] | None:
+    """The name tokens of a done task, or None when it has none on record (done by an older version)."""
+    try:
+        data = (layout.task_done(shard_id, index) / TOKENS_NAME).read_bytes()
+    except OSError:
+        return None
+    return set(data.split(b"\0")) if data else set()
+
+
 def tasks_done(layout: Layout, shard_id: str) -> tuple[int, int] | None:
     """(tasks done, tasks) of a shard split into tasks and not complete yet, or None (`status`: "3 of 8 parts")."""
     try:
@@ -88,6 +104,8 @@ def tasks_done(layout: Layout, shard_id: str) -> tuple[int, int] | None:
         count = len(obj["points"]) + 1
     except (OSError, orjson.JSONDecodeError, TypeError, KeyError):
         return None
+    if count == 1:
+        return None  # a shard whose split did not hold: converted whole
     done = sum(read_task_result(layout, shard_id, i) is not None for i in range(count))
     return done, count
 
@@ -102,14 +120,20 @@ class TaskLayout(Layout):
     def staging(self, shard_id: str) -> Path:
         return self.task_dir
 
+    def staged_part(self, shard_id: str) -> Path:
+        return self.task_dir / TASK_PART  # Arrow IPC: read once, memory-mapped, by the driver (`sinks.PartWriter`)
+
 
 __all__ = [
     "RESULT_NAME",
+    "TASK_PART",
     "TaskLayout",
     "TaskRange",
     "ranges_from_points",
     "read_plan",
     "read_plan_blocks",
     "read_task_result",
+    "read_task_tokens",
     "write_plan",
+    "write_task_tokens",
 ]

@@ -7,7 +7,7 @@ from dalle3_etl.devtools.bench.split import run_split_bench
 
 def test_the_harness_measures_both_ways_and_leaves_only_its_corpus(tmp_path):
     bench = run_split_bench(tmp_path, large=40, small=5, image_bytes=800, workers=1, reps=2, extra=["--no-images"])
-    assert len(bench.split_s) == len(bench.whole_s) == len(bench.scan_s) == 2
+    assert len(bench.split_s) == len(bench.whole_s) == len(bench.scan_s) == len(bench.probe_s) == 2
     assert bench.tasks >= 2  # the large shard is split at the default task size (an eighth of it)
     report = bench.to_json()
     assert report["ratio_split_to_whole"] > 0 and len(report["per_rep_ratios"]) == 2

@@ -193,3 +193,21 @@ def test_with_keep_tars_the_scan_is_the_download_and_tasks_read_the_kept_tar(hub
     assert _served_bytes(hub, S0) == (1, len(hub.files[S0]))  # one read of the shard in all
     assert (keep / "data-000000.tar").read_bytes() == hub.files[S0]
     assert dataset(out) == dataset(local_whole)
+
+
+def test_hub_shards_read_whole_before_the_run_are_announced_first(hub, local_whole, tmp_path):
+    class Announced(pipeline.Reporter):
+        def __init__(self):
+            self.events: list[tuple[str, list[str]]] = []
+
+        def scanning(self, sources):
+            self.events.append(("scanning", sorted(src.shard_id for src in sources)))
+
+        def start(self, plan, total_bytes):
+            self.events.append(("start", []))
+
+    seen = Announced()
+    sources = resolve_inputs([hub.uri("data/*.tar")])
+    summary = run_convert(sources, tmp_path / "out", load_settings(None, workers=3, task_bytes=20_000), reporter=seen)
+    assert summary.exit_code == 0
+    assert seen.events == [("scanning", ["data-000000", "data-000001"]), ("start", [])]

@@ -67,6 +67,7 @@ def test_split_conversion_gives_the_bytes_of_whole_shards(corpus, whole, tmp_pat
         summary = convert([corpus], out, workers=workers, task_bytes=task_bytes)
     assert summary.exit_code == 0
     assert planned.count("data-000000") >= 2 and planned.count("data-000001") >= 2  # both shards split
+    assert not summary.redone_whole  # the guessed points held
     assert out_tree(out) == whole
     assert not Layout(out).tasks_dir.exists() or not any(Layout(out).tasks_dir.iterdir())
 

@@ -64,3 +64,24 @@ def test_a_split_shard_on_ray_gives_the_local_whole_shard_bytes(ray_instance, tm
     sizes = {src.shard_id: src.size for src in sources}
     assert {sid for sid, _ in progress.seen} <= set(sizes)
     assert all(0 <= nbytes <= sizes[sid] for sid, nbytes in progress.seen)
+
+
+def test_a_guess_that_does_not_hold_is_converted_again_whole_on_ray(ray_instance, tmp_path):
+    from badinput_helpers import img, js, tar_bytes
+
+    from dalle3_etl.shard.probe import probe_points
+
+    pairs = [m for i in range(40) for m in ((f"s{i:02d}.jpg", img(nbytes=700)), (f"s{i:02d}.json", js()))]
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "data-000000.tar").write_bytes(tar_bytes(pairs + [("s03.json", js("again"))]))  # a late duplicate
+    sources = resolve_inputs([str(root)])
+    whole = tmp_path / "whole"
+    run_convert(sources, whole, load_settings(None, workers=1))
+    task_bytes = sources[0].size // 3
+    with open(sources[0].uri, "rb") as fh:
+        assert probe_points(fh, sources[0].size, Settings(task_bytes=task_bytes))  # guessed, not scanned
+    split = tmp_path / "split"
+    summary = run_convert(sources, split, load_settings(None, workers=2, task_bytes=task_bytes), executor="ray")
+    assert list(summary.redone_whole) == ["data-000000"]
+    assert _user_view(split) == _user_view(whole)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import dalle3_etl.run.tasks as tasks_mod
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.run.tasks import TaskBook, _Split, plan_tasks, scan_many, scan_points, shard_ranges, splittable
 from dalle3_etl.settings import Settings
@@ -107,7 +108,8 @@ def test_progress_is_summed_per_shard_and_never_goes_past_a_finished_task(tmp_pa
     assert entry.results[0].ok
 
 
-def test_shards_scanned_in_a_pool_get_the_ranges_of_a_serial_scan(shards, tmp_path):
+def test_shards_scanned_in_a_pool_get_the_ranges_of_a_serial_scan(shards, tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks_mod, "probe_local", lambda src, settings: None)  # the full scan, in a pool
     settings = Settings(task_bytes=shards[0].size // 3)
     serial = {s.shard_id: scan_points(s, settings) for s in shards}
     assert all(len(points) >= 2 for points in serial.values())

@@ -7,7 +7,14 @@ import os
 
 import pytest
 
-from dalle3_etl.shard.taskfiles import FILES_LOG, TaskFiles, forget_task_files, logged_entries, move_task_files
+from dalle3_etl.shard.taskfiles import (
+    FILES_LOG,
+    MappedLog,
+    TaskFiles,
+    forget_task_files,
+    logged_entries,
+    move_task_files,
+)
 from dalle3_etl.store.layout import Layout
 
 SID = "data-000007"
@@ -31,22 +38,23 @@ def test_each_top_level_entry_is_logged_once_and_before_it_exists(tmp_path):
     files, staging = _task(layout, 0)
     shared = layout.task_files(SID) / SID
     seen_at_log = []
-    real_write = os.write
+    real_write = MappedLog.write
 
-    def spy(fd, data):  # when an entry is logged (a JSON string line), it must not exist yet
-        if data.startswith(b'"'):
-            entry = data.decode().strip().strip('"')
-            seen_at_log.append((entry, os.path.lexists(shared / entry)))
-        return real_write(fd, data)
+    def spy(self, data):  # when an entry is logged (a JSON string line), it must not exist yet
+        entry = data.decode().strip().strip('"')
+        seen_at_log.append((entry, os.path.lexists(shared / entry)))
+        return real_write(self, data)
 
-    os.write = spy
+    MappedLog.write = spy
     try:
         files.write_text(f"{SID}/a.txt", "one")
         open(files.path(f"{SID}/a.jpg"), "wb").close()
         files.write_text(f"{SID}/sub.d/b.txt", "two")
+        # a kill now: the log is read by another process as it is, mapped and not trimmed
+        assert logged_entries(staging / FILES_LOG) == ["a.txt", "a.jpg", "sub.d"]
         files.write_text(f"{SID}/sub.d/c.txt", "three")
     finally:
-        os.write = real_write
+        MappedLog.write = real_write
         files.close()
     assert seen_at_log == [("a.txt", False), ("a.jpg", False), ("sub.d", False)]
     assert logged_entries(staging / FILES_LOG) == ["a.txt", "a.jpg", "sub.d"]
@@ -97,3 +105,16 @@ def test_the_shared_folder_moves_whole_and_an_empty_one_leaves_no_shard_folder(t
     move_task_files(layout, other)
     assert not (layout.task_files(other) / other).exists() and not layout.staged_files(other).exists()
     move_task_files(layout, "data-000009")  # no file at all: nothing to do
+
+
+def test_the_mapped_log_grows_and_is_trimmed_to_its_lines(tmp_path):
+    log = MappedLog(tmp_path / "log", size=64)
+    lines = [b'"entry-%04d"\n' % i for i in range(100)]  # 1,400 bytes: the map doubles five times
+    for line in lines[:50]:
+        log.write(line)
+    assert (tmp_path / "log").read_bytes().rstrip(b"\0") == b"".join(lines[:50])  # readable before close
+    for line in lines[50:]:
+        log.write(line)
+    log.close()
+    assert (tmp_path / "log").read_bytes() == b"".join(lines)
+    assert logged_entries(tmp_path / "log") == [f"entry-{i:04d}" for i in range(100)]

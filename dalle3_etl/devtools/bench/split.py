@@ -2,7 +2,8 @@
 
 A corpus of one large shard and one small one (synth), converted with N workers, with tasks (`--task-bytes`) and
 with whole shards (`--task-bytes` above any shard), alternated in one run (the order swaps every repetition), so
-the ratio is measured under the same load; and the header-only scan alone on the large shard. Wall times live in
+the ratio is measured under the same load; and, on the large shard alone, the guess of its split points that a run
+makes (`shard.probe`) and the header-only scan it replaces. Wall times live in
 `benchmarks/`, never in tests (tests/devtools/test_split_bench.py checks the harness on a tiny corpus).
 """
 
@@ -14,12 +15,13 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dalle3_etl.devtools.bench.config import _rmtree
 from dalle3_etl.devtools.synth import SynthSpec, write_shard
 from dalle3_etl.settings import Settings
+from dalle3_etl.shard.probe import probe_points
 from dalle3_etl.shard.scan import choose_points, scan_tar
 
 WHOLE = 1 << 50  # a task size above any shard: every shard is one task
@@ -35,6 +37,7 @@ class SplitBench:
     split_s: list[float] = field(default_factory=list)
     whole_s: list[float] = field(default_factory=list)
     scan_s: list[float] = field(default_factory=list)
+    probe_s: list[float] = field(default_factory=list)  # what a run spends before its tasks start (the guess)
     split_cpu_s: list[float] = field(default_factory=list)  # user + system CPU of the driver and its workers
     whole_cpu_s: list[float] = field(default_factory=list)
     tasks: int = 0
@@ -51,6 +54,7 @@ class SplitBench:
             "ratio_split_to_whole": self.ratio,
             "per_rep_ratios": [a / b for a, b in zip(self.split_s, self.whole_s)],
             "median_scan_s": statistics.median(self.scan_s) if self.scan_s else None,
+            "median_probe_s": statistics.median(self.probe_s) if self.probe_s else None,
             "median_split_cpu_s": statistics.median(self.split_cpu_s),
             "median_whole_cpu_s": statistics.median(self.whole_cpu_s),
         }
@@ -112,6 +116,15 @@ def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: 
     return seconds, float(done.stdout.split()[-1])
 
 
+def time_probe(path: Path, task_bytes: int) -> tuple[float, int]:
+    """Seconds of the guess of one shard's split points (`shard.probe`, page cache warm), and the tasks it gives."""
+    start = time.perf_counter()
+    with open(path, "rb", buffering=0) as fh:
+        points = probe_points(fh, os.path.getsize(path), replace(Settings(), task_bytes=task_bytes))
+    seconds = time.perf_counter() - start
+    return seconds, len(points or ()) + 1
+
+
 def time_scan(path: Path, task_bytes: int) -> tuple[float, int]:
     """Seconds of the header-only scan of one shard (page cache warm, as in a run), and the tasks it gives."""
     start = time.perf_counter()
@@ -152,7 +165,9 @@ def run_split_bench(
             (bench.split_cpu_s if name == "split" else bench.whole_cpu_s).append(cpu)
         seconds, bench.tasks = time_scan(paths[0], task_bytes)
         bench.scan_s.append(seconds)
+        seconds, _ = time_probe(paths[0], task_bytes)
+        bench.probe_s.append(seconds)
     return bench
 
 
-__all__ = ["SplitBench", "make_corpus", "run_split_bench", "time_convert", "time_scan"]
+__all__ = ["SplitBench", "make_corpus", "run_split_bench", "time_convert", "time_probe", "time_scan"]
