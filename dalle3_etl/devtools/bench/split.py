@@ -10,7 +10,6 @@ makes (`shard.probe`) and the header-only scan it replaces. Wall times live in
 from __future__ import annotations
 
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,31 +74,8 @@ def make_corpus(folder: Path, large: int, small: int, image_bytes: int, seed: in
     return paths
 
 
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # descendants that were waited for
-    return usage.ru_utime + usage.ru_stime
-
-
-def measure_child() -> None:
-    """`python -c '...measure_child()' CMD...`: run CMD and print the CPU seconds of it and all its descendants.
-
-    On Linux this process becomes their subreaper, so the fork server and its workers (which the driver does not
-    wait for) are reparented here and counted once waited for; elsewhere only the waited-for ones count. A process
-    of its own, so no other child of the caller is ever waited for here."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    subprocess.run(sys.argv[1:], check=True)
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            break
-    print(_children_cpu())
-
-
-_MEASURE = "from dalle3_etl.devtools.bench.split import measure_child; measure_child()"
+#: The command prefix that runs a command and prints its CPU seconds, descendants included (`measure.py`).
+MEASURE = [sys.executable, str(Path(__file__).with_name("measure.py"))]
 
 
 def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: list[str]) -> tuple[float, float]:
@@ -110,7 +86,7 @@ def time_convert(corpus: Path, out: Path, workers: int, task_bytes: int, extra: 
     args = [sys.executable, "-m", "dalle3_etl", "convert", str(corpus), "-o", str(out), "-q", "-w", str(workers)]
     args += ["--task-bytes", str(task_bytes), *extra]
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _MEASURE, *args], check=True, stdout=subprocess.PIPE, text=True)
+    done = subprocess.run([*MEASURE, *args], check=True, stdout=subprocess.PIPE, text=True)
     seconds = time.perf_counter() - start
     _rmtree(out, out.parent)
     return seconds, float(done.stdout.split()[-1])
