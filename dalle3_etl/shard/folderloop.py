@@ -21,11 +21,11 @@ import time
 from typing import Any
 
 from dalle3_etl.shard.rows import Reject
-from dalle3_etl.shard.samples import Entry, Half, Pairing
+from dalle3_etl.shard.samples import IMAGE_EXTENSIONS, Entry, Half, Pairing
 from dalle3_etl.shard.tarheader import is_plain_name
 from dalle3_etl.sources.folder import KIND_FILE
 
-_IMAGE_EXTS = frozenset((b"jpg", b"jpeg", b"png", b"webp", b"gif", b"bmp", b"tif", b"tiff"))
+_IMAGE_EXTS = frozenset(ext.encode() for ext in IMAGE_EXTENSIONS)  # the listing's names are bytes
 _PLAIN_KEY_MAX = 4096 - len(".jpeg")  # a longer key may make a name over tarheader's 4096 limit
 _PROGRESS_EVERY = 0.25  # seconds between progress reports (as shard.convert's loop)
 
