@@ -25,11 +25,13 @@ from typing import NamedTuple
 
 from dalle3_etl.settings import BASE_COLUMNS, Settings
 from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
+from dalle3_etl.shard.folderstream import FolderReader
 from dalle3_etl.shard.rows import JsonInfo, Reason
 from dalle3_etl.shard.samples import Entry
 from dalle3_etl.shard.sinks import written_names
 from dalle3_etl.shard.writer import ImageRef, SampleWriter
 from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.store.inplace import unit_captions
 from dalle3_etl.store.layout import Layout
 
 #: How a row without a `source` is counted (as `stats` shows it).
@@ -164,6 +166,7 @@ class DrySampleWriter(SampleWriter):
         self.rows: list[DryRow] | None = [] if rows_needed(settings) else None
         self._info: JsonInfo | None = None  # the sample being finished
         self._sample_bytes = (0, 0)  # (image, caption) bytes of the sample being finished
+        self._ours: dict[str, bytes] | None = None  # --captions-in-place: the unit's journal (earlier runs' files)
 
     def _open_sinks(self) -> None:
         self._rejects_fh = _NoLines()
@@ -176,11 +179,15 @@ class DrySampleWriter(SampleWriter):
 
     def _write_sample(self, filename: str, ref: ImageRef, caption: str) -> int:
         """Claim the names the real write step creates; return the bytes it writes (image, caption file)."""
+        in_place = self.settings.captions and self.settings.captions_in_place  # --link none: beside the images
+        if in_place and isinstance(self.reader, FolderReader):  # a file already there is the real run's clash
+            if self._ours is None:
+                self._ours = unit_captions(self.layout, self.shard_id) or {}
+            self.reader.check_caption_free(ref.offset, self._ours)
         self.files.claim(
             written_names(filename, self.images, self.captions)
         )  # under OUT/data (folderstream.data_files)
         image = ref.size if self.images else 0
-        in_place = self.settings.captions and self.settings.captions_in_place  # --link none: beside the images
         text = len(caption.encode("utf-8")) if self.captions or in_place else 0
         self._sample_bytes = (image, text)
         return image + text

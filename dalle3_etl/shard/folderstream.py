@@ -29,7 +29,7 @@ from dalle3_etl.shard.tarbytes import NEW_FILE, copy_fd_range
 from dalle3_etl.shard.tarcompress import open_tar
 from dalle3_etl.shard.tarheader import Member, decode_name, resolve_name
 from dalle3_etl.sources.folder import KIND_FILE, KIND_LINK, FolderUnit
-from dalle3_etl.store.fsio import Root
+from dalle3_etl.store.fsio import Root, would_remove
 from dalle3_etl.store.inplace import CaptionJournal
 from dalle3_etl.store.layout import Layout
 
@@ -337,11 +337,22 @@ class FolderReader:
         try:
             self.captions.create(*self._at(caption), rel=caption, data=data)
         except FileExistsError:
-            shown = decode_name(caption)[0]
-            raise FileExistsError(
-                errno.EEXIST, f"{shown!r} exists already in the input folder (not replaced)"
-            ) from None
+            raise _taken(caption) from None
         return len(data)
+
+    def check_caption_free(self, offset: int, ours: dict[str, bytes]) -> None:
+        """A dry run's `write_caption`: the FileExistsError it would raise, without creating anything. A file
+        the unit's journal lists and that still holds the tool's bytes (`ours`: `inplace.unit_captions`) is not
+        in the way: the real run removes it first (`commit.forget_shard`)."""
+        rel = self._files[self._index(offset)][0]
+        caption = rel[: rel.rfind(b".")] + b".txt"
+        dir_fd, name = self._at(caption)
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not would_remove(dir_fd, name, ours.get(os.fsdecode(caption))):
+            raise _taken(caption)
 
     def close(self) -> None:
         if self.captions is not None:
@@ -350,3 +361,10 @@ class FolderReader:
             os.close(fd)
         self._fds.clear()
         self._close_sub()
+
+
+def _taken(caption: bytes) -> FileExistsError:
+    """The error of a caption file whose name is taken in the input folder (the sample's `name_clash`)."""
+    return FileExistsError(
+        errno.EEXIST, f"{decode_name(caption)[0]!r} exists already in the input folder (not replaced)"
+    )

@@ -75,24 +75,33 @@ class CaptionJournal:
             self._fd = -1
 
 
+def unit_captions(layout: Layout, shard_id: str) -> dict[str, bytes] | None:
+    """The caption files a unit's journal lists: path relative to the input folder -> digest of the bytes the tool
+    wrote (`content_digest`); None when the unit has no journal."""
+    try:
+        lines = layout.in_place(shard_id).read_bytes().splitlines()
+    except FileNotFoundError:
+        return None
+    contents: dict[str, bytes] = {}
+    for line in lines:
+        try:
+            item = orjson.loads(line)
+            contents[os.fsdecode(bytes.fromhex(item["name"]))] = bytes.fromhex(item["digest"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut by a crash: its file was not created yet
+    return contents
+
+
 def remove_unit_captions(layout: Layout, shard_id: str) -> int:
     """Remove the caption files a unit's journal lists (still holding what the tool wrote), then the journal.
     Returns the number of files removed."""
     path = layout.in_place(shard_id)
-    try:
-        lines = path.read_bytes().splitlines()
-    except FileNotFoundError:
+    contents = unit_captions(layout, shard_id)
+    if contents is None:
         return 0
     folder = input_folder(layout)
     removed = 0
     if folder is not None and folder.is_dir():
-        contents: dict[str, bytes] = {}
-        for line in lines:
-            try:
-                item = orjson.loads(line)
-                contents[os.fsdecode(bytes.fromhex(item["name"]))] = bytes.fromhex(item["digest"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue  # a line cut by a crash: its file was not created yet
         # a Root above the folder: remove_files takes a folder strictly below its root (the recorded path is
         # resolved, so not a link itself)
         removed = Root(folder.parent).remove_files(folder, sorted(contents), prune=False, contents=contents)
@@ -110,4 +119,11 @@ def forget_input_folder(layout: Layout) -> None:
     layout.fs.unlink(layout.input_folder_file)
 
 
-__all__ = ["forget_input_folder", "CaptionJournal", "input_folder", "record_input_folder", "remove_unit_captions"]
+__all__ = [
+    "forget_input_folder",
+    "CaptionJournal",
+    "input_folder",
+    "record_input_folder",
+    "remove_unit_captions",
+    "unit_captions",
+]

@@ -365,4 +365,14 @@ class Root:
         self.write_atomic_chunks(path, (data,))
 
 
-__all__ = ["Root", "OwnershipError", "content_digest"]
+def would_remove(dir_fd: int, name: str | bytes, digest: bytes | None) -> bool:
+    """Whether `remove_files(..., contents=...)` would remove `name` in the open folder `dir_fd`, its listed digest
+    being `digest`: a regular file (never a link or folder) still holding the tool's bytes. For a dry run."""
+    try:
+        st = os.lstat(name, dir_fd=dir_fd)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and _holds(dir_fd, os.fsdecode(name), st, digest)
+
+
+__all__ = ["Root", "OwnershipError", "content_digest", "would_remove"]
