@@ -2,8 +2,9 @@
 
 `scan.scan_tar` walks every header of a shard before its tasks can start: ~7 µs of Python a member, 1.4 s for a
 shard of 100,000 samples, during which no task runs. The probe instead looks, from each evenly spaced target
-offset, for the first 512-byte block that is a plausible tar header (ustar magic, valid checksum, a size field)
-followed by a chain of plausible headers, walks on from there to the first member whose name token
+offset, for the first 512-byte block that is a plausible tar header (ustar magic, valid checksum), walks on from
+there with `TarReader` (every header checked; a block that only looked like one fails there and the search goes
+on) to the first member whose name token
 (`scan.name_token`) differs from the one before it (the start of the next sample in a tar that keeps a sample's
 members together, as every writer does) and proposes that member's first header as a point. That is a guess: it could sit
 inside a member's data, or cut a sample, a GNU long-name record from its header, a name from its duplicate.
@@ -19,16 +20,16 @@ head (an unordered tar, all JSONs first), guessing would fail, and the full scan
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.scan import PairingWalk, name_token
 from dalle3_etl.shard.tarcompress import open_tar
-from dalle3_etl.shard.tarheader import BLOCK, ZERO_BLOCK, TarFormatError, checksum_ok, header_size
+from dalle3_etl.shard.tarheader import BLOCK, TarFormatError, checksum_ok
 from dalle3_etl.shard.tarstream import TarReader
 
 HEAD_MEMBERS = 2000  # members walked at the start of a shard to see that it has free points at all
-CHAIN = 4  # plausible headers that must follow a candidate, one after the other (fewer at the archive's end)
 WINDOW = 64 << 20  # bytes searched after each target for a candidate
 CHUNK = 1 << 20  # bytes read at a time while searching
 LOOKAHEAD = 64  # members walked from a candidate to find where a sample starts
@@ -42,54 +43,26 @@ def _pread(fh: BinaryIO, offset: int, n: int) -> bytes:
         return fh.read(n)
 
 
-def _next_header(block: bytes, offset: int) -> int | None:
-    """Where the next header would start if `block`, at `offset`, is a plausible header; else None."""
-    if len(block) < BLOCK or block[257:262] != b"ustar" or not checksum_ok(block):
-        return None
-    size = header_size(block)
-    if size < 0:
-        return None
-    return offset + BLOCK + (size + BLOCK - 1) // BLOCK * BLOCK
-
-
-def _chained(fh: BinaryIO, offset: int, size: int) -> bool:
-    """Whether a header at `offset` is followed by CHAIN plausible headers (or the end of the archive)."""
-    at = offset
-    for _ in range(CHAIN + 1):
-        if at >= size:
-            return False
-        block = _pread(fh, at, BLOCK)
-        if at > offset and block == ZERO_BLOCK:
-            return True  # the end-of-archive marker
-        nxt = _next_header(block, at)
-        if nxt is None:
-            return False
-        at = nxt
-    return True
-
-
-def _candidate(fh: BinaryIO, target: int, limit: int, size: int) -> int | None:
-    """The first plausible chained header at a block boundary in [target, limit)."""
+def _candidates(fh: BinaryIO, target: int, limit: int) -> Iterator[int]:
+    """Block boundaries in [target, limit) holding ustar magic and a valid header checksum, in order."""
     base = (target + BLOCK - 1) // BLOCK * BLOCK
     while base < limit:
         chunk = _pread(fh, base, min(CHUNK, limit - base) + BLOCK)
         if not chunk:
-            return None
+            return
         i = chunk.find(b"ustar", 257)
         while i >= 0:
             start = i - 257
-            if start % BLOCK == 0 and base + start < limit:
-                at = base + start
-                if _next_header(chunk[start : start + BLOCK], at) is not None and _chained(fh, at, size):
-                    return at
+            if start % BLOCK == 0 and base + start < limit and checksum_ok(chunk[start : start + BLOCK]):
+                yield base + start
             i = chunk.find(b"ustar", i + 1)
         base += CHUNK
-    return None
 
 
 def _sample_start(fh: BinaryIO, at: int, limit: int) -> int | None:
     """From a header at `at`: the first header (before its GNU/pax records) of the first member whose name token
-    is not that of the member before it, before `limit`; None when the walk meets damage or goes too far."""
+    is not that of the member before it, before `limit`; None when the walk (`TarReader`'s, every header
+    checked) meets damage or goes too far."""
     fh.seek(at)
     reader = TarReader(fh, seekable=True, stop_at=limit)
     before = None
@@ -105,6 +78,15 @@ def _sample_start(fh: BinaryIO, at: int, limit: int) -> int | None:
             before = token
     except TarFormatError:
         return None
+    return None
+
+
+def _point_after(fh: BinaryIO, target: int, limit: int) -> int | None:
+    """The first sample start found from a plausible header in [target, limit)."""
+    for at in _candidates(fh, target, limit):
+        point = _sample_start(fh, at, limit)
+        if point is not None:
+            return point
     return None
 
 
@@ -144,9 +126,7 @@ def probe_points(fh: BinaryIO, size: int, settings: Settings) -> tuple[int, ...]
         if points and target <= points[-1]:
             continue
         limit = min(size, target + WINDOW, size * (k + 1) // count)
-        found = _candidate(fh, target, limit, size)
-        if found is not None:
-            found = _sample_start(fh, found, limit)
+        found = _point_after(fh, target, limit)
         if found is not None and found > (points[-1] if points else 0):
             points.append(found)
     return tuple(points) or None
