@@ -135,11 +135,7 @@ def shard_ranges(
     layout.fs.remove_tree(layout.shard_tasks(sid))  # a plan for another input, or none
     if not splittable(src, settings) or src.size < settings.task_bytes * 3 // 2:
         return None
-    if scanned is not None and sid in scanned:
-        points = scanned[sid]
-    else:
-        probed = probe_local(src, settings)
-        points = scan_points(src, settings) if probed is None else probed
+    points = scanned[sid] if scanned is not None and sid in scanned else scan_many([src], settings)[sid]
     if not points:
         return None
     forget_shard(layout, sid, settings)  # what an earlier conversion of it left, as a whole shard's run does
