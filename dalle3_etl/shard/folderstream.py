@@ -331,8 +331,7 @@ class FolderReader:
     def write_caption(self, offset: int, text: str) -> int:
         """--captions-in-place: `<stem>.txt` of the image starting at `offset`, created new beside it in the input
         folder (listed in the unit's journal first); FileExistsError naming it when that name is taken."""
-        rel = self._files[self._index(offset)][0]
-        caption = rel[: rel.rfind(b".")] + b".txt"
+        caption = self._caption_rel(offset)
         data = text.encode("utf-8")
         try:
             self.captions.create(*self._at(caption), rel=caption, data=data)
@@ -340,12 +339,16 @@ class FolderReader:
             raise _taken(caption) from None
         return len(data)
 
+    def _caption_rel(self, offset: int) -> bytes:
+        """`<stem>.txt` of the image starting at `offset`, relative to the input folder."""
+        rel = self._files[self._index(offset)][0]
+        return rel[: rel.rfind(b".")] + b".txt"
+
     def check_caption_free(self, offset: int, ours: dict[str, bytes]) -> None:
         """A dry run's `write_caption`: the FileExistsError it would raise, without creating anything. A file
         the unit's journal lists and that still holds the tool's bytes (`ours`: `inplace.unit_captions`) is not
         in the way: the real run removes it first (`commit.forget_shard`)."""
-        rel = self._files[self._index(offset)][0]
-        caption = rel[: rel.rfind(b".")] + b".txt"
+        caption = self._caption_rel(offset)
         dir_fd, name = self._at(caption)
         try:
             os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
