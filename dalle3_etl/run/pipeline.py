@@ -170,13 +170,16 @@ def _convert_and_merge(
     # parts are merged while later shards still convert; the end merges only what is left
     streaming = StreamingMerge(layout, settings, list(all_records(layout)), [src.shard_id for src in plan.todo])
 
-    def on_result(result: ShardResult) -> list[ShardTask]:
-        whole = book.settle(result)  # None while a split shard has tasks out, then the shard's result
+    def settled(whole: ShardResult | ShardTask | None) -> list[ShardTask]:
+        """What the book made of a result: a shard done (or failed), nothing yet, or a task to run."""
         if isinstance(whole, ShardTask):
             return [whole]  # its split did not hold: converted again whole
         if whole is not None:
             on_shard(whole)
         return []
+
+    def on_result(result: ShardResult) -> list[ShardTask]:
+        return settled(book.settle(result))  # None while a split shard has tasks out, then the shard's result
 
     def on_shard(result: ShardResult) -> None:
         failed = layout.failed(result.shard_id)
@@ -190,11 +193,7 @@ def _convert_and_merge(
 
     try:
         for sid in book.ready():  # tasks all done by earlier runs
-            whole = book.finish(sid)
-            if isinstance(whole, ShardTask):
-                tasks.insert(0, whole)
-            else:
-                on_shard(whole)
+            tasks[:0] = settled(book.finish(sid))
         runner.run(tasks, book.progress(reporter.progress), on_result)
         summary.redone_whole = dict(book.redone)
         reporter.merging()
