@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dalle3_etl.cli.app import EXIT_INTERRUPTED, EXIT_TERMINATED, command, csv_list
+from dalle3_etl.cli.core import EXIT_INTERRUPTED, EXIT_TERMINATED, command, csv_list
 from dalle3_etl.errors import UsageError
 from dalle3_etl.executors.pool import EXECUTORS, default_workers, prestart_workers
 from dalle3_etl.safetext import plain

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dalle3_etl.cli.app import command, csv_list
+from dalle3_etl.cli.core import command, csv_list
 from dalle3_etl.safetext import safe
 
 

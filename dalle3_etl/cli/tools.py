@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dalle3_etl.cli.app import EXIT_FAILED, command
+from dalle3_etl.cli.core import EXIT_FAILED, command
 from dalle3_etl.devtools.bench.config import ALL_MODES as BENCH_MODES
 from dalle3_etl.devtools.bench.config import SCRIPTS_DIR as BENCH_SCRIPTS_DIR
 from dalle3_etl.errors import EtlError, UsageError

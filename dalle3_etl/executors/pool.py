@@ -42,6 +42,32 @@ def prestart_workers() -> None:
         forkserver.ensure_running()
 
 
+def prestart_early(argv: list[str]) -> None:
+    """`prestart_workers` at the very top of `dalle3-etl convert`, before typer and the conversion code load,
+    when the words on the command line ask for a local pool of 2 or more workers.
+
+    Only a head start: `convert` calls `prestart_workers` again once its settings are known (a no-op if the
+    server runs). Whatever the words cannot tell (a --config setting `workers = 1`, a usage error found
+    later) leaves a fork server that was not needed; it does nothing and ends with the run.
+    """
+    if argv[:1] != ["convert"] or "--help" in argv:
+        return
+    executor, workers = "local", None
+    for word, after in zip(argv[1:], [*argv[2:], ""]):
+        name, eq, value = word.partition("=")
+        if name == "--executor":
+            executor = value if eq else after
+        elif name in ("-w", "--workers"):
+            workers = value if eq else after
+        elif word.startswith("-w") and word[2:].isdigit():
+            workers = word[2:]
+    if executor != "local" or (workers is not None and not (workers.isdigit() and int(workers) > 1)):
+        return
+    if workers is None and default_workers() < 2:
+        return
+    prestart_workers()
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))

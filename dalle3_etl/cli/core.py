@@ -58,7 +58,3 @@ def csv_list(value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
     return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def main() -> None:
-    app()
