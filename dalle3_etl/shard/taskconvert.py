@@ -24,7 +24,7 @@ from dalle3_etl.shard import tarstream
 from dalle3_etl.shard.convert import ProgressFn, ShardConverter, ShardResult
 from dalle3_etl.shard.hubsplit import open_task_input
 from dalle3_etl.shard.rows import Reason
-from dalle3_etl.shard.scan import key_token
+from dalle3_etl.shard.scan import key_tokens
 from dalle3_etl.shard.taskfiles import FILES_LOG, TaskFiles, forget_task_files
 from dalle3_etl.shard.writer import SampleWriter
 from dalle3_etl.sources.base import ShardSource
@@ -70,9 +70,9 @@ class TaskConverter(ShardConverter):
         result = self.result(error, start)
         result.bytes_in = self.part.length(self.src.size)
         result.part = self.part.index
-        tokens = sorted({key_token(key).encode("utf-8", "surrogatepass") for key in self.sample_keys})
+        tokens = key_tokens(self.sample_keys)
         result.boundary = self.boundary(error, tokens)
-        write_task_tokens(self.staging, [t for t in tokens if b"\0" not in t])
+        write_task_tokens(self.staging, tokens)
         (self.staging / RESULT_NAME).write_bytes(orjson.dumps(result.to_json()))
         sync_filesystem(self.out_layout.state)  # done must never reach the disk before the task's files
         crash_point("task", self.shard_id, self.part.index)
@@ -81,9 +81,9 @@ class TaskConverter(ShardConverter):
         fs.rename_new(self.staging, done)
         return result
 
-    def boundary(self, error: str | None, tokens: list[bytes]) -> str | None:
+    def boundary(self, error: str | None, tokens: list[str]) -> str | None:
         """Why the end of this task's range is not a point where the whole shard may be cut (None: it is one)."""
-        if any(b"\0" in t for t in tokens):
+        if any("\0" in t for t in tokens):
             return "a member name holds a NUL character"
         end, reader = self.part.end, self._reader
         if end is None:

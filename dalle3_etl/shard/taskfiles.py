@@ -38,26 +38,28 @@ class MappedLog:
     def __init__(self, path: Path, size: int = 1 << 20):
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)  # in a fresh staging folder
         self._size = size
-        self._pos = 0
         os.ftruncate(self._fd, size)
         self._map = mmap.mmap(self._fd, size)
 
     def write(self, line: bytes) -> None:
-        end = self._pos + len(line)
-        if end > self._size:
+        try:
+            self._map.write(line)  # at the map's position, which it moves on (one C call: ~0.3 us a line less)
+        except ValueError:  # past the end: grow the file and its map, then write again
+            pos = self._map.tell()
             self._map.close()
-            while end > self._size:
+            while pos + len(line) > self._size:
                 self._size *= 2
             os.ftruncate(self._fd, self._size)
             self._map = mmap.mmap(self._fd, self._size)
-        self._map[self._pos : end] = line
-        self._pos = end
+            self._map.seek(pos)
+            self._map.write(line)
 
     def close(self) -> None:
         if self._fd < 0:
             return
+        pos = self._map.tell()
         self._map.close()
-        os.ftruncate(self._fd, self._pos)
+        os.ftruncate(self._fd, pos)
         os.close(self._fd)
         self._fd = -1
 
@@ -80,7 +82,10 @@ class TaskFiles(FileTree):
         return relpath[len(self._lead) :]
 
     def path(self, relpath: str) -> str:
-        inner = self._inner(relpath)
+        # once per file written (a sample's caption is a top-level entry of its own): `_inner` inlined
+        if not relpath.startswith(self._lead):
+            raise ValueError(f"not below the shard's folder: {relpath!r}")
+        inner = relpath[len(self._lead) :]
         entry = inner.partition("/")[0]
         if entry not in self._logged:
             self._log.write(orjson.dumps(entry) + b"\n")  # in the OS's page cache before the entry exists

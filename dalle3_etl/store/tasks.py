@@ -83,9 +83,11 @@ def read_task_result(layout: Layout, shard_id: str, index: int) -> dict[str, Any
     return obj if isinstance(obj, dict) else None
 
 
-def write_task_tokens(folder: Path, tokens: list[bytes]) -> None:
-    """A task's name tokens (bytes without NUL), into its staging `folder` before it is made done."""
-    (folder / TOKENS_NAME).write_bytes(b"\0".join(sorted(tokens)))
+def write_task_tokens(folder: Path, tokens: list[str]) -> None:
+    """A task's name tokens, UTF-8 (surrogates kept) between NULs, into its staging `folder` before it is made done;
+    a token holding a NUL is left out (the task's `boundary` refuses the split then)."""
+    data = "\0".join(t for t in tokens if "\0" not in t)
+    (folder / TOKENS_NAME).write_bytes(data.encode("utf-8", "surrogatepass"))
 
 
 def read_task_tokens(layout: Layout, shard_id: str, index: int) -> set[bytes] | None:

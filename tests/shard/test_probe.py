@@ -17,7 +17,7 @@ from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.probe import probe_points
 from dalle3_etl.shard.samples import classify
-from dalle3_etl.shard.scan import key_token, name_token, scan_tar
+from dalle3_etl.shard.scan import key_token, key_tokens, name_token, scan_tar
 
 S = Settings()
 
@@ -89,6 +89,11 @@ def test_a_keys_token_is_the_token_of_every_member_name_with_that_key(stem, ext)
     key, role, _ = classify(name, frozenset({"txt"}))
     if role is not None:
         assert key_token(key) == name_token(name)
+
+
+@given(st.lists(st.text(alphabet="aAbÉéẞß./_x-\udcff\x00", max_size=8), max_size=30))
+def test_a_tasks_tokens_are_the_key_tokens(keys):
+    assert key_tokens(keys) == [key_token(k) for k in keys]
 
 
 def test_a_compressed_shard_is_not_guessed_into(tmp_path):
