@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import dalle3_etl
@@ -47,6 +48,16 @@ def machine_info(location: Path) -> dict:
     except (OSError, IndexError):
         pass
     return info
+
+
+def reference_loop_s(n: int = 5_000_000) -> float:
+    """Seconds of a fixed pure-Python loop on one core: how fast this machine is right now. A shared VM's speed
+    drifts (this loop took 0.58 s, then 0.97 s within an hour here), so a bench records it beside its timings."""
+    start = time.perf_counter()
+    total = 0
+    for i in range(n):
+        total += i
+    return time.perf_counter() - start
 
 
 def code_version() -> dict:

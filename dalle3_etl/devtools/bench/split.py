@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dalle3_etl.devtools.bench.config import _rmtree
+from dalle3_etl.devtools.bench.machine import reference_loop_s
 from dalle3_etl.devtools.synth import SynthSpec, write_shard
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.probe import probe_points
@@ -40,6 +41,11 @@ class SplitBench:
     split_cpu_s: list[float] = field(default_factory=list)  # user + system CPU of the driver and its workers
     whole_cpu_s: list[float] = field(default_factory=list)
     tasks: int = 0
+    reference_loop_s: list[float] = field(default_factory=list)  # the machine's speed before each repetition
+
+    @property
+    def median_per_rep_ratio(self) -> float:
+        return statistics.median(a / b for a, b in zip(self.split_s, self.whole_s))
 
     @property
     def ratio(self) -> float:
@@ -52,6 +58,7 @@ class SplitBench:
             "median_whole_s": statistics.median(self.whole_s),
             "ratio_split_to_whole": self.ratio,
             "per_rep_ratios": [a / b for a, b in zip(self.split_s, self.whole_s)],
+            "median_per_rep_ratio": self.median_per_rep_ratio,
             "median_scan_s": statistics.median(self.scan_s) if self.scan_s else None,
             "median_probe_s": statistics.median(self.probe_s) if self.probe_s else None,
             "median_split_cpu_s": statistics.median(self.split_cpu_s),
@@ -134,6 +141,7 @@ def run_split_bench(
     )
     out = location / "dalle3-etl-split-out"
     for rep in range(reps):
+        bench.reference_loop_s.append(reference_loop_s())
         order = [("split", task_bytes), ("whole", WHOLE)]
         for name, size in order if rep % 2 == 0 else order[::-1]:
             seconds, cpu = time_convert(corpus, out, workers, size, bench.extra)
