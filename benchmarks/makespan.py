@@ -9,6 +9,8 @@ measured in GB converted by the busiest worker. Schedulers:
 - largest first, whole shards;
 - largest first, tasks of about T GB (`--task-bytes`: a shard of 1.5 T or more is cut into round(size / T) even
   tasks, as `shard.scan.choose_points` aims for), a free worker takes the largest task left;
+- the same with the run's last round cut finer, what `convert` does (`run.tasks.tail_settings`): the smallest shards,
+  as many as add up to at most W x T, get tasks of T / 4, so they run last and the workers end closer together;
 - an even split of the bytes (the bound no scheduler beats).
 
 python benchmarks/makespan.py            # prints the Markdown table of benchmarks/README.md
@@ -43,6 +45,20 @@ def tasks(sizes: list[float], task_gb: float) -> list[float]:
     return out
 
 
+def tail_tasks(sizes: list[float], task_gb: float, workers: int, divisor: int = 4) -> list[float]:
+    """`tasks`, with the smallest shards that add up to at most `workers` x `task_gb` cut `divisor` times finer."""
+    finer, total = set(), 0.0
+    for i in sorted(range(len(sizes)), key=lambda i: (sizes[i], i)):
+        if total + sizes[i] > workers * task_gb:
+            break
+        finer.add(i)
+        total += sizes[i]
+    out = []
+    for i, size in enumerate(sizes):
+        out += tasks([size], task_gb / divisor if i in finer else task_gb)
+    return out
+
+
 def table(sizes: list[float]) -> str:
     even = {w: sum(sizes) / w for w in WORKERS}
     rows = [
@@ -52,6 +68,8 @@ def table(sizes: list[float]) -> str:
     for gb in TASK_GB:
         jobs = sorted(tasks(sizes, gb), reverse=True)
         rows.append((f"largest first, tasks of ~{gb:g} GB", {w: list_schedule(jobs, w) for w in WORKERS}))
+        tail = {w: list_schedule(sorted(tail_tasks(sizes, gb, w), reverse=True), w) for w in WORKERS}
+        rows.append((f"largest first, tasks of ~{gb:g} GB, last round 4x finer", tail))
     rows.append(("even split of the bytes", even))
     head = "| scheduler | " + " | ".join(f"{w} workers" for w in WORKERS) + " |"
     lines = [head, "|---|" + "---:|" * len(WORKERS)]

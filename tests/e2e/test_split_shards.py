@@ -72,6 +72,34 @@ def test_split_conversion_gives_the_bytes_of_whole_shards(corpus, whole, tmp_pat
     assert not Layout(out).tasks_dir.exists() or not any(Layout(out).tasks_dir.iterdir())
 
 
+def test_the_shard_that_ends_the_run_is_cut_finer_and_the_bytes_do_not_change(corpus, whole, tmp_path):
+    """3 workers, tasks of a third of the smaller shard: it fits in the run's last round (3 tasks' worth), so its
+    tasks are 4 times finer (`run.tasks.tail_settings`); the larger shard's are not."""
+    sizes = {p.stem: p.stat().st_size for p in corpus.glob("*.tar")}
+    smaller = min(sizes, key=lambda sid: sizes[sid])
+    larger = max(sizes, key=lambda sid: sizes[sid])
+    task_bytes = sizes[smaller] // 3 + 1  # 3 workers x task_bytes holds the smaller shard, not both
+    out = tmp_path / "out"
+    planned = []
+    real = tasks_mod.plan_tasks
+
+    def spy(*args):
+        todo, book = real(*args)
+        planned.extend((t.source.shard_id, t.part.length(t.source.size)) for t in todo if t.part is not None)
+        return todo, book
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "plan_tasks", spy)
+        summary = convert([corpus], out, workers=3, task_bytes=task_bytes)
+    assert summary.exit_code == 0 and not summary.redone_whole
+    counts = {sid: sum(1 for s, _ in planned if s == sid) for sid in sizes}
+    assert counts[larger] == round(sizes[larger] / task_bytes)
+    assert counts[smaller] >= 2 * counts[larger]  # ~12 against ~3
+    lengths = [n for _, n in planned]
+    assert lengths == sorted(lengths, reverse=True)  # the finer tasks run last
+    assert out_tree(out) == whole
+
+
 def test_a_task_size_above_the_shard_keeps_it_whole(corpus, whole, tmp_path):
     out = tmp_path / "out"
     convert([corpus], out, workers=1, task_bytes=10**12)

@@ -11,7 +11,16 @@ import pytest
 
 import dalle3_etl.run.tasks as tasks_mod
 from dalle3_etl.devtools.synth import SynthSpec, write_corpus
-from dalle3_etl.run.tasks import TaskBook, _Split, plan_tasks, scan_many, scan_points, shard_ranges, splittable
+from dalle3_etl.run.tasks import (
+    TaskBook,
+    _Split,
+    plan_tasks,
+    scan_many,
+    scan_points,
+    shard_ranges,
+    splittable,
+    tail_settings,
+)
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.shard.taskconvert import task_key
@@ -80,6 +89,31 @@ def test_tasks_run_largest_first_and_ties_in_shard_order(shards, tmp_path):
     keys = [(-n, t.source.shard_id, t.part.index) for n, t in zip(lengths, todo)]
     assert keys == sorted(keys)  # equal lengths: shard order, then task order
     assert set(book.split) == {s.shard_id for s in shards}
+
+
+def test_the_smallest_shards_up_to_a_round_of_tasks_get_tasks_four_times_finer(shards, tmp_path):
+    task_bytes = shards[0].size // 2
+    by_size = sorted(shards, key=lambda s: s.size)
+    sums = [sum(s.size for s in by_size[: i + 1]) for i in range(len(by_size))]
+    for workers in range(1, 11):
+        chosen = tail_settings(shards, Settings(task_bytes=task_bytes), workers)
+        round_ = workers * task_bytes  # the smallest shards whose sizes add up to at most a round of tasks
+        expected = {s.shard_id for s, total in zip(by_size, sums) if total <= round_} if workers > 1 else set()
+        assert set(chosen) == expected, workers
+        assert workers < 10 or expected == {s.shard_id for s in shards}  # ~2 + 2 + 4 task_bytes
+        assert all(s.task_bytes == task_bytes // 4 for s in chosen.values())
+    assert tail_settings(shards, Settings(task_bytes=task_bytes, dedup="md5_file_hash"), 8) == {}  # never split
+    assert tail_settings(shards, Settings(task_bytes=task_bytes), 8, {by_size[0].shard_id}).keys() == {
+        s.shard_id for s in by_size[1:]
+    }  # an hf:// shard kept whole is left out
+
+    layout = _layout(tmp_path)
+    todo, _ = plan_tasks(layout, shards, Settings(task_bytes=task_bytes, workers=3))
+    counts = {s.shard_id: sum(1 for t in todo if t.source.shard_id == s.shard_id) for s in shards}
+    assert counts[by_size[0].shard_id] == round(by_size[0].size / (task_bytes // 4))  # ~8 instead of 2
+    assert counts[by_size[-1].shard_id] == round(by_size[-1].size / task_bytes)
+    lengths = [t.part.length(t.source.size) for t in todo]
+    assert lengths == sorted(lengths, reverse=True)
 
 
 def test_progress_is_summed_per_shard_and_never_goes_past_a_finished_task(tmp_path):
