@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,13 +51,16 @@ def machine_info(location: Path) -> dict:
     return info
 
 
-def reference_loop_s(n: int = 5_000_000) -> float:
-    """Seconds of a fixed pure-Python loop on one core: how fast this machine is right now. A shared VM's speed
-    drifts (this loop took 0.58 s, then 0.97 s within an hour here), so a bench records it beside its timings."""
+def loop_s(processes: int = 1, n: int = 5_000_000) -> float:
+    """Wall seconds of a fixed pure-Python loop run in `processes` processes at once: how fast this machine is right
+    now, and whether it really gives that many cores (the time then stays that of one). A shared VM's speed drifts
+    (this loop in one process took 0.58 s, then 0.97 s within an hour here), so a bench records it beside its
+    timings."""
+    code = f"def loop():\n    t = 0\n    for i in range({n}):\n        t += i\n\n\nloop()\n"
     start = time.perf_counter()
-    total = 0
-    for i in range(n):
-        total += i
+    procs = [subprocess.Popen([sys.executable, "-S", "-c", code]) for _ in range(processes)]
+    for proc in procs:
+        proc.wait()
     return time.perf_counter() - start
 
 

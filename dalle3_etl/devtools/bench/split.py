@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from dalle3_etl.devtools.bench.config import _rmtree
-from dalle3_etl.devtools.bench.machine import reference_loop_s
+from dalle3_etl.devtools.bench.machine import loop_s
 from dalle3_etl.devtools.synth import SynthSpec, write_shard
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.probe import probe_points
@@ -41,7 +41,8 @@ class SplitBench:
     split_cpu_s: list[float] = field(default_factory=list)  # user + system CPU of the driver and its workers
     whole_cpu_s: list[float] = field(default_factory=list)
     tasks: int = 0
-    reference_loop_s: list[float] = field(default_factory=list)  # the machine's speed before each repetition
+    loop_1_s: list[float] = field(default_factory=list)  # the machine's speed before each repetition (`loop_s`)
+    loop_w_s: list[float] = field(default_factory=list)  # the same loop in `workers` processes at once
 
     @property
     def median_per_rep_ratio(self) -> float:
@@ -141,7 +142,8 @@ def run_split_bench(
     )
     out = location / "dalle3-etl-split-out"
     for rep in range(reps):
-        bench.reference_loop_s.append(reference_loop_s())
+        bench.loop_1_s.append(loop_s(1))
+        bench.loop_w_s.append(loop_s(workers))
         order = [("split", task_bytes), ("whole", WHOLE)]
         for name, size in order if rep % 2 == 0 else order[::-1]:
             seconds, cpu = time_convert(corpus, out, workers, size, bench.extra)
