@@ -28,7 +28,9 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
     config: Path | None = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),
     workers: int | None = typer.Option(None, "--workers", "-w", help="Worker processes (default: all cores)."),
-    task_bytes: int | None = typer.Option(None, "--task-bytes", help="Split shards into tasks of ~this size."),
+    task_bytes: int | None = typer.Option(
+        None, "--task-bytes", help="Split shards into tasks of ~this size (the run's last round: a quarter)."
+    ),
     caption_field: str | None = typer.Option(None, help="JSON field used as the caption; .txt: the text member."),
     caption_fallbacks: str | None = typer.Option(
         None, help="Comma-separated fields tried in order when the caption is empty."
