@@ -297,12 +297,13 @@ def tail_settings(
     workers finish up to a task apart (`benchmarks/makespan.py`: tasks of 1 GB end 8 % after an even split of the
     bytes on 64 workers, 13 % on 200). So the smallest splittable shards, as many as add up to at most `workers`
     tasks of `task_bytes` (about the run's last round), are cut 4 times finer: 2 % on both. No change with one
-    worker, nor for a shard too small to be split at the finer size."""
+    worker, nor for a shard too small to be split at the finer size. `hf://` shards keep `task_bytes`: splitting
+    one reads it twice (the scan, then the tasks' ranges), which a few % of makespan does not pay for."""
     if workers < 2:
         return {}
     finer = replace(settings, task_bytes=max(1, settings.task_bytes // TAIL_DIVISOR))
     budget, total, chosen = workers * settings.task_bytes, 0, {}
-    candidates = [src for src in todo if src.shard_id not in whole and splittable(src, settings)]
+    candidates = [src for src in todo if src.shard_id not in whole and splittable(src, settings) and not is_hub(src)]
     for src in sorted(candidates, key=lambda s: (s.size, natural_key(s.shard_id))):
         if total + src.size > budget:
             break

@@ -25,6 +25,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.shard.taskconvert import task_key
 from dalle3_etl.sources.base import ShardSource
+from dalle3_etl.sources.hub.stream import HubShardSource
 from dalle3_etl.sources.local import local_source
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.tasks import TaskRange, read_plan
@@ -106,6 +107,9 @@ def test_the_smallest_shards_up_to_a_round_of_tasks_get_tasks_four_times_finer(s
     assert tail_settings(shards, Settings(task_bytes=task_bytes), 8, {by_size[0].shard_id}).keys() == {
         s.shard_id for s in by_size[1:]
     }  # an hf:// shard kept whole is left out
+    hub = HubShardSource("data-000009", "hf://x/data/data-000009.tar", by_size[0].size // 2, {}, path_in_repo="data")
+    chosen = tail_settings([*shards, hub], Settings(task_bytes=task_bytes), 10)
+    assert set(chosen) == {s.shard_id for s in shards}  # the smallest, an hf:// shard, keeps task_bytes (read twice)
 
     layout = _layout(tmp_path)
     todo, _ = plan_tasks(layout, shards, Settings(task_bytes=task_bytes, workers=3))
