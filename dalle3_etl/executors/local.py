@@ -8,7 +8,6 @@ from __future__ import annotations
 import collections
 import concurrent.futures as cf
 import os
-import queue
 import select
 import signal
 import threading
@@ -23,7 +22,7 @@ from dalle3_etl.executors.base import (
     mark_pool_worker,
     run_task,
 )
-from dalle3_etl.executors.pool import mp_context
+from dalle3_etl.executors.pool import drain, mp_context
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import hold_workers_lock
@@ -137,7 +136,7 @@ class LocalExecutor:
             pending = {pool.submit(_pool_task, task): task for task in tasks}
             while pending:
                 done, _ = cf.wait(pending, timeout=0.2, return_when=cf.FIRST_COMPLETED)
-                _drain(progress_queue, on_progress)
+                drain(progress_queue, on_progress)
                 for fut in done:
                     task = pending.pop(fut)
                     try:
@@ -171,15 +170,6 @@ class LocalExecutor:
         finally:
             progress_queue.close()
         return sorted(retry, key=order.index)
-
-
-def _drain(progress_queue, on_progress: ProgressCb) -> None:
-    while True:
-        try:
-            item = progress_queue.get_nowait()
-        except (queue.Empty, OSError, ValueError):
-            return
-        on_progress(*item)
 
 
 __all__ = ["MAX_POOL_RESTARTS", "InlineExecutor", "LocalExecutor"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import sys
+from collections.abc import Callable
 
 #: The executors `executors.choose.make_executor` builds (`convert --executor`); here so the CLI can check a
 #: name before it imports the conversion code.
@@ -27,6 +29,16 @@ def mp_context():
         ctx.set_forkserver_preload(list(WORKER_PRELOAD))
         return ctx
     return mp.get_context("spawn")
+
+
+def drain(progress_queue, on_progress: Callable[..., None]) -> None:
+    """Hand every item the pool's workers put on `progress_queue` so far (a tuple of arguments) to `on_progress`."""
+    while True:
+        try:
+            item = progress_queue.get_nowait()
+        except (queue.Empty, OSError, ValueError):
+            return
+        on_progress(*item)
 
 
 def prestart_workers() -> None:

@@ -83,6 +83,7 @@ class Reporter:
 
     def start(self, plan: Plan, total_bytes: int) -> None: ...
     def scanning(self, sources: list[ShardSource]) -> None: ...  # read whole before the run to find split points
+    def scan_progress(self, shard_id: str, nbytes: int) -> None: ...  # bytes of an hf:// shard read by its scan
     def progress(self, shard_id: str, nbytes: int, samples: int) -> None: ...
     def shard_done(self, result: ShardResult) -> None: ...
     def merging(self) -> None: ...
@@ -164,7 +165,7 @@ def _convert_and_merge(
     ray_address: str | None,
 ) -> None:
     runner = make_executor(executor, settings.workers or default_workers(), ray_address)
-    tasks, book = plan_tasks(layout, plan.todo, settings, reporter.scanning)  # split shards: largest first
+    tasks, book = plan_tasks(layout, plan.todo, settings, reporter.scanning, reporter.scan_progress)  # largest first
     reporter.start(plan, sum(src.size for src in plan.todo))
     book.seed(reporter.progress)
     # parts are merged while later shards still convert; the end merges only what is left

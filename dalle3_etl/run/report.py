@@ -46,10 +46,13 @@ class RichReporter(Reporter):
         self.total_bytes = 0
         self.t0 = time.monotonic()
         self.last_log = self.t0
+        self.scan_total = 0  # bytes of the hf:// shards read whole before the run (`scanning`)
+        self.scan_bytes: dict[str, int] = {}
 
     # -- Reporter ----------------------------------------------------------------------------------
 
     def start(self, plan: Plan, total_bytes: int) -> None:
+        self._stop()  # the scans' bar, if any
         self.total_shards = len(plan.todo)
         self.total_bytes = total_bytes
         self.t0 = self.last_log = time.monotonic()
@@ -82,6 +85,31 @@ class RichReporter(Reporter):
         hub = sum(1 for src in sources if is_hub(src))
         what = f"{len(sources)} shard(s)" + (f", {hub} of them from the Hub (read in full)" if hub else "")
         self.console.print(f"Reading the headers of {what} to find where to split them; the conversion starts after.")
+        self.scan_total = sum(src.size for src in sources if is_hub(src))
+        self.scan_bytes = {}
+        if self.live and self.scan_total:
+            self.bar = Progress(
+                TextColumn("[bold]finding split points"),
+                BarColumn(),
+                TaskProgressColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=True,
+            )
+            self.task = self.bar.add_task("scan", total=self.scan_total)
+            self.bar.start()
+
+    def scan_progress(self, shard_id: str, nbytes: int) -> None:
+        self.scan_bytes[shard_id] = nbytes
+        done = sum(self.scan_bytes.values())
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+        elif not self.quiet and time.monotonic() - self.last_log >= LOG_EVERY:
+            self.last_log = time.monotonic()
+            pct = 100 * done / self.scan_total if self.scan_total else 100.0
+            self._print(f"finding split points: {human_bytes(done)}/{human_bytes(self.scan_total)} ({pct:.1f}%)")
 
     def _desc(self) -> str:
         return f"shards {self.finished}/{self.total_shards}"

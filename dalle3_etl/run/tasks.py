@@ -25,11 +25,11 @@ from pathlib import Path
 import pyarrow as pa
 
 from dalle3_etl.executors.base import ProgressCb, ShardTask
-from dalle3_etl.executors.pool import default_workers, mp_context
+from dalle3_etl.executors.pool import default_workers, drain, mp_context
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.shard.convert import ShardConverter, ShardResult, source_fingerprint
-from dalle3_etl.shard.hubsplit import hub_kept_whole, is_hub, scan_hub, with_blocks
+from dalle3_etl.shard.hubsplit import ScanProgress, hub_kept_whole, is_hub, scan_hub, with_blocks
 from dalle3_etl.shard.probe import probe_points
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.shard.sinks import parquet_writer, part_schema
@@ -66,11 +66,11 @@ def _needs_scan(layout: Layout, src: ShardSource, settings: Settings) -> bool:
     )
 
 
-def scan_points(src: ShardSource, settings: Settings) -> tuple[int, ...]:
-    """Where a shard is cut, by the full scan (`shard.scan`; `hf://`: `shard.hubsplit`, with its block hashes);
-    none when it cannot be read now (converted whole, which reports it)."""
+def scan_points(src: ShardSource, settings: Settings, progress: ScanProgress | None = None) -> tuple[int, ...]:
+    """Where a shard is cut, by the full scan (`shard.scan`; `hf://`: `shard.hubsplit`, with its block hashes, the
+    bytes read so far told to `progress`); none when it cannot be read now (converted whole, which reports it)."""
     if is_hub(src):
-        return scan_hub(src, settings)  # type: ignore[arg-type]
+        return scan_hub(src, settings, progress)  # type: ignore[arg-type]
     try:
         with src.open() as fh:
             return choose_points(scan_tar(fh, src.size, settings), settings.task_bytes)
@@ -94,11 +94,12 @@ def scan_many(
     settings: Settings,
     on_scan: Callable[[list[ShardSource]], None] | None = None,
     finer: dict[str, Settings] | None = None,
+    progress: ScanProgress | None = None,
 ) -> dict[str, tuple[int, ...]]:
     """The points of each shard: guessed for local shards (`probe_local`, here), else by `scan_points` in a pool
     of the run's worker count (scans only read the inputs), announced first to `on_scan` (an `hf://` shard's scan
-    reads all of it). Ctrl-C waits for the scans under way, then stops. `finer`: the settings (a smaller
-    `task_bytes`) of the shards that end the run (`tail_settings`)."""
+    reads all of it, the bytes read so far told to `progress`). Ctrl-C waits for the scans under way, then stops.
+    `finer`: the settings (a smaller `task_bytes`) of the shards that end the run (`tail_settings`)."""
     finer = finer or {}
     found: dict[str, tuple[int, ...]] = {}
     for src in sources:
@@ -111,17 +112,36 @@ def scan_many(
     each = [finer.get(src.shard_id, settings) for src in sources]
     workers = min(settings.workers or default_workers(), len(sources))
     if workers < 2:
-        return found | {src.shard_id: scan_points(src, s) for src, s in zip(sources, each)}
-    pool = cf.ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=mp_context(),
-        initializer=signal.signal,
-        initargs=(signal.SIGINT, signal.SIG_IGN),
-    )
+        return found | {src.shard_id: scan_points(src, s, progress) for src, s in zip(sources, each)}
+    ctx = mp_context()
+    queue = ctx.Queue() if progress is not None else None
+    pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_scan_worker, initargs=(queue,))
     try:
-        return found | dict(zip([s.shard_id for s in sources], pool.map(scan_points, sources, each)))
+        futures = [pool.submit(_scan_in_pool, src, s) for src, s in zip(sources, each)]
+        pending = set(futures)
+        while pending:
+            _, pending = cf.wait(pending, timeout=0.2)
+            if queue is not None and progress is not None:
+                drain(queue, progress)
+        return found | {src.shard_id: fut.result() for src, fut in zip(sources, futures)}
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if queue is not None:
+            queue.close()
+
+
+_scan_queue = None  # in a scan pool's worker: where its progress goes (`scan_many`)
+
+
+def _init_scan_worker(queue) -> None:
+    global _scan_queue
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops the scans
+    _scan_queue = queue
+
+
+def _scan_in_pool(src: ShardSource, settings: Settings) -> tuple[int, ...]:
+    queue = _scan_queue
+    return scan_points(src, settings, None if queue is None else lambda sid, nbytes: queue.put((sid, nbytes)))
 
 
 def shard_ranges(
@@ -317,9 +337,11 @@ def plan_tasks(
     todo: list[ShardSource],
     settings: Settings,
     on_scan: Callable[[list[ShardSource]], None] | None = None,
+    on_scan_progress: ScanProgress | None = None,
 ) -> tuple[list[ShardTask], TaskBook]:
     """The run's tasks, largest first when a shard is split (ties in shard order), and the book of its split shards;
-    `on_scan` hears of the shards read whole to find their points, before they are."""
+    `on_scan` hears of the shards read whole to find their points, before they are, `on_scan_progress` of the
+    bytes each `hf://` one has read so far."""
     book = TaskBook(layout, settings)
     sized: list[tuple[int, int, ShardTask]] = []
     todo = sorted(todo, key=lambda s: natural_key(s.shard_id))
@@ -327,7 +349,7 @@ def plan_tasks(
     whole = hub_kept_whole(layout, todo, workers)
     finer = tail_settings(todo, settings, workers, whole)
     scan = [s for s in todo if _needs_scan(layout, s, finer.get(s.shard_id, settings)) and s.shard_id not in whole]
-    scanned = scan_many(scan, settings, on_scan, finer)
+    scanned = scan_many(scan, settings, on_scan, finer, on_scan_progress)
     for order, src in enumerate(todo):
         own = finer.get(src.shard_id, settings)
         ranges = None if src.shard_id in whole else shard_ranges(layout, src, own, scanned)

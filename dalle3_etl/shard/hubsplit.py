@@ -9,13 +9,14 @@ into a sparse spool file in its staging folder, converts it from there, and remo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, BinaryIO
 
 from dalle3_etl.settings import Settings
-from dalle3_etl.shard.convert import source_fingerprint
+from dalle3_etl.shard.convert import PROGRESS_EVERY, source_fingerprint
 from dalle3_etl.shard.scan import choose_points, scan_tar
 from dalle3_etl.sources.base import ShardSource
 from dalle3_etl.sources.hub.errors import HubError
@@ -53,24 +54,47 @@ class HubPoints(tuple):
         return (HubPoints, (tuple(self), self.blocks))
 
 
-def scan_hub(src: HubShardSource, settings: Settings) -> tuple[int, ...]:
+#: What a scan reports as it reads: (shard id, bytes read so far).
+ScanProgress = Callable[[str, int], None]
+
+
+def scan_hub(src: HubShardSource, settings: Settings, progress: ScanProgress | None = None) -> tuple[int, ...]:
     """The split points of an `hf://` shard (`HubPoints`, with its block hashes); none when it cannot be read or
-    does not match the Hub's sha256 (then converted whole, which reports it)."""
+    does not match the Hub's sha256 (then converted whole, which reports it). `progress` hears the bytes read so
+    far every `PROGRESS_EVERY` seconds and once at the end."""
     block = block_size_for(src.size)
     hashes: list[str] = []
     hasher = BlockHasher(block, lambda _i, digest: hashes.append(digest))
+    feed = hasher.feed if progress is None else _counting(hasher.feed, src.shard_id, progress)
     try:
         with src.open() as stream:
-            view = ForwardReader(stream, src.size, hasher.feed)
+            view = ForwardReader(stream, src.size, feed)
             points = choose_points(scan_tar(view, src.size, settings), settings.task_bytes)
             view.drain()  # the rest: the whole file hashed, and checked against the Hub's sha256
             verified = stream.verified
     except (OSError, HubError):
         return ()
+    finally:
+        if progress is not None:
+            progress(src.shard_id, src.size)  # read, or given up: nothing more to wait for
     hasher.flush()
     if not points or not verified:
         return ()
     return HubPoints(points, BlockHashes(block, tuple(hashes)).to_json())
+
+
+def _counting(feed: Callable[[bytes], None], shard_id: str, progress: ScanProgress) -> Callable[[bytes], None]:
+    read, last = 0, time.monotonic()
+
+    def counted(data: bytes) -> None:
+        nonlocal read, last
+        feed(data)
+        read += len(data)
+        if time.monotonic() - last >= PROGRESS_EVERY:
+            last = time.monotonic()
+            progress(shard_id, read)
+
+    return counted
 
 
 def with_blocks(src: ShardSource, recorded: Any) -> ShardSource | None:
@@ -101,4 +125,4 @@ def open_task_input(src: ShardSource, part: TaskRange, layout: Layout) -> Iterat
         layout.fs.unlink(spool)
 
 
-__all__ = ["HubPoints", "hub_kept_whole", "is_hub", "open_task_input", "scan_hub", "with_blocks"]
+__all__ = ["HubPoints", "ScanProgress", "hub_kept_whole", "is_hub", "open_task_input", "scan_hub", "with_blocks"]

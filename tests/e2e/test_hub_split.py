@@ -211,3 +211,29 @@ def test_hub_shards_read_whole_before_the_run_are_announced_first(hub, local_who
     summary = run_convert(sources, tmp_path / "out", load_settings(None, workers=3, task_bytes=20_000), reporter=seen)
     assert summary.exit_code == 0
     assert seen.events == [("scanning", ["data-000000", "data-000001"]), ("start", [])]
+
+
+@pytest.mark.parametrize("selection", ["data/*.tar", "data/data-000000.tar"])  # scans in a pool; one in the driver
+def test_the_scans_of_hub_shards_report_the_bytes_they_read(hub, tmp_path, selection):
+    class Seen(pipeline.Reporter):
+        def __init__(self):
+            self.events: list[tuple[str, str, int]] = []
+
+        def scanning(self, sources):
+            self.events.append(("scanning", "", 0))
+
+        def scan_progress(self, shard_id, nbytes):
+            self.events.append(("read", shard_id, nbytes))
+
+        def start(self, plan, total_bytes):
+            self.events.append(("start", "", 0))
+
+    seen = Seen()
+    sources = resolve_inputs([hub.uri(selection)])
+    summary = run_convert(sources, tmp_path / "out", load_settings(None, workers=3, task_bytes=20_000), reporter=seen)
+    assert summary.exit_code == 0
+    kinds = [kind for kind, _, _ in seen.events]
+    assert kinds[0] == "scanning" and kinds[-1] == "start" and set(kinds[1:-1]) == {"read"}
+    for src in sources:
+        reads = [n for kind, sid, n in seen.events if kind == "read" and sid == src.shard_id]
+        assert reads and reads == sorted(reads) and reads[-1] == src.size  # the whole shard read, told at the end
