@@ -61,3 +61,41 @@ def converted_copy(converted, tmp_path):
     dst = tmp_path / "out"
     shutil.copytree(out, dst, symlinks=True)
     return dst, truth
+
+
+SHM = Path("/dev/shm")
+
+
+def _mapped_semaphores() -> set[str]:
+    """Names of the POSIX semaphores some live process has mapped (`/proc/<pid>/maps`)."""
+    names: set[str] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/maps") as fh:
+                names.update(line.rsplit("/", 1)[1].strip() for line in fh if "/dev/shm/sem." in line)
+        except OSError:
+            continue
+    return names
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_semaphores_left_by_killed_runs():
+    """Tests that SIGKILL a run's whole process group (`store.crash`) kill multiprocessing's resource tracker with
+    it, so the run's named semaphores stay in /dev/shm. After the session, remove those that appeared during it and
+    that no live process has mapped (a semaphore in use is always mapped by its users)."""
+    if not (SHM.is_dir() and Path("/proc/self/maps").exists()):
+        yield
+        return
+    before = {p.name for p in SHM.glob("sem.mp-*")}
+    yield
+    mapped = _mapped_semaphores()
+    for path in SHM.glob("sem.mp-*"):
+        if path.name in before or path.name in mapped:
+            continue
+        try:
+            if path.lstat().st_uid == os.getuid():  # ours: another user's is not this session's
+                path.unlink()
+        except OSError:
+            pass
