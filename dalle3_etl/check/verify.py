@@ -142,6 +142,13 @@ def _walk_images(
                 continue
             if only is not None and prefix + name not in only:
                 report.counts["input_images_without_row"] += 1
+                if textfile and name.rpartition(".")[0] + ".txt" not in names:
+                    # SimpleTuner's textfile strategy reads a caption for every image it lists
+                    checks["missing_caption_file"].fail(prefix + name.rpartition(".")[0] + ".txt")
+                    checks["missing_caption_file"].note = (
+                        "the input folder keeps its rejected samples' images, with no caption file: "
+                        "`dalle3-etl entry OUT` writes the entry with the parquet caption strategy"
+                    )
                 continue
             keys.add(prefix + name)
             if not textfile:
@@ -376,6 +383,14 @@ def verify(
         several,
         _row_names(target) if input_folder(layout) is not None else None,
     )
+    left = report.counts.get("input_images_without_row", 0)
+    if left and not textfile:
+        checks["image_without_row"].warn(
+            f"{left:,} image(s) in the input folder have no row (rejected samples, see rejects.jsonl): "
+            "SimpleTuner skips each with a 'Could not load caption' error line; a trainer that reads every "
+            "image of the folder would take them without a caption",
+            left,
+        )
     if not deep:
         checks["header_size"].skip("add --deep to re-read every image header")
 

@@ -24,6 +24,7 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
     """
     out = Layout(Path(root) if root is not None else layout.out.resolve())
     st = settings.simpletuner
+    strategy = caption_strategy(layout, settings)
     image = {
         "id": st.id,
         "type": "local",
@@ -34,13 +35,11 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
         "target_downsample_size": st.target_downsample_size,
         "resolution_type": st.resolution_type,
         "cache_dir_vae": str(out.out / st.cache_dir_vae if st.cache_dir_vae else out.cache("vae", st.id)),
-        "caption_strategy": "textfile"
-        if settings.captions and (settings.link != "none" or settings.captions_in_place)
-        else "parquet",  # --link none without --captions-in-place: no caption file anywhere
+        "caption_strategy": strategy,
         "metadata_backend": "parquet",
         "parquet": {
             "path": str(out.parquet(settings.parquet_name)),
-            "caption_column": caption_column(settings),
+            "caption_column": caption_column(settings, strategy),
             "filename_column": "filename",
             "width_column": "width",
             "height_column": "height",
@@ -63,10 +62,32 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
     return [image, text_embeds]
 
 
-def caption_column(settings: Settings) -> str:
+def caption_strategy(layout: Layout, settings: Settings) -> str:
+    """"textfile" where every image SimpleTuner will list has its `<stem>.txt`, else "parquet".
+
+    --link none writes no caption file without --captions-in-place, and with it the input folder keeps the
+    images of its rejected samples (filtered, damaged, name clashes) with no caption file beside them:
+    SimpleTuner's textfile strategy stops at start-up on the first one (FileNotFoundError), while the parquet
+    strategy skips an image with no row (`metadata_missing`). So an output with rejects uses the parquet."""
+    if not settings.captions:
+        return "parquet"
+    if settings.link != "none":
+        return "textfile"
+    return "textfile" if settings.captions_in_place and not has_rejects(layout) else "parquet"
+
+
+def has_rejects(layout: Layout) -> bool:
+    """Whether the run rejected any sample (`rejects.jsonl` is merged before the entry is written)."""
+    try:
+        return layout.merged_rejects.stat().st_size > 0
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def caption_column(settings: Settings, strategy: str) -> str:
     """The column SimpleTuner takes captions from: with --extra-captions and the parquet strategy, the list of
     every caption (SimpleTuner accepts a list cell); with textfile it reads the .txt files, one caption a line."""
-    return CAPTIONS_COLUMN if settings.extra_captions and not settings.captions else "caption"
+    return CAPTIONS_COLUMN if settings.extra_captions and strategy == "parquet" else "caption"
 
 
 def write_dataloader_config(layout: Layout, settings: Settings, root: Path | None = None) -> Path:

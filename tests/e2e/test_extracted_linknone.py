@@ -206,3 +206,37 @@ def test_entry_rewrites_keep_the_input_folder_and_caches_under_out(folder, tmp_p
     assert image["cache_dir_vae"] == "/mnt/st/cache/vae/mine"
     code, output = cli("verify", out, "--mount-path", "/mnt/st")
     assert code == 0, output
+
+
+def test_rejected_images_left_in_the_folder_make_the_entry_read_captions_from_the_parquet(folder, tmp_path):
+    """A filtered (or damaged) sample's image stays in the input folder with no caption file; SimpleTuner's
+    textfile strategy would stop at start-up on it, its parquet strategy skips it (no row)."""
+    out = tmp_path / "out"
+    convert(folder, out, "-w", "1", "--captions-in-place", "--min-side", "1024", "--extra-captions", "long_caption")
+    rows = pq.read_table(out / "dalle3.parquet").to_pylist()
+    rejected = [orjson.loads(x)["member"] for x in (out / "rejects.jsonl").read_bytes().splitlines()]
+    assert rejected and rows
+    written = captions(folder)
+    for member in rejected:
+        if not member.endswith(".json"):
+            assert (folder / member).is_file() and member.rpartition(".")[0] + ".txt" not in written
+    image = entry(out)
+    assert (image["caption_strategy"], image["parquet"]["caption_column"]) == ("parquet", "captions")
+    assert len(written) == len(rows)  # the caption files are still written, for trainers reading them
+    code, output = cli("verify", out)
+    assert code == 0 and "image_without_row" in output and "have no row" in output, output
+
+
+def test_verify_fails_an_older_textfile_entry_over_rejected_images_and_entry_fixes_it(folder, tmp_path):
+    out = tmp_path / "out"
+    convert(folder, out, "-w", "1", "--captions-in-place", "--min-side", "1024")
+    entries = orjson.loads((out / "multidatabackend.json").read_bytes())
+    entries[0]["caption_strategy"] = "textfile"  # what an earlier version wrote
+    (out / "multidatabackend.json").write_bytes(orjson.dumps(entries))
+    code, output = cli("verify", out)
+    assert code == 1 and "missing_caption_file" in output and "dalle3-etl entry OUT" in output, output
+    code, output = cli("entry", out)
+    assert code == 0, output
+    assert entry(out)["caption_strategy"] == "parquet"
+    code, output = cli("verify", out)
+    assert code == 0, output
