@@ -63,7 +63,7 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
 
 
 def caption_strategy(layout: Layout, settings: Settings) -> str:
-    """"textfile" where every image SimpleTuner will list has its `<stem>.txt`, else "parquet".
+    """`textfile` where every image SimpleTuner will list has its `<stem>.txt`, else `parquet`.
 
     --link none writes no caption file without --captions-in-place, and with it the input folder keeps the
     images of its rejected samples (filtered, damaged, name clashes) with no caption file beside them:
