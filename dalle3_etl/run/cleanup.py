@@ -14,7 +14,7 @@ from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.crash import crash_point
 from dalle3_etl.store.inplace import forget_input_folder
 from dalle3_etl.store.layout import TMP_GLOB, Layout
-from dalle3_etl.store.manifest import pinned_settings
+from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
 from dalle3_etl.store.records import all_records
 
 
@@ -64,9 +64,10 @@ def restart(layout: Layout, settings: Settings) -> None:
         fs.unlink(layout.record(sid))
     for sid in ids:
         forget_shard(layout, sid, made_with)
-        fs.unlink(layout.webshart_index(sid))  # --webshart
+        if old.get("webshart"):  # its index, only where this output wrote indexes
+            fs.unlink(layout.webshart_index(sid))
         crash_point("restart", sid)
-    for path in layout.own_files({settings.parquet_name, old.get("parquet_name") or settings.parquet_name}):
+    for path in layout.own_files({pinned_parquet(layout, old).name} if old else set()):  # the parquet it wrote
         fs.unlink(path)
     if layout.imagefolder_claim.exists():  # metadata.jsonl is the tool's only when claimed
         fs.unlink(layout.imagefolder_metadata)

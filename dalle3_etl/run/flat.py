@@ -19,6 +19,7 @@ from dalle3_etl.shard.commit import same_file
 from dalle3_etl.shard.rows import Reason
 from dalle3_etl.shard.sinks import written_names
 from dalle3_etl.store.crash import crash_point, fsync_file
+from dalle3_etl.store.fsio import OwnershipError
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.records import read_record, write_record
 
@@ -27,8 +28,13 @@ def _shard_files(filename: str, settings: Settings) -> list[str]:
     return written_names(filename, settings.images, settings.captions)
 
 
-def _taken(path: Path) -> bool:
-    """The name exists, or cannot be created because a folder on its way is a file (another shard's)."""
+def _taken(layout: Layout, path: Path) -> bool:
+    """The name exists, or cannot be created without going through a symlink (a user's, never followed) or
+    below a file (another shard's)."""
+    try:
+        layout.fs.check(path)
+    except OwnershipError:
+        return True
     try:
         os.lstat(path)
     except FileNotFoundError:
@@ -76,7 +82,7 @@ def _clashes(layout: Layout, shard_id: str, filenames: list[str], settings: Sett
     for filename in filenames:
         for name in _shard_files(filename, settings):
             src, dst = src_root / name, layout.data / name
-            if src.exists() and _taken(dst) and not same_file(src, dst):
+            if src.exists() and _taken(layout, dst) and not same_file(src, dst):
                 ordered.append(filename)
                 break
     if ordered:
@@ -95,7 +101,7 @@ def _link_in(layout: Layout, shard_id: str, filenames: list[str], settings: Sett
             if not src.exists():
                 continue  # moved before a crash
             if not same_file(src, dst):
-                dst.parent.mkdir(parents=True, exist_ok=True)
+                layout.fs.make_folders(dst.parent)
                 layout.fs.link_new(src, dst)  # fails rather than overwrite
             moved += 1
             crash_point("publish", shard_id, moved)
@@ -125,7 +131,8 @@ def _write_clash_rejects(layout: Layout, shard_id: str, ordered: list[str]) -> N
                 "shard": shard_id,
                 "member": name,
                 "reason": Reason.NAME_CLASH,
-                "detail": f"data/{name} (or its caption file) is taken by an earlier shard (--flat)",
+                "detail": f"data/{name} (or its caption file) is taken in OUT/data, by an earlier shard or a file "
+                "or link that is not this run's (--flat)",
             }
         )
         + b"\n"

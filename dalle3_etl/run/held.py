@@ -67,7 +67,7 @@ def _move(fs: Root, src: Path, dst: Path) -> None:
             fs.unlink(src)
             return
         fs.unlink(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    fs.make_folders(dst.parent)
     fs.rename_new(src, dst)
 
 

@@ -3,6 +3,7 @@ read OUT/data as an `imagefolder`: one line per parquet row, in parquet order.""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import orjson
@@ -37,7 +38,11 @@ def write_imagefolder(layout: Layout, settings: Settings) -> None:
 def refuse_foreign_metadata(layout: Layout) -> None:
     """A StateError when OUT/data/metadata.jsonl is there and not the tool's (it is left as it is)."""
     path = layout.imagefolder_metadata
-    if path.exists() and not layout.imagefolder_claim.exists():
+    if os.path.islink(path):
+        raise StateError(
+            f"{path} is a symlink: dalle3-etl never writes through a link; remove it to write the imagefolder"
+        )
+    if os.path.lexists(path) and not layout.imagefolder_claim.exists():
         raise StateError(f"{path} exists and was not written by dalle3-etl: move it away to write the imagefolder")
 
 

@@ -22,7 +22,7 @@ from dalle3_etl.run.entry import write_dataloader_config
 from dalle3_etl.run.imagefolder import keep_imagefolder
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
-from dalle3_etl.run.preflight import check_out_dir, check_settings
+from dalle3_etl.run.preflight import check_out_dir, check_settings, refuse_unsafe_out
 from dalle3_etl.run.tasks import clean_task_leftovers, plan_tasks
 from dalle3_etl.run.webshart import IndexOutcome, check_inputs, remember_tars, write_indexes
 from dalle3_etl.settings import Settings
@@ -139,6 +139,7 @@ def _prepare(
     layout: Layout, sources: list[ShardSource], settings: Settings, *, restart_run: bool, retry_failed: bool
 ) -> Plan:
     """Under OUT's lock: settle the output's state, then decide what this run converts."""
+    refuse_unsafe_out(layout, settings, restart_run=restart_run)
     if restart_run:
         restart(layout, settings)
     check_settings(layout, settings)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dalle3_etl.settings import Settings
 from dalle3_etl.store.layout import Layout, StateError
-from dalle3_etl.store.manifest import read_manifest, settings_differences
+from dalle3_etl.store.manifest import pinned_parquet, read_manifest, settings_differences
 
 #: How the user sets each output-changing setting (for the refusal message).
 SETTING_FLAGS = {
@@ -88,4 +88,38 @@ def check_settings(layout: Layout, settings: Settings) -> None:
         )
 
 
-__all__ = ["SETTING_FLAGS", "check_out_dir", "check_settings"]
+def refuse_unsafe_out(layout: Layout, settings: Settings, *, restart_run: bool) -> None:
+    """Before anything in OUT is removed or written (--restart included): refuse, naming it, a link or a file of
+    the user's where this run would replace or remove one of the tool's files. The tool never writes or removes
+    through a link, and the user's files are not its own, so going on would only stop half way."""
+    manifest = read_manifest(layout)
+    pinned = pinned_parquet(layout) if manifest is not None else None
+    top = {layout.parquet(settings.parquet_name), layout.merged_rejects, layout.dataloader_config}
+    if pinned is not None:
+        top.add(pinned)
+    if "imagefolder" in settings.also or os.path.lexists(layout.imagefolder_claim):
+        top.add(layout.imagefolder_metadata)
+    for path in sorted(top):
+        if os.path.islink(path):
+            raise StateError(
+                f"{path} is a symlink: dalle3-etl rewrites that file and never through a link; remove the "
+                "link (what it points at is not touched) and run again: nothing was converted or removed"
+            )
+    new_parquet = layout.parquet(settings.parquet_name)
+    if os.path.lexists(new_parquet) and pinned != new_parquet:
+        raise StateError(
+            f"{new_parquet} exists and was not written by dalle3-etl (this output's parquet is "
+            f"{pinned.name if pinned is not None else 'not written yet'}); move it away or choose another "
+            "parquet_name: nothing was converted or removed"
+        )
+    if restart_run:
+        linked = [layout.shard_data(sid) for sid in sorted(layout.known_ids()) if layout.shard_data(sid).is_symlink()]
+        if linked:
+            raise StateError(
+                f"{linked[0]} is a symlink{f' (and {len(linked) - 1} more)' if len(linked) > 1 else ''}: "
+                "--restart removes a shard's files from its folder and never through a link; put the folder "
+                "back or remove the link: nothing was removed"
+            )
+
+
+__all__ = ["SETTING_FLAGS", "check_out_dir", "check_settings", "refuse_unsafe_out"]

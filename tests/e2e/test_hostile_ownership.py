@@ -174,3 +174,120 @@ def test_a_failed_commit_never_removes_what_it_could_not_list(shards, tmp_path, 
     forget_shard(layout, "data-000000", Settings())
     assert tree(out / "data") == before and not layout.record("data-000000").exists()
     assert layout.claim("data-000000").exists()
+
+
+# --- links and files of the user's where the tool writes its own (review of stop 23) -------------------------
+
+
+def test_restart_leaves_webshart_indexes_alone_when_the_output_never_wrote_them(shards, tmp_path):
+    inputs = shard_input(shards, tmp_path, 0)
+    out = tmp_path / "out"
+    assert convert([inputs], out, workers=1).exit_code == 0
+    mine = {out / "webshart" / "data-000000.json": b'{"mine": 1}', out / "webshart" / "other.json": b"keep"}
+    for path, data in mine.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    code, text = cli("convert", inputs, "-o", out, "-w", "1", "--restart")
+    assert code == 0, text
+    assert {p: p.read_bytes() for p in mine} == mine
+
+
+def test_a_users_file_at_a_new_parquet_name_is_refused_not_replaced(shards, tmp_path):
+    inputs = shard_input(shards, tmp_path, 0)
+    out = tmp_path / "out"
+    assert convert([inputs], out, workers=1).exit_code == 0
+    (out / "mine.parquet").write_bytes(b"user data")
+    config = tmp_path / "pn.toml"
+    config.write_text('[convert]\nparquet_name = "mine.parquet"\n')
+    before = tree(out)
+    code, text = cli("convert", inputs, "-o", out, "-w", "1", "--restart", "--config", config)
+    assert code == 2 and "mine.parquet exists and was not written by dalle3-etl" in text, text
+    assert "Traceback" not in text and tree(out) == before  # refused before --restart removed anything
+
+
+@pytest.mark.parametrize("name", ["multidatabackend.json", "dalle3.parquet", "rejects.jsonl"])
+def test_a_symlink_at_one_of_the_tools_files_is_refused_before_any_work(shards, tmp_path, name):
+    inputs = shard_input(shards, tmp_path, 0)
+    out = tmp_path / "out"
+    assert convert([inputs], out, workers=1).exit_code == 0
+    moved = tmp_path / ("moved-" + name)
+    shutil.move(str(out / name), moved)
+    (out / name).symlink_to(moved)
+    kept = moved.read_bytes()
+    for more in ([], ["--restart"]):
+        code, text = cli("convert", inputs, "-o", out, "-w", "1", *more)
+        assert code == 2 and f"{name} is a symlink" in text and "Traceback" not in text, text
+    assert (out / name).is_symlink() and moved.read_bytes() == kept
+    assert cli("status", out)[0] == 0 and "pending 0" in cli("status", out)[1]  # nothing of the output lost
+
+
+def test_a_dangling_link_at_metadata_jsonl_is_refused_before_converting(shards, tmp_path):
+    inputs = shard_input(shards, tmp_path, 0, 1)
+    out = tmp_path / "out"
+    assert convert([shard_input(shards, tmp_path, 0)], out, workers=1).exit_code == 0
+    (out / "data" / "metadata.jsonl").symlink_to(tmp_path / "nowhere")
+    code, text = cli("convert", inputs, "-o", out, "-w", "1", "--also", "imagefolder")
+    assert code == 2 and "metadata.jsonl is a symlink" in text and "Traceback" not in text, text
+    assert not (out / "data" / "data-000001").exists()  # refused before any work
+
+
+def test_restart_over_a_shard_folder_linked_from_elsewhere_is_refused_before_removing_anything(shards, tmp_path):
+    inputs = shard_input(shards, tmp_path, 0, 1)
+    out = tmp_path / "out"
+    assert convert([inputs], out, workers=1).exit_code == 0
+    moved = tmp_path / "moved"
+    shutil.move(str(out / "data" / "data-000000"), moved)
+    (out / "data" / "data-000000").symlink_to(moved)
+    before, files = tree(out), tree(moved)
+    code, text = cli("convert", inputs, "-o", out, "-w", "1", "--restart")
+    assert code == 2 and "data-000000 is a symlink" in text and "Traceback" not in text, text
+    assert tree(out) == before and tree(moved) == files
+    code, text = cli("status", out)
+    assert code == 0 and "pending 0" in text, text
+
+
+def test_flat_never_makes_a_folder_through_a_users_link_in_out_data(tmp_path):
+    import io
+    import random
+    import tarfile
+
+    import orjson
+
+    from dalle3_etl.devtools.synth.images import make_image
+
+    def shard(path: Path, name: str, caption: str) -> None:
+        with tarfile.open(path, "w") as tf:
+            for member, data in (
+                (name + ".jpg", make_image("jpeg", 64, 64, 500, random.Random(1))),
+                (name + ".json", orjson.dumps({"short_caption": caption, "width": 64, "height": 64})),
+            ):
+                info = tarfile.TarInfo(member)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+
+    inputs, elsewhere, out = tmp_path / "in", tmp_path / "elsewhere", tmp_path / "out"
+    inputs.mkdir()
+    elsewhere.mkdir()
+    shard(inputs / "s1.tar", "top", "a")
+    shard(inputs / "s2.tar", "sub/deep/a", "b")
+    code, text = cli("convert", inputs / "s1.tar", "-o", out, "--flat", "-w", "1", "-q")
+    assert code == 0, text
+    (out / "data" / "sub").symlink_to(elsewhere)
+    code, text = cli("convert", inputs / "s1.tar", inputs / "s2.tar", "-o", out, "--flat", "-w", "1", "-q")
+    assert code == 0 and "Traceback" not in text, text
+    assert list(elsewhere.iterdir()) == []  # nothing made outside OUT
+    rejects = [orjson.loads(line) for line in (out / "rejects.jsonl").read_bytes().splitlines()]
+    assert [(r["member"], r["reason"]) for r in rejects] == [("sub/deep/a.jpg", "name_clash")]
+    assert "sub/deep/a.jpg" not in pq.read_table(out / "dalle3.parquet").column("filename").to_pylist()
+
+
+def test_entry_over_a_symlinked_entry_file_says_so_in_one_line(shards, tmp_path):
+    out = tmp_path / "out"
+    assert convert([shard_input(shards, tmp_path, 0)], out, workers=1).exit_code == 0
+    moved = tmp_path / "mine.json"
+    shutil.move(str(out / "multidatabackend.json"), moved)
+    (out / "multidatabackend.json").symlink_to(moved)
+    kept = moved.read_bytes()
+    code, text = cli("entry", out, "--id", "other")
+    assert code == 1 and "multidatabackend.json is a symlink" in text and "Traceback" not in text, text
+    assert moved.read_bytes() == kept

@@ -54,6 +54,26 @@ def test_root_never_goes_through_a_symlink_except_the_allowed_data_link(tmp_path
     assert (out / "data").is_symlink() and (elsewhere / "sub").is_dir()
 
 
+def test_make_folders_never_makes_a_folder_through_a_link_or_outside_the_root(tmp_path):
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "data").symlink_to(elsewhere)  # the allowed link: gone through
+    root = Root(out, link_ok=("data",))
+    root.make_folders(out / "data" / "a" / "b")
+    assert (elsewhere / "a" / "b").is_dir()
+    (out / "data" / "a" / "link").symlink_to(tmp_path)  # a user's link below it: refused
+    with pytest.raises(OwnershipError, match="symlink"):
+        root.make_folders(out / "data" / "a" / "link" / "made")
+    assert not (tmp_path / "made").exists()
+    (out / "file").write_bytes(b"x")
+    with pytest.raises(NotADirectoryError):
+        root.make_folders(out / "file" / "sub")
+    with pytest.raises(OwnershipError):
+        root.make_folders(tmp_path / "outside")
+    assert not (tmp_path / "outside").exists()
+
+
 def test_a_symlink_at_a_name_is_never_removed_replaced_or_followed(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

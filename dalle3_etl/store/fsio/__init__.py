@@ -25,6 +25,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from dalle3_etl.errors import EtlError
 from dalle3_etl.store.fsio.fds import (
     _CLOEXEC,
     _DIR_FLAGS,
@@ -40,8 +41,10 @@ from dalle3_etl.store.fsio.fds import (
 )
 
 
-class OwnershipError(RuntimeError):
-    """A delete, move or overwrite was refused: outside the root, through a symlink, or not the tool's."""
+class OwnershipError(EtlError):
+    """A delete, move or overwrite was refused: outside the root, through a symlink, or not the tool's. An
+    `EtlError`: a command that meets one ends with its one line (exit 1), never a traceback; in a worker it
+    fails that shard only."""
 
 
 class Root:
@@ -86,6 +89,26 @@ class Root:
             if not stat.S_ISDIR(st.st_mode):
                 break  # the operation fails on its own (ENOTDIR)
         return os.path.abspath(path)
+
+    def make_folders(self, path: str | os.PathLike) -> None:
+        """Make the folder `path` and the missing folders on its way, each a real folder below the root: a
+        symlink on the way is refused (OwnershipError; OUT's `data` link excepted), never made through, so
+        nothing is created outside the root; a file on the way is NotADirectoryError."""
+        parts = self.parts(path)
+        cur = str(self.path)
+        for i, part in enumerate(parts):
+            cur = os.path.join(cur, part)
+            try:
+                os.mkdir(cur)
+                continue
+            except FileExistsError:
+                st = os.lstat(cur)
+            if stat.S_ISLNK(st.st_mode):
+                if i == 0 and part in self.link_ok:
+                    continue
+                raise OwnershipError(f"refused: {cur} is a symlink (never followed)")
+            if not stat.S_ISDIR(st.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "a file is in the way", cur)
 
     def _no_link(self, full: str) -> os.stat_result | None:
         """lstat of the path itself (None when missing); refuses a symlink there."""
