@@ -105,7 +105,7 @@ class Settings:
     )  # JSON field holding a hash: later samples with the same value are dropped
     also: tuple[str, ...] = _setting((), unique="dedupe", choices=ALSO_KINDS, pinned="when_set")
     webshart: bool = _setting(False, pinned="when_set")  # index the tars for SimpleTuner's webshart backend
-    # JSON fields giving width and height (img2dataset: original_width,original_height); else the image header
+    # JSON fields giving the stored image's width and height (not img2dataset's original_*); else the header
     size_fields: tuple[str, ...] = _setting(("width", "height"), unique="refuse", pinned="when_set")
     # An extracted folder (sources/folder.py): how its images reach OUT/data, and samples per unit.
     link: str = _setting("hard", choices=LINK_MODES, pinned="when_set")
@@ -212,7 +212,7 @@ def _check_text_members(settings: Settings) -> None:
     if len(settings.size_fields) != 2:
         raise SettingsError(
             f"size_fields: {','.join(settings.size_fields)!r}: give two JSON fields, width then height "
-            f"(e.g. original_width,original_height)"
+            f"(e.g. img_w,img_h)"
         )
 
 

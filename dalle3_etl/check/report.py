@@ -25,7 +25,7 @@ CHECKS: dict[str, str] = {
     "bad_size": "width and height positive",
     "shard_rows": "rows per shard = its completion record",
     "stray_file": "no temporary files or staging leftovers",
-    "header_size": "width/height = image header (--deep)",
+    "header_size": "width/height = image header (~100 rows spread out; --deep: every row)",
     "imagefolder": "metadata.jsonl: a line per row, same file, caption and size (--also imagefolder)",
     "train_size": "SimpleTuner keeps some rows at the entry's minimum_image_size",
     "webshart": "indexes match their unchanged tars: sizes, member headers, captions, one per tar (--webshart)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from dalle3_etl.run.entry import write_dataloader_config
 from dalle3_etl.settings import load_settings
 from dalle3_etl.store.layout import Layout
 
+verify_module = importlib.import_module("dalle3_etl.check.verify")
 SPEC = SynthSpec(shards=2, per_shard=30, seed=5, image_bytes=2000)
 runner = CliRunner()
 
@@ -101,7 +103,7 @@ def test_text_report_says_ok(out):
     result = runner.invoke(app, ["verify", str(out)])
     assert result.exit_code == 0, result.output
     assert "OK" in result.stdout and "SimpleTuner can start" in result.stdout
-    assert "skipped" in result.stdout  # header_size without --deep
+    assert "skipped" in result.stdout  # imagefolder and webshart: not made with them
 
 
 # --- each breakage is named -------------------------------------------------------------------------
@@ -265,12 +267,24 @@ def test_examples_are_capped_and_counted(out):
     assert "... and 5 more" in text
 
 
-def test_deep_catches_a_changed_width(out):
+def test_without_deep_a_sample_of_headers_finds_sizes_wrong_on_every_row(out, monkeypatch):
+    """Sizes taken from the wrong JSON fields (img2dataset's original_width/height) are wrong on every row."""
+    monkeypatch.setattr(verify_module, "HEADER_SAMPLE", 10)  # 60 rows: rows 0, 6, 12, ... are read
+    rewrite_parquet(
+        out, lambda t: t.set_column(t.schema.get_field_index("width"), "width", pc.multiply(t.column("width"), 3))
+    )
+    code, report = run_verify(out)
+    assert code == 1 and report["problems"] == ["header_size"]
+    assert check(report, "header_size")["count"] == 10
+
+
+def test_deep_catches_a_changed_width_the_sample_does_not_read(out, monkeypatch):
+    monkeypatch.setattr(verify_module, "HEADER_SAMPLE", 10)
     name = filenames(out)[9]
     rewrite_parquet(out, lambda t: set_cell(t, "width", 9, t.column("width")[9].as_py() + 1))
     code, report = run_verify(out)
-    assert code == 0, report["problems"]  # only the image header knows
-    assert check(report, "header_size")["status"] == "skipped"
+    assert code == 0, report["problems"]  # row 9 is not in the sample
+    assert check(report, "header_size")["status"] == "ok"
     code, report = run_verify(out, "--deep")
     assert code == 1
     assert report["problems"] == ["header_size"]

@@ -72,7 +72,7 @@ def test_hugging_face_datasets_reads_the_parquet(reference, corpus):
     assert ds[0]["caption"] and ds[0]["filename"].endswith(".webp")
 
 
-def test_size_fields_take_img2dataset_original_size(corpus, tmp_path):
+def test_size_fields_take_the_json_fields_named(corpus, tmp_path):
     root, truth = corpus
     out = tmp_path / "out"
     args = [
