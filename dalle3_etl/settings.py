@@ -69,6 +69,48 @@ class SimpleTunerSettings:
 
     def __post_init__(self) -> None:
         _validate(self)
+        _check_units(self)
+
+
+#: The sizes of the entry, as SimpleTuner's flags name them.
+SIZE_KEYS = ("resolution", "maximum_image_size", "target_downsample_size", "minimum_image_size")
+
+
+def _check_units(st: SimpleTunerSettings) -> None:
+    problem = size_unit_problem(st.resolution_type, {name: getattr(st, name) for name in SIZE_KEYS})
+    if problem:
+        raise SettingsError(problem)
+
+
+def size_unit_problem(resolution_type: str, values: dict[str, float]) -> str | None:
+    """Why the entry's sizes are not in the unit of its `resolution_type` as SimpleTuner's own checks require
+    (None when they are): `area` is megapixels (it refuses maximum_image_size or target_downsample_size of 20
+    or more, minimum_image_size over 5); `pixel` is pixels (it refuses maximum_image_size or
+    target_downsample_size under 512); `pixel_area` takes `resolution` as a pixel edge. A size in the other
+    unit would pass here and stop SimpleTuner at start-up. `values`: the sizes the entry has (`SIZE_KEYS`)."""
+    values = {n: v for n, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if resolution_type == "area":
+        wrong = [n for n, v in values.items() if (v > 5 if n == "minimum_image_size" else v >= 20)]
+        if wrong:
+            return (
+                f"resolution_type area measures sizes in megapixels, but {_named(values, wrong)} look like pixels: "
+                "give megapixels (e.g. resolution 1.0, maximum_image_size 2.0) or use resolution_type pixel"
+            )
+    elif resolution_type == "pixel":
+        wrong = [n for n, v in values.items() if (v < 512 if n in SIZE_KEYS[1:3] else 0 < v <= 10)]
+        if wrong:
+            return (
+                f"resolution_type pixel measures sizes in pixels, but {_named(values, wrong)} are not: give "
+                "pixels, e.g. --resolution 1024 --maximum-image-size 1536 --target-downsample-size 1280 "
+                "--minimum-image-size 768 (SimpleTuner wants maximum_image_size and target_downsample_size >= 512)"
+            )
+    elif resolution_type == "pixel_area" and values.get("resolution", 11) <= 10:
+        return f"resolution_type pixel_area takes resolution as a pixel edge (e.g. 1024), not {values['resolution']:g}"
+    return None
+
+
+def _named(values: dict[str, float], names: list[str]) -> str:
+    return ", ".join(f"{name} {values[name]:g}" for name in names)
 
 
 @dataclass(frozen=True)

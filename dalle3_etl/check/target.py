@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dalle3_etl.errors import UsageError
+from dalle3_etl.settings import SIZE_KEYS, size_unit_problem
 from dalle3_etl.shard.samples import IMAGE_EXTENSIONS
 from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
@@ -165,6 +166,9 @@ def _read_image_entry(entry: dict, place: Place, target: Target, problems: list[
         problems.append(f"caption_strategy {strategy!r} is not one of {', '.join(CAPTION_STRATEGIES)}")
     if entry.get("metadata_backend") != "parquet":
         problems.append(f"metadata_backend is {entry.get('metadata_backend')!r}, not 'parquet'")
+    unit = size_unit_problem(str(entry.get("resolution_type")), {k: entry[k] for k in SIZE_KEYS if k in entry})
+    if unit:
+        problems.append(f"{unit} (SimpleTuner refuses the entry); write it again: `dalle3-etl entry OUT` with them")
     return target
 
 

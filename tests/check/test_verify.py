@@ -152,6 +152,11 @@ def relative_instance_dir(out: Path) -> str:
     return "instance_data_dir 'out/data' is not absolute"
 
 
+def pixel_entry_with_megapixel_sizes(out: Path) -> str:
+    edit_entry(out, resolution_type="pixel", resolution=1024)  # maximum_image_size 2.0: SimpleTuner refuses it
+    return "resolution_type pixel measures sizes in pixels"
+
+
 def invalid_dataloader_json(out: Path) -> str:
     (out / "multidatabackend.json").write_text('[{"id": "dalle3",')
     return "is not valid JSON"
@@ -218,6 +223,7 @@ BREAKAGES = {
     "edit the entry's parquet path": (edit_parquet_path, {"dataloader"}),
     "relative instance_data_dir": (relative_instance_dir, {"dataloader"}),
     "invalid dataloader JSON": (invalid_dataloader_json, {"dataloader"}),
+    "pixel entry with megapixel sizes": (pixel_entry_with_megapixel_sizes, {"dataloader"}),
     "empty caption in the parquet": (empty_parquet_caption, {"empty_caption"}),
     "zero width": (zero_width, {"bad_size"}),
     "two rows for one image": (duplicate_row, {"duplicate_row", "shard_rows"}),

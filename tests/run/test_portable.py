@@ -22,6 +22,9 @@ CONFIG = """
 id = "mine"
 resolution = 1024
 resolution_type = "pixel"
+maximum_image_size = 1536
+target_downsample_size = 1280
+minimum_image_size = 768
 cache_dir_vae = "caches/vae"
 """
 
@@ -81,7 +84,10 @@ def test_mount_path_puts_every_path_under_it_and_verify_checks_it_there(copy):
 
 def test_changed_settings_are_written_and_the_pinned_ones_are_untouched(copy):
     manifest = (copy / ".dalle3-etl" / "manifest.json").read_bytes()
-    rewrite_entry(copy, resolution=0.5, resolution_type="area", crop=True, crop_style="center", repeats=3, id="b")
+    sizes = {"maximum_image_size": 2.0, "target_downsample_size": 1.75, "minimum_image_size": 0.25}  # megapixels
+    rewrite_entry(
+        copy, resolution=0.5, resolution_type="area", crop=True, crop_style="center", repeats=3, id="b", **sizes
+    )
     image, text = entry(copy)
     assert (image["resolution"], image["resolution_type"], image["crop"], image["crop_style"], image["repeats"]) == (
         0.5,
@@ -105,6 +111,10 @@ def test_changed_settings_are_written_and_the_pinned_ones_are_untouched(copy):
         ({"crop_style": "diagonal"}, "--crop-style diagonal: must be one of"),
         ({"repeats": -2}, "--repeats -2: must be at least 0"),
         ({"id": "a/b"}, "--id a/b: must be a name"),
+        # the entry's sizes are pixels: megapixels for area would stop SimpleTuner at start-up
+        ({"resolution_type": "area", "resolution": 1.0}, "maximum_image_size 1536, .* look like pixels"),
+        ({"maximum_image_size": 2.0}, "resolution_type pixel measures sizes in pixels, but maximum_image_size 2 "),
+        ({"resolution_type": "pixel_area", "resolution": 1.0}, "pixel_area takes resolution as a pixel edge"),
     ],
 )
 def test_a_bad_setting_is_refused_and_the_entry_left_as_it_was(copy, changes, named):
