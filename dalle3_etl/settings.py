@@ -33,6 +33,8 @@ CROP_ASPECTS = ("square", "preserve", "random", "closest")
 ALSO_KINDS = ("imagefolder",)
 #: The columns of OUT/data/metadata.jsonl before the `--fields` ones.
 IMAGEFOLDER_COLUMNS = ("file_name", "text", "width", "height")
+#: The column `datasets`' imagefolder loader makes from `file_name` (so no metadata column may have that name).
+IMAGEFOLDER_IMAGE = "image"
 #: How an extracted folder's images reach OUT/data: hard links (a copy where OUT is on another file system), copies,
 #: symlinks to the input files, or not at all ("none": SimpleTuner reads them in the input folder).
 LINK_MODES = ("hard", "copy", "symlink", "none")
@@ -306,6 +308,11 @@ def _check_also(settings: Settings) -> None:
     taken = [f for f in settings.fields if f in IMAGEFOLDER_COLUMNS]
     if taken:
         raise SettingsError(f"fields: {taken[0]!r} is a column of the imagefolder metadata.jsonl (--also imagefolder)")
+    if IMAGEFOLDER_IMAGE in settings.fields:  # a metadata column of that name replaces the loader's images
+        raise SettingsError(
+            f"fields: {IMAGEFOLDER_IMAGE!r} is the column Hugging Face's imagefolder loader puts the images in "
+            "(--also imagefolder); a field of that name would replace them"
+        )
 
 
 def _read_toml(config: Path) -> dict[str, Any]:

@@ -104,6 +104,7 @@ def test_a_users_metadata_jsonl_is_refused_and_kept(corpus, tmp_path):
         (["--also", "webdataset"], "--also webdataset: 'webdataset': must be one of imagefolder"),
         (["--also", "imagefolder", "--no-images"], "needs the images in OUT/data"),
         (["--also", "imagefolder", "--fields", "text"], "'text' is a column of the imagefolder"),
+        (["--also", "imagefolder", "--fields", "image"], "'image' is the column Hugging Face's imagefolder loader"),
     ],
 )
 def test_bad_also_is_refused_before_any_work(corpus, tmp_path, args, named):
