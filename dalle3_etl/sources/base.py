@@ -24,7 +24,8 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 #: keeps every name under the 255-byte limit of file systems, with room to spare.
 MAX_SHARD_ID_BYTES = 200
 _ID_SEPARATOR_RE = re.compile(r"[/\\]")
-_ID_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+#: Control characters (C0, DEL and C1): never in a shard id, nor in a member name (`shard.tarheader.resolve_name`).
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIGITS_RE = re.compile(r"(\d+)")
 
 
@@ -74,7 +75,7 @@ def shard_id_problem(shard_id: str) -> str | None:
         return "it starts with '.'"
     if _ID_SEPARATOR_RE.search(shard_id):
         return "it holds a path separator"
-    if _ID_CONTROL_RE.search(shard_id):
+    if CONTROL_RE.search(shard_id):
         return "it holds a control character"
     try:
         nbytes = len(shard_id.encode("utf-8"))
