@@ -147,7 +147,7 @@ def convert(
 
     check_out_dir(out, write=not dry_run)  # before the inputs: a bad OUT is refused without looking at them
     sources = resolve_inputs(
-        inputs, keep_dir=keep_tars, unit_samples=settings.unit_samples, skip_txt=settings.captions_in_place
+        inputs, keep_dir=keep_tars, unit_samples=settings.unit_samples, skip_txt=settings.captions_in_place, out=out
     )
     if (note := check_folder_inputs(sources, settings.link, out)) and not quiet:
         Console(stderr=True, soft_wrap=True).print(plain(note))

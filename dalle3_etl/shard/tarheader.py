@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from zlib import adler32
 
+from dalle3_etl.sources.base import CONTROL_RE
+
 BLOCK = 512
 ZERO_BLOCK = bytes(BLOCK)
 
@@ -57,7 +59,6 @@ POSIX_MAGIC = b"ustar\x0000"
 _PAX_HONOURED = frozenset((b"path", b"linkpath", b"size"))
 _SPARSE_PREFIX = b"GNU.sparse."
 SPARSE = b"GNU.sparse.*"
-_CTRL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE_RE = re.compile(r"[A-Za-z]:")
 # A name `resolve_name` would return unchanged with no problem: ASCII, no empty component, no backslash,
 # control character or ':' (drive). Components starting with '.' ('.', '..', '.x') take the full path.
@@ -202,7 +203,7 @@ def resolve_name(name: str, utf8_ok: bool, kind: str) -> tuple[str, str | None]:
         return name, "name has a '..' component"
     if "\\" in name:
         return name, "name contains a backslash"
-    if _CTRL_RE.search(name) is not None:
+    if CONTROL_RE.search(name) is not None:
         return name, "name contains a control character"
     # The total bounds memory. A component over the file system's limit (255 bytes on most) is not a
     # problem of the tar: writing it fails (a `name_unusable` reject), and parquet-only runs keep it.

@@ -12,7 +12,9 @@ a name that is not usable there (``..tar`` gives ``.``, ``...tar`` gives ``..``)
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -24,8 +26,22 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 #: keeps every name under the 255-byte limit of file systems, with room to spare.
 MAX_SHARD_ID_BYTES = 200
 _ID_SEPARATOR_RE = re.compile(r"[/\\]")
-_ID_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1
+#: Control characters (C0, DEL and C1): never in a shard id, nor in a member name (`shard.tarheader.resolve_name`).
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DIGITS_RE = re.compile(r"(\d+)")
+
+
+def folder_identity(path: str | os.PathLike | None) -> tuple[int, int] | None:
+    """(device, inode) of the folder `path` (a link to one followed), None when there is none: how the listing of
+    an input folder knows OUT below it (`skip`: never listed, so an OUT made inside the folder it is made from is
+    not an input of its own next run)."""
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 class SourceError(UsageError, ValueError):
@@ -74,7 +90,7 @@ def shard_id_problem(shard_id: str) -> str | None:
         return "it starts with '.'"
     if _ID_SEPARATOR_RE.search(shard_id):
         return "it holds a path separator"
-    if _ID_CONTROL_RE.search(shard_id):
+    if CONTROL_RE.search(shard_id):
         return "it holds a control character"
     try:
         nbytes = len(shard_id.encode("utf-8"))

@@ -1,8 +1,8 @@
 """An extracted folder (the old recipe's `tar xf` output) as units that look like shards: `folder_units`.
 
 A folder argument holding image files and no tar shards is an extracted folder. Its files are listed once, in the
-driver, with `os.scandir` (hidden names skipped like a folder of shards: `.DS_Store`, `._x.jpg`, `.cache/`;
-symlinks to folders never followed), sorted by (sample key, extension) so the members of a sample are adjacent,
+driver, with `os.scandir` (hidden names skipped like a folder of shards: `.DS_Store`, `._x.jpg`, `.cache/`; OUT
+too when it lies inside; symlinks to folders never followed), sorted by (sample key, extension) so the members of a sample are adjacent,
 and cut into units of `unit_samples` keys: a sample's members are never split. Unit ``k`` of folder ``NAME`` has
 the shard id ``NAME-00000k``; it is converted, recorded and resumed exactly like a shard.
 
@@ -112,9 +112,14 @@ def _record(rel: bytes, kind: bytes, st: os.stat_result | None) -> bytes:
     return b"%s\0%s\0%s\0%s" % (key, ext, kind, stamp)
 
 
-def _walk(root: bytes) -> Iterator[tuple[bytes, os.DirEntry]]:
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _walk(root: bytes, skip: tuple[int, int] | None = None) -> Iterator[tuple[bytes, os.DirEntry]]:
     """(relative path, entry) of every non-hidden entry below `root` that is not a folder; folders are walked
-    (not through symlinks), depth first, one open directory at a time."""
+    (not through symlinks), depth first, one open directory at a time. `skip` (`base.folder_identity` of OUT):
+    that folder is not walked."""
     todo = [b""]
     while todo:
         rel = todo.pop()
@@ -124,18 +129,20 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, os.DirEntry]]:
                     continue
                 name = rel + b"/" + entry.name if rel else entry.name
                 if entry.is_dir(follow_symlinks=False):
-                    todo.append(name)
+                    if skip is None or _identity(entry.stat(follow_symlinks=False)) != skip:
+                        todo.append(name)
                 else:
                     yield name, entry
 
 
-def scan_folder(path: Path, skip_txt: bool = False) -> FolderScan:
+def scan_folder(path: Path, skip_txt: bool = False, skip: tuple[int, int] | None = None) -> FolderScan:
     """List `path` (see the module doc): sorted chunks of records, and what kinds of inputs it holds.
     `skip_txt` (--captions-in-place): `.txt` files are not listed, so the caption files the tool writes there
-    change no unit (a user's `<stem>.txt` already there is found when the caption is written: `name_clash`)."""
+    change no unit (a user's `<stem>.txt` already there is found when the caption is written: `name_clash`).
+    `skip`: a folder below that is not listed (OUT made inside the folder: `base.folder_identity`)."""
     scan = FolderScan(spill=tempfile.TemporaryFile())
     pending: list[bytes] = []
-    for rel, entry in _walk(os.fsencode(path)):
+    for rel, entry in _walk(os.fsencode(path), skip):
         low = rel.lower()
         if skip_txt and low.endswith(b".txt"):
             continue
@@ -228,12 +235,15 @@ def folder_units(path: Path, scan: FolderScan, unit_samples: int = UNIT_SAMPLES)
     return units
 
 
-def expand_folder(arg: str, path: Path, unit_samples: int, skip_txt: bool = False) -> list[FolderUnit] | None:
-    """The units of a folder argument that is an extracted folder; None for a folder of tar shards.
+def expand_folder(
+    arg: str, path: Path, unit_samples: int, skip_txt: bool = False, skip: tuple[int, int] | None = None
+) -> list[FolderUnit] | None:
+    """The units of a folder argument that is an extracted folder; None for a folder of tar shards. `skip`: a
+    folder below it that is not listed (OUT: `base.folder_identity`).
 
     A folder holding both tar shards and image files is refused: which of them to convert cannot be guessed
     (converting both would give every sample twice, as often the tars are the folder's source)."""
-    scan = scan_folder(path, skip_txt)
+    scan = scan_folder(path, skip_txt, skip)
     if scan.tars is not None or scan.image is None:
         scan.spill.close()
     if scan.tars is not None and scan.image is not None:

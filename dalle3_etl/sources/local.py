@@ -1,4 +1,4 @@
-"""Shards on local disk: a file, a folder (its shards below, hidden names skipped), a glob."""
+"""Shards on local disk: a file, a folder (its shards below, hidden names and OUT skipped), a glob."""
 
 from __future__ import annotations
 
@@ -29,21 +29,34 @@ def _is_shard_file(path: Path) -> bool:
     return path.is_file() and path.name.endswith(SHARD_SUFFIXES)
 
 
-def _shards_below(folder: Path) -> list[Path]:
+def _shards_below(folder: Path, skip: tuple[int, int] | None = None) -> list[Path]:
     """Shard files below a folder, hidden names left out as a shell glob leaves them: macOS's `._data-000000.tar`
-    resource forks, `.cache/` folders (the Hub's download cache) are no shards; links to folders not followed."""
+    resource forks, `.cache/` folders (the Hub's download cache) are no shards; links to folders not followed.
+    `skip` (`base.folder_identity` of OUT): that folder below is not walked."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _is(os.path.join(dirpath, d), skip)]
         found.extend(p for name in filenames if not name.startswith(".") and _is_shard_file(p := Path(dirpath) / name))
     return found
 
 
-def expand_local(arg: str) -> list[Path]:
-    """The shard files a local argument names; `SourceError` naming the argument when it names none."""
+def _is(path: str, identity: tuple[int, int] | None) -> bool:
+    """Whether the folder `path` (not a link: os.walk follows none) is the one `identity` names."""
+    if identity is None:
+        return False
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == identity
+
+
+def expand_local(arg: str, skip: tuple[int, int] | None = None) -> list[Path]:
+    """The shard files a local argument names; `SourceError` naming the argument when it names none. `skip`: a
+    folder below a folder argument that is not walked (OUT: `base.folder_identity`)."""
     path = Path(arg).expanduser()
     if path.is_dir():
-        found = _shards_below(path)
+        found = _shards_below(path, skip)
         if not found:
             raise SourceError(f"{arg}: directory contains no .tar shards")
         return found

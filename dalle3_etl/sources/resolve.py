@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-from dalle3_etl.sources.base import ShardSource, SourceError, natural_key, shown
+from dalle3_etl.sources.base import ShardSource, SourceError, folder_identity, natural_key, shown
 from dalle3_etl.sources.folder import UNIT_SAMPLES, expand_folder
 from dalle3_etl.sources.local import expand_local, local_source
 
@@ -16,13 +16,19 @@ def _folded(shard_id: str) -> str:
 
 
 def resolve_inputs(
-    args: list[str], *, keep_dir: Path | str | None = None, unit_samples: int = UNIT_SAMPLES, skip_txt: bool = False
+    args: list[str],
+    *,
+    keep_dir: Path | str | None = None,
+    unit_samples: int = UNIT_SAMPLES,
+    skip_txt: bool = False,
+    out: Path | str | None = None,
 ) -> list[ShardSource]:
     """Turn command-line inputs into shard sources, in natural shard-id order, each shard once.
 
     ``keep_dir`` (``--keep-tars``): where the ``hf://`` sources keep a verified copy of the bytes they read.
     A folder of image files and no tars is an extracted folder: its units of ``unit_samples`` samples are
-    sources too (`sources.folder`).
+    sources too (`sources.folder`). ``out``: OUT, never listed when it lies below a folder argument (an OUT made
+    inside the folder it is made from: its files are no inputs, and the next run sees the folder as the first).
 
     Raises SourceError naming the argument for anything that matches nothing, naming the file for a shard id
     that cannot name output (see `shard_id_problem`), and naming both files for two different files whose
@@ -38,12 +44,13 @@ def resolve_inputs(
         from dalle3_etl.sources.hub.resolve import resolve_hub_inputs  # lazily: only Hub inputs need the client
 
         found.extend(resolve_hub_inputs(hub_args, keep_dir=keep_dir))  # one commit per repo@revision
+    skip = folder_identity(out)
     for arg in args:
         if arg.startswith("hf://"):
             continue
         folder = Path(arg).expanduser()
-        units = expand_folder(arg, folder, unit_samples, skip_txt) if folder.is_dir() else None
-        found.extend(units if units is not None else (local_source(p) for p in expand_local(arg)))
+        units = expand_folder(arg, folder, unit_samples, skip_txt, skip) if folder.is_dir() else None
+        found.extend(units if units is not None else (local_source(p) for p in expand_local(arg, skip)))
     for src in found:
         seen = by_id.get(src.shard_id)
         if seen is not None and seen.uri != src.uri and seen.fingerprint != src.fingerprint:

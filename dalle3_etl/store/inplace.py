@@ -3,13 +3,16 @@ writes into an input folder, the `<stem>.txt` caption beside each image.
 
 - `record_input_folder` keeps the folder's absolute path in OUT's state (`input-folder`), so the entry, `verify`
   and `status` look for the images there (`input_folder`); an OUT made from one folder is refused another.
-- `CaptionJournal`: before a caption file is created, one line naming it and the digest of its bytes is written
-  to the unit's journal (`OUT/.dalle3-etl/in-place/<unit>.jsonl`, unbuffered: a SIGKILL loses no line). Every
-  file is created new (O_EXCL, O_NOFOLLOW, below folders opened without following a link: `fsio.Root`); a name
-  taken already, by anything, is the sample's `name_clash` reject naming it, nothing replaced.
-- `remove_unit_captions` (a unit redone, `--restart`) removes exactly the files its journal lists, and only while
-  they still hold the bytes the tool wrote (`Root.remove_files(contents=...)`): a user's file of that name (the
-  journal line was written, then the create failed) or one edited since stays. Then the journal goes.
+- `CaptionJournal`: a name taken already, by anything (looked up through the folder's descriptor, no link
+  followed), is the sample's `name_clash` reject naming it, with no journal line. A free name gets one line
+  naming it and the digest of its bytes in the unit's journal (`OUT/.dalle3-etl/in-place/<unit>.jsonl`,
+  unbuffered: a SIGKILL loses no line) before the file is created new (O_EXCL, O_NOFOLLOW, below folders opened
+  without following a link: `fsio.Root`). When the create still finds the name taken (a file put there between
+  the look-up and the create), a second line takes the name back (`"created": false`): that file is not the
+  tool's, nothing replaced, and the sample is a `name_clash` reject.
+- `remove_unit_captions` (a unit redone, `--restart`) removes exactly the files its journal lists and did not take
+  back, and only while they still hold the bytes the tool wrote (`Root.remove_files(contents=...)`): a file the
+  tool did not create is never listed, one edited since stays. Then the journal goes.
 
 Why a journal, not the unit's parquet part: a unit killed half-way has no readable part, but its caption files
 are there; redone, its samples would all be `name_clash` rejects. With the journal they are removed first, so
@@ -18,6 +21,7 @@ a resumed run gives the same bytes in OUT and in the folder.
 
 from __future__ import annotations
 
+import errno
 import os
 from binascii import hexlify
 from pathlib import Path
@@ -59,15 +63,26 @@ class CaptionJournal:
         self._fd = -1
 
     def create(self, dir_fd: int, name: bytes, *, rel: bytes, data: bytes) -> None:
-        """List `rel` (relative to the input folder) with the digest of `data`, then create it as `name` in the
-        open folder `dir_fd`: FileExistsError when the name is taken (nothing replaced)."""
+        """Create `rel` (relative to the input folder) as `name` in the open folder `dir_fd`, listed first with the
+        digest of `data`: FileExistsError when the name is taken (nothing replaced, and listed as not created)."""
+        try:
+            os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            pass
+        else:  # taken (a user's file, a link, a folder): not listed, so never removed
+            raise FileExistsError(errno.EEXIST, "exists already, not replaced", os.fsdecode(rel))
         if self._fd < 0:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
             self._fd = os.open(self.path, flags, 0o644)
         # the bytes of orjson.dumps({"name": rel.hex(), "digest": ...}) + b"\n", without the dict (hex needs no escape)
         os.write(self._fd, b'{"name":"%s","digest":"%s"}\n' % (hexlify(rel), hexlify(content_digest(data))))
-        self.root.create_new_at(dir_fd, name, data)
+        try:
+            self.root.create_new_at(dir_fd, name, data)
+        except FileExistsError:
+            # put there since the look-up: not the tool's, the line above is taken back
+            os.write(self._fd, b'{"name":"%s","created":false}\n' % hexlify(rel))
+            raise
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -76,8 +91,8 @@ class CaptionJournal:
 
 
 def unit_captions(layout: Layout, shard_id: str) -> dict[str, bytes] | None:
-    """The caption files a unit's journal lists: path relative to the input folder -> digest of the bytes the tool
-    wrote (`content_digest`); None when the unit has no journal."""
+    """The caption files a unit's journal lists (less the names it took back): path relative to the input folder ->
+    digest of the bytes the tool wrote (`content_digest`); None when the unit has no journal."""
     try:
         lines = layout.in_place(shard_id).read_bytes().splitlines()
     except FileNotFoundError:
@@ -86,8 +101,12 @@ def unit_captions(layout: Layout, shard_id: str) -> dict[str, bytes] | None:
     for line in lines:
         try:
             item = orjson.loads(line)
-            contents[os.fsdecode(bytes.fromhex(item["name"]))] = bytes.fromhex(item["digest"])
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            name = os.fsdecode(bytes.fromhex(item["name"]))
+            if item.get("created") is False:
+                contents.pop(name, None)  # the create found the name taken: that file is not the tool's
+            else:
+                contents[name] = bytes.fromhex(item["digest"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             continue  # a line cut by a crash: its file was not created yet
     return contents
 

@@ -265,6 +265,20 @@ def test_non_utf8_member_name_is_reported_readably(tmp_path):
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_c1_control_characters_in_member_names_are_unsafe_like_c0_ones(tmp_path, mode):
+    """U+0080-U+009F (C1: CSI U+009B starts a terminal escape sequence in one character) never name a file in OUT."""
+    members = [*sample("csi\u009b2J"), *sample("nel\u0085x"), *sample("apc\u009f"), *good("ok")]
+    (path,) = write_shards(tmp_path / "in", {"s.tar": tar_bytes(members, tarfile.PAX_FORMAT)})
+    res = convert([path], tmp_path / "out", mode)
+    assert res.filenames == ["s/ok.jpg"]
+    for key in ("csi\u009b2J", "nel\u0085x", "apc\u009f"):
+        for member in (f"{key}.jpg", f"{key}.json"):
+            line = res.reject(member)
+            assert line["reason"] == Reason.UNSAFE_MEMBER and "control character" in line["detail"], line
+    assert sorted(p.name for p in (tmp_path / "out" / "data" / "s").iterdir()) == ["ok.jpg", "ok.txt"]
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_links_devices_fifos_and_directories_are_never_created(tmp_path, mode):
     target = tmp_path / "target"
     target.mkdir()

@@ -98,6 +98,23 @@ def test_a_name_that_is_not_utf8_is_rejected_and_shown_escaped(tmp_path):
     assert rejected(tmp_path / "out") == {"caf\\xe9.json": "unsafe_member", "caf\\xe9.png": "unsafe_member"}
 
 
+@pytest.mark.parametrize("options", [(), ("--link", "none", "--captions-in-place")], ids=["copy", "in-place"])
+def test_a_name_with_a_c1_control_character_is_rejected_and_nothing_named_after_it(tmp_path, options):
+    """U+009B (CSI) in a file name: an `unsafe_member` reject like ESC, no image in OUT and no caption file in the
+    input folder named after it."""
+    folder = tmp_path / "in"
+    sample(folder, "ok")
+    sample(folder, "csi\u009b2J")
+    before = sorted(os.listdir(folder))
+    out = tmp_path / "out"
+    code, output = convert(folder, out, "-q", *options)
+    assert code == 0, output
+    assert rejected(out) == {"csi\u009b2J.json": "unsafe_member", "csi\u009b2J.png": "unsafe_member"}
+    assert [r["key"] for r in pq.read_table(out / "dalle3.parquet").to_pylist()] == ["ok"]
+    made = sorted(os.listdir(folder)) if options else sorted(p.name for p in (out / "data").rglob("*"))
+    assert made == (sorted([*before, "ok.txt"]) if options else ["in-000000", "ok.png", "ok.txt"])
+
+
 def test_a_file_that_vanishes_after_the_listing(tmp_path, monkeypatch):
     from dalle3_etl.shard import folderstream
 

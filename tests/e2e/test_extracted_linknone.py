@@ -99,6 +99,40 @@ def test_a_users_caption_file_is_a_name_clash_and_survives_restart(folder, tmp_p
     assert captions(folder) == {"000003.txt": b"the user's own caption"}  # the tool's went, the user's stayed
 
 
+def test_a_users_caption_file_holding_the_tools_bytes_survives_a_redo_and_restart(folder, tmp_path):
+    """The user's 000003.txt holds exactly the caption the tool would write: it is still not the tool's."""
+    convert(folder, tmp_path / "probe", "-w", "1")  # no caption file written: the caption from the parquet
+    rows = pq.read_table(tmp_path / "probe" / "dalle3.parquet").to_pylist()
+    text = next(row["caption"] for row in rows if row["filename"] == "000003.jpg").encode()
+    user = folder / "000003.txt"
+    user.write_bytes(text)
+    out = tmp_path / "out"
+    convert(folder, out, "-w", "1", "--captions-in-place")
+    assert b"000003.txt" in (out / "rejects.jsonl").read_bytes()  # its sample: a name_clash
+    json_path = folder / "000010.json"  # the same unit redone
+    info = orjson.loads(json_path.read_bytes())
+    info["short_caption"] = "a red bicycle against a wall"
+    json_path.write_bytes(orjson.dumps(info))
+    convert(folder, out, "-w", "1", "--captions-in-place")
+    assert user.read_bytes() == text
+    code, output = cli("convert", folder, "-o", out, "-q", "--unit-samples", "25", "--link", "none", "--restart")
+    assert code == 0, output
+    assert captions(folder) == {"000003.txt": text}
+
+
+def test_restart_of_a_second_out_from_the_same_folder_spares_the_first_outs_captions(folder, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    convert(folder, one, "-w", "1", "--captions-in-place")
+    written = captions(folder)
+    convert(folder, two, "-w", "1", "--captions-in-place")  # every name taken by OUT1's: all name_clash
+    assert len((two / "rejects.jsonl").read_bytes().splitlines()) >= len(written)
+    code, output = cli("convert", folder, "-o", two, "-q", "--unit-samples", "25", "--link", "none", "--restart")
+    assert code == 0, output
+    assert captions(folder) == written
+    code, output = cli("verify", one)
+    assert code == 0, output
+
+
 def test_restart_spares_a_caption_file_the_user_edited(folder, tmp_path):
     out = tmp_path / "out"
     convert(folder, out, "-w", "1", "--captions-in-place")

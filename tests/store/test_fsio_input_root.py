@@ -114,12 +114,12 @@ def test_journal_lists_before_creating_and_removal_spares_a_users_file(tmp_path)
     fd = open_dir(folder)
     try:
         journal.create(fd, b"a.txt", rel=b"a.txt", data=b"caption a")
-        with pytest.raises(FileExistsError):  # listed, then refused: the user's file
+        with pytest.raises(FileExistsError):  # refused, and not listed: the user's file
             journal.create(fd, b"b.txt", rel=b"b.txt", data=b"caption b")
     finally:
         os.close(fd)
         journal.close()
-    assert len(layout.in_place("in-000000").read_bytes().splitlines()) == 2
+    assert len(layout.in_place("in-000000").read_bytes().splitlines()) == 1
     assert remove_unit_captions(layout, "in-000000") == 1
     assert not (folder / "a.txt").exists()
     assert (folder / "b.txt").read_bytes() == b"the user's"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import orjson
+import pytest
 
 from dalle3_etl.store import fsio
 from dalle3_etl.store.fsio import Root, content_digest
@@ -58,3 +59,54 @@ def test_a_short_write_is_completed(tmp_path, monkeypatch):
         os.close(fd)
     assert (tmp_path / "c.txt").read_bytes() == b"0123456789"
     assert writes == [10, 7, 4, 1]
+
+
+def test_a_name_taken_between_the_look_up_and_the_create_is_taken_back(tmp_path, monkeypatch):
+    """A user's file put there after the look-up, with the bytes the tool meant to write: the create refuses it
+    (FileExistsError) and a redo of the unit leaves it, whatever its bytes."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    layout = Layout(tmp_path / "out")
+    layout.ensure()
+    record_input_folder(layout, str(folder))
+    real_create = Root.create_new_at
+
+    def user_first(self, dir_fd, name, data):
+        (folder / os.fsdecode(name)).write_bytes(data)  # the user's, just before the tool's create
+        real_create(self, dir_fd, name, data)
+
+    journal = CaptionJournal(layout, "in-000000", Root(tmp_path))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(Root, "create_new_at", user_first)
+            with pytest.raises(FileExistsError):
+                journal.create(fd, b"a.txt", rel=b"a.txt", data=b"a caption")
+        journal.create(fd, b"b.txt", rel=b"b.txt", data=b"b caption")
+    finally:
+        os.close(fd)
+        journal.close()
+    assert remove_unit_captions(layout, "in-000000") == 1  # b.txt, the tool's
+    assert sorted(os.listdir(folder)) == ["a.txt"]
+    assert (folder / "a.txt").read_bytes() == b"a caption"
+
+
+def test_a_name_taken_already_is_not_listed(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_bytes(b"a caption")  # the user's, the very bytes the tool would write
+    (folder / "l.txt").symlink_to("nowhere")
+    layout = Layout(tmp_path / "out")
+    layout.ensure()
+    record_input_folder(layout, str(folder))
+    journal = CaptionJournal(layout, "in-000000", Root(tmp_path))
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        for name in (b"a.txt", b"l.txt"):
+            with pytest.raises(FileExistsError):
+                journal.create(fd, name, rel=name, data=b"a caption")
+    finally:
+        os.close(fd)
+        journal.close()
+    assert remove_unit_captions(layout, "in-000000") == 0
+    assert (folder / "a.txt").read_bytes() == b"a caption" and os.path.islink(folder / "l.txt")
