@@ -111,6 +111,7 @@ def test_changed_settings_are_written_and_the_pinned_ones_are_untouched(copy):
         ({"crop_style": "diagonal"}, "--crop-style diagonal: must be one of"),
         ({"repeats": -2}, "--repeats -2: must be at least 0"),
         ({"id": "a/b"}, "--id a/b: must be a name"),
+        ({"id": "a\u009bb"}, "must be a name usable as a folder name"),  # a C1 control character
         # the entry's sizes are pixels: megapixels for area would stop SimpleTuner at start-up
         ({"resolution_type": "area", "resolution": 1.0}, "maximum_image_size 1536, .* look like pixels"),
         ({"maximum_image_size": 2.0}, "resolution_type pixel measures sizes in pixels, but maximum_image_size 2 "),
