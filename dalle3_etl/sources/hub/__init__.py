@@ -9,9 +9,10 @@ Two ways in, both through the real ``huggingface_hub`` client (its HTTP session,
   HTTP (``/resolve/<commit>/<path>`` through ``huggingface_hub.utils.http_stream_backoff``), which resumes with a
   ``Range`` request when the connection drops (`transfer`), computes the sha256 while streaming, and raises
   `errors.HubIntegrityError` naming the file when the bytes read do not match the Hub's LFS metadata. With a keep
-  dir (``--keep-tars DIR``, passed down from the CLI as ``keep_dir``) the bytes are also written to
-  ``DIR/<name>.part``, renamed to ``DIR/<name>`` only after a complete, verified read (`keep`); a later open of the
-  same file reads that verified copy instead of the network (still checking its sha256).
+  dir (``--keep-tars DIR``, passed down from the CLI as ``keep_dir``) the bytes are also written to a new
+  ``DIR/<name>.<random>.part``, moved to ``DIR/<name>`` only after a complete, verified read and never over
+  anything (`keep`); a later open of the same file reads that copy instead of the network (still checking its
+  sha256; one that does not match fails and is left as it is).
 
 * `download.download` fetches ``data/data-NNNNNN.tar`` shards into a folder with ``hf_hub_download(...,
   local_dir=...)`` (the client's own resume-on-dropped-connection, local-dir metadata, Xet when available), then
