@@ -154,8 +154,13 @@ def test_download_detects_a_damaged_local_file(fake_hub, tmp_path):
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))  # same size, new mtime: hashed again, caught
+    fake_hub.clear_log()
     (r,) = download(fake_hub.repo_id, tmp_path / "dl", shards="2", progress=False)
-    assert not r.ok and "sha256 mismatch" in r.error and not path.exists()
+    assert not r.ok and "sha256 mismatch" in r.error and r.moved_to is None
+    # Not this run's download: left as it is (not replaced, not moved), and said so.
+    assert f"{path} was there before this run and is left as it is" in r.error
+    assert path.read_bytes() == bytes(data) and shard_files(tmp_path / "dl") == ["data-000002.tar"]
+    assert fake_hub.gets() == []
 
 
 def test_download_cli_usage_errors(fake_hub, tmp_path):

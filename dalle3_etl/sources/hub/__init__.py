@@ -17,8 +17,10 @@ Two ways in, both through the real ``huggingface_hub`` client (its HTTP session,
 * `download.download` fetches ``data/data-NNNNNN.tar`` shards into a folder with ``hf_hub_download(...,
   local_dir=...)`` (the client's own resume-on-dropped-connection, local-dir metadata, Xet when available), then
   checks each file's size and sha256 against the LFS metadata in a hashing thread pool while the other files are
-  still downloading (`progress` shows both). A file that does not match is renamed ``<name>.corrupt`` (never
-  picked up as a shard) and reported. The ``download`` command itself lives in `dalle3_etl.cli`.
+  still downloading (`progress` shows both). A file that does not match is reported; one this run downloaded is
+  renamed ``<name>.corrupt`` (never picked up as a shard, never over an existing one). A file already there is
+  only checked, never replaced or moved; one that cannot be the shard (another size...) is refused up front. The
+  ``download`` command itself lives in `dalle3_etl.cli`.
 
 The endpoint is ``HF_ENDPOINT`` as set when the call is made (else ``huggingface_hub.constants.ENDPOINT``), passed
 explicitly to every client call; the token is the client's usual one (``HF_TOKEN`` or ``hf auth login``) unless
