@@ -48,7 +48,7 @@ def test_a_shard_name_taken_by_something_else_is_refused_before_any_download(hub
     hub.clear_log()
     res = run(hub, dl)
     assert res.exit_code == 2, res.output
-    assert f"download: {taken} (" in res.output and "left as it is" in res.output
+    assert f"download: in the way, left as it is: {taken} (" in res.output and "left as it is" in res.output
     assert shard_gets(hub) == []  # nothing downloaded
     assert sorted(p.name for p in (dl / "data").iterdir()) == ["data-000000.tar"]
     if what == "other size":

@@ -65,7 +65,7 @@ def test_a_kept_name_taken_by_something_else_is_refused_before_any_work(hub, tmp
     hub.clear_log()
     res = run(hub, keep, tmp_path / "out")
     assert res.exit_code == 2, res.output
-    assert f"--keep-tars: {taken} (" in res.output and "left as it is" in res.output
+    assert f"--keep-tars: in the way, left as it is: {taken} (" in res.output and "left as it is" in res.output
     assert [g for g in hub.gets() if g.file and g.file.endswith(".tar")] == []  # nothing read
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in keep.iterdir()) == ["data-000000.tar"]

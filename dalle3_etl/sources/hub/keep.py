@@ -72,9 +72,7 @@ def refuse_in_the_way(option: str, problems: list[str], advice: str) -> None:
     if not problems:
         return
     more = f" and {len(problems) - _NAMED} more" if len(problems) > _NAMED else ""
-    raise HubLocalFileError(
-        f"{option}: {'; '.join(problems[:_NAMED])}{more}: already there and not the Hub's file, left as it is; {advice}"
-    )
+    raise HubLocalFileError(f"{option}: in the way, left as it is: {'; '.join(problems[:_NAMED])}{more}; {advice}")
 
 
 def check_keep_dir(keep_dir: Path | str, files: Iterable[tuple[str, int]]) -> None:
