@@ -76,9 +76,10 @@ def download_cmd(
 ) -> None:
     """Download shards from the Hub and check each one's size and sha256 against the Hub's LFS metadata.
 
-    A file that does not match is renamed NAME.corrupt and reported.
+    A file this run downloaded that does not match is renamed NAME.corrupt (or NAME.corrupt.N) and reported; a
+    file already there is only checked, never replaced or moved.
     Exit code: 0 all verified, 1 any file failed or did not match, 2 usage error (bad --shards, unknown repo,
-    revision or shard).
+    revision or shard, a shard's name taken by a file of another size, a folder or a broken link).
     """
     from dalle3_etl.sources.hub.download import download  # imports the Hub client: only when downloading
 

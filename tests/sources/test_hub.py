@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from fakehub import FakeHub, fake_hub, hub_env, make_shard  # noqa: F401  (fixtures)
@@ -153,8 +154,13 @@ def test_download_detects_a_damaged_local_file(fake_hub, tmp_path):
     data = bytearray(path.read_bytes())
     data[100] ^= 1
     path.write_bytes(bytes(data))  # same size, new mtime: hashed again, caught
+    fake_hub.clear_log()
     (r,) = download(fake_hub.repo_id, tmp_path / "dl", shards="2", progress=False)
-    assert not r.ok and "sha256 mismatch" in r.error and not path.exists()
+    assert not r.ok and "sha256 mismatch" in r.error and r.moved_to is None
+    # Not this run's download: left as it is (not replaced, not moved), and said so.
+    assert f"{path} was there before this run and is left as it is" in r.error
+    assert path.read_bytes() == bytes(data) and shard_files(tmp_path / "dl") == ["data-000002.tar"]
+    assert fake_hub.gets() == []
 
 
 def test_download_cli_usage_errors(fake_hub, tmp_path):
@@ -285,7 +291,8 @@ def test_keep_dir_gets_the_file_only_after_a_verified_read(fake_hub, tmp_path):
     data = fake_hub.files[S2]
     f = src.open()
     head = read_n(f, 20_000)
-    assert sorted(p.name for p in keep.iterdir()) == ["data-000002.tar.part"]
+    (part,) = keep.iterdir()
+    assert re.fullmatch(r"data-000002\.tar\.[0-9a-f]{8}\.part", part.name)  # a new file of the tool's own
     rest = f.read()
     assert head + rest == data
     assert sorted(p.name for p in keep.iterdir()) == ["data-000002.tar"]
@@ -348,13 +355,18 @@ def test_kept_copy_damaged_on_disk_is_caught(fake_hub, tmp_path):
     with src.open() as f:
         f.finish()
     kept = keep / "data-000002.tar"
-    kept.write_bytes(kept.read_bytes()[:-1] + b"\x07")
-    with pytest.raises(HubIntegrityError, match="kept copy"):
+    damaged = kept.read_bytes()[:-1] + b"\x07"
+    kept.write_bytes(damaged)
+    with pytest.raises(HubIntegrityError, match="kept copy") as err:
         with src.open() as f:
             f.read()
-    assert sorted(p.name for p in keep.iterdir()) == ["data-000002.tar.corrupt"]
+    assert f"{kept} is left as it is" in str(err.value)
+    assert sorted(p.name for p in keep.iterdir()) == ["data-000002.tar"]  # not moved, not replaced
+    assert kept.read_bytes() == damaged
+    kept.unlink()  # the user moves it away
     with src.open() as f:  # downloaded again
         assert f.read() == fake_hub.files[S2]
+    assert kept.read_bytes() == fake_hub.files[S2]
 
 
 def test_stream_gives_up_after_repeated_drops(fake_hub, monkeypatch):

@@ -136,6 +136,7 @@ def test_a_kept_copy_is_read_instead_of_the_network_and_checked(hub, tmp_path):
     damaged = bytearray(hub.files[S])
     damaged[points[0] + 3] ^= 0x01
     (keep / "data-000000.tar").write_bytes(bytes(damaged))
-    with pytest.raises(HubIntegrityError, match="moved it to"):
+    with pytest.raises(HubIntegrityError, match="data-000000.tar is left as it is"):
         fetch_range(src, src.blocks, points[0], points[1], tmp_path / "spool")
-    assert (keep / "data-000000.tar.corrupt").exists() and not (keep / "data-000000.tar").exists()
+    assert sorted(p.name for p in keep.iterdir()) == ["data-000000.tar"]  # not moved, not replaced
+    assert (keep / "data-000000.tar").read_bytes() == bytes(damaged)

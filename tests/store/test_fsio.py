@@ -161,3 +161,56 @@ def test_exdev_fallback_copies_when_rename_crosses_file_systems(tmp_path, monkey
     Root(out).rename_new(out / "a", out / "b")
     monkeypatch.setattr(os, "rename", real_rename)
     assert tree(out) == {"b/deep/x.jpg": b"img"}
+
+
+def test_replace_never_renames_a_symlink_source(tmp_path):
+    """`replace` moves the tool's own file: a link put under the source's name is not renamed (nor followed)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (out / "x.part").symlink_to(victim)
+    with pytest.raises(OwnershipError, match="symlink"):
+        Root(out).replace(out / "x.part", out / "x")
+    assert (out / "x.part").is_symlink() and not os.path.lexists(out / "x") and victim.read_text() == "precious"
+
+
+def test_open_new_move_new_and_set_aside_never_take_or_replace_a_name(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    root = Root(out)
+    (out / "link").symlink_to(victim)
+    (out / "dangling").symlink_to(tmp_path / "nothing")
+    for taken in ("link", "dangling"):
+        with pytest.raises(FileExistsError):
+            os.close(root.open_new(out / taken))  # never opened through a link, never created at its target
+    assert victim.read_text() == "precious" and not (tmp_path / "nothing").exists()
+    fd = root.open_new(out / "mine.part")
+    os.write(fd, b"tool")
+    created = os.fstat(fd)
+    os.close(fd)
+    (out / "user").write_text("user")
+    for taken in ("user", "link", "dangling"):
+        with pytest.raises(FileExistsError):
+            root.move_new(out / "mine.part", out / taken)
+    assert (out / "user").read_text() == "user" and victim.read_text() == "precious"
+    root.move_new(out / "mine.part", out / "mine", same_as=created)
+    assert (out / "mine").read_bytes() == b"tool" and not (out / "mine.part").exists()
+    # Only the very file the tool made is moved or removed under its name.
+    (out / "other").write_text("user's, same name later")
+    with pytest.raises(OwnershipError, match="no longer the file"):
+        root.move_new(out / "other", out / "other2", same_as=created)
+    with pytest.raises(OwnershipError, match="no longer the file"):
+        root.unlink(out / "other", same_as=created)
+    assert (out / "other").read_text() == "user's, same name later"
+    # set_aside takes the first free name after <name><suffix>.
+    (out / "mine.corrupt").write_text("older")
+    (out / "mine.corrupt.1").symlink_to(victim)
+    assert root.set_aside(out / "mine", ".corrupt") == out / "mine.corrupt.2"
+    assert (out / "mine.corrupt").read_text() == "older" and (out / "mine.corrupt.1").is_symlink()
+    assert (out / "mine.corrupt.2").read_bytes() == b"tool" and not (out / "mine").exists()
+    with pytest.raises(OwnershipError, match="symlink"):
+        root.move_new(out / "link", out / "moved")  # a link is not the tool's file
+    assert (out / "link").is_symlink() and not os.path.lexists(out / "moved")

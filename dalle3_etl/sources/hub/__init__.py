@@ -9,15 +9,18 @@ Two ways in, both through the real ``huggingface_hub`` client (its HTTP session,
   HTTP (``/resolve/<commit>/<path>`` through ``huggingface_hub.utils.http_stream_backoff``), which resumes with a
   ``Range`` request when the connection drops (`transfer`), computes the sha256 while streaming, and raises
   `errors.HubIntegrityError` naming the file when the bytes read do not match the Hub's LFS metadata. With a keep
-  dir (``--keep-tars DIR``, passed down from the CLI as ``keep_dir``) the bytes are also written to
-  ``DIR/<name>.part``, renamed to ``DIR/<name>`` only after a complete, verified read (`keep`); a later open of the
-  same file reads that verified copy instead of the network (still checking its sha256).
+  dir (``--keep-tars DIR``, passed down from the CLI as ``keep_dir``) the bytes are also written to a new
+  ``DIR/<name>.<random>.part``, moved to ``DIR/<name>`` only after a complete, verified read and never over
+  anything (`keep`); a later open of the same file reads that copy instead of the network (still checking its
+  sha256; one that does not match fails and is left as it is).
 
 * `download.download` fetches ``data/data-NNNNNN.tar`` shards into a folder with ``hf_hub_download(...,
   local_dir=...)`` (the client's own resume-on-dropped-connection, local-dir metadata, Xet when available), then
   checks each file's size and sha256 against the LFS metadata in a hashing thread pool while the other files are
-  still downloading (`progress` shows both). A file that does not match is renamed ``<name>.corrupt`` (never
-  picked up as a shard) and reported. The ``download`` command itself lives in `dalle3_etl.cli`.
+  still downloading (`progress` shows both). A file that does not match is reported; one this run downloaded is
+  renamed ``<name>.corrupt`` (never picked up as a shard, never over an existing one). A file already there is
+  only checked, never replaced or moved; one that cannot be the shard (another size...) is refused up front. The
+  ``download`` command itself lives in `dalle3_etl.cli`.
 
 The endpoint is ``HF_ENDPOINT`` as set when the call is made (else ``huggingface_hub.constants.ENDPOINT``), passed
 explicitly to every client call; the token is the client's usual one (``HF_TOKEN`` or ``hf auth login``) unless

@@ -21,9 +21,10 @@ from huggingface_hub.hf_api import RepoFile
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.sources.hub.client import file_size, hub_endpoint, list_files, one_line, resolve_commit
 from dalle3_etl.sources.hub.errors import HubNotFoundError
+from dalle3_etl.sources.hub.keep import in_the_way, refuse_in_the_way
 from dalle3_etl.sources.hub.progress import DownloadTracker
 from dalle3_etl.sources.hub.selection import SHARD_DIR, SHARD_PATTERN, parse_shard_selection, ranges
-from dalle3_etl.store.fsio import Root
+from dalle3_etl.store.fsio import OwnershipError, Root
 
 HASH_BLOCK = 8 << 20
 
@@ -41,7 +42,7 @@ class DownloadResult:
     sha256: str | None = None
     error: str | None = None
     cached: bool = False  # verified by an earlier run and unchanged since: not hashed again
-    moved_to: Path | None = None  # where a mismatching file was moved
+    moved_to: Path | None = None  # where a mismatching file this run downloaded was moved
 
 
 def download(
@@ -61,14 +62,18 @@ def download(
     """Download shards ``data/data-NNNNNN.tar`` of ``repo`` into ``local_dir/data/``, each checked against the Hub.
 
     ``shards``: a selection like ``"0-9,12"`` (`parse_shard_selection`); ``None`` = every ``data/*.tar`` of the
-    revision. Files are fetched by ``hf_hub_download(local_dir=...)`` (``workers`` at a time; a file already there
-    from an earlier run at the same commit is not fetched again) and hashed in a separate pool as soon as each one
-    lands. A file whose size or sha256 differs from the LFS metadata is renamed ``<name>.corrupt`` and its result
-    has ``ok=False`` and an ``error`` naming it with the expected and actual values. A file verified by an earlier
-    run and unchanged since (same size and mtime) is not hashed again unless ``reverify``.
+    revision. Missing files are fetched by ``hf_hub_download(local_dir=...)`` (``workers`` at a time) and hashed in
+    a separate pool as soon as each one lands; a file already there (of the Hub's size) is not fetched, only
+    checked. A file whose size or sha256 differs from the LFS metadata has a result with ``ok=False`` and an
+    ``error`` naming it with the expected and actual values: one this run downloaded is renamed ``<name>.corrupt``
+    (``<name>.corrupt.1``... when that name is taken: nothing is replaced), one that was there before is left as it
+    is. A file verified by an earlier run and unchanged since (same size and mtime) is not hashed again unless
+    ``reverify``.
 
     Raises `ShardSelectionError` for a bad selection, `HubNotFoundError` when the repo, revision or a selected
-    shard does not exist (nothing is downloaded then), `HubUnavailableError` when the Hub cannot be reached.
+    shard does not exist, `HubLocalFileError` when a shard's name in ``local_dir`` is taken by something that
+    cannot be that shard (another size, a folder, a link to nothing; or a symlink in the client's download state)
+    (nothing is downloaded then), `HubUnavailableError` when the Hub cannot be reached.
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
@@ -79,6 +84,7 @@ def download(
     commit = resolve_commit(api, repo, repo_type, revision)
     what = f"{repo}@{revision or constants.DEFAULT_REVISION} (commit {commit[:12]})"
     entries = _select_files(api, what, repo, repo_type, commit, indices)
+    _check_local_files(local_dir, entries)
     local_dir.mkdir(parents=True, exist_ok=True)
     job = _Job(repo, repo_type, commit, local_dir, ep, token, reverify, DownloadTracker(progress, entries, console))
     results = _fetch_and_verify(job, entries, workers)
@@ -109,6 +115,36 @@ def _select_files(
     return [listing[p] for p in wanted]
 
 
+#: The client's state in ``local_dir`` (``hf_hub_download``: .gitignore, metadata, locks, ``.incomplete`` files).
+_CLIENT_STATE = (".cache", "huggingface", "download")
+_THROUGH = "a symlink: the download client would write through it"
+
+
+def _check_local_files(local_dir: Path, entries: list[RepoFile]) -> None:
+    """Refuse (`HubLocalFileError`, before any download) a shard's name taken by something that cannot be that shard
+    (`keep.in_the_way`: another size, a folder, a link to nothing), and a symlink in the client's state (it holds
+    none of its own; the client appends to its ``.incomplete`` files and writes its metadata through links)."""
+    problems = []
+    for entry in entries:
+        final = local_dir / entry.path
+        why = in_the_way(final, file_size(entry))
+        if why is not None:
+            problems.append(f"{final} ({why})")
+    chains = {(*_CLIENT_STATE, *e.path.split("/")[:-1]) for e in entries}
+    folders = sorted({chain[:i] for chain in chains for i in range(1, len(chain) + 1)})
+    for parts in folders:
+        folder = local_dir.joinpath(*parts)
+        if folder.is_symlink():
+            problems.append(f"{folder} ({_THROUGH})")
+        elif len(parts) > 1 and folder.is_dir():  # `.cache` itself may hold other programs' links
+            try:
+                with os.scandir(folder) as it:
+                    problems.extend(f"{e.path} ({_THROUGH})" for e in it if e.is_symlink())
+            except OSError as exc:
+                problems.append(f"{folder} (it cannot be checked: {exc.strerror or exc})")
+    refuse_in_the_way("download", list(dict.fromkeys(problems)), "move it away, or download into another folder")
+
+
 @dataclass(frozen=True)
 class _Job:
     """One download: where each file comes from (repo at a commit), where it goes, how it is checked and shown."""
@@ -136,9 +172,9 @@ class _Job:
         self.tracker.fetched(entry.path)
         return Path(path)
 
-    def verify(self, entry: RepoFile, path: Path) -> DownloadResult:
+    def verify(self, entry: RepoFile, path: Path, fresh: bool) -> DownloadResult:
         try:
-            result = _verify_file(self.local_dir, entry, path, self.tracker, self.reverify)
+            result = _verify_file(self.local_dir, entry, path, self.tracker, self.reverify, fresh)
         except OSError as exc:
             result = _failed(entry, f"{entry.path}: could not check {path}: {one_line(exc)}")
         self.tracker.finished(entry.path, result.ok)
@@ -152,15 +188,21 @@ def _failed(entry: RepoFile, error: str) -> DownloadResult:
 
 
 def _fetch_and_verify(job: _Job, entries: list[RepoFile], workers: int) -> dict[str, DownloadResult]:
-    """Fetch ``workers`` files at a time; hash each one in a second pool as soon as it lands. By repo path."""
+    """Fetch ``workers`` files at a time; hash each one in a second pool as soon as it lands. By repo path. A file
+    already there is not fetched (the client would replace one that is not the Hub's): only checked."""
     results: dict[str, DownloadResult] = {}
+    there = {e.path for e in entries if os.path.lexists(job.local_dir / e.path)}
     with (
         job.tracker,
         ThreadPoolExecutor(workers, thread_name_prefix="hub-dl") as fetchers,
         ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1)), thread_name_prefix="hub-sha") as hashers,
     ):
-        pending: dict[Future, RepoFile] = {fetchers.submit(job.fetch, e): e for e in entries}
         checks: list[Future] = []
+        for e in entries:
+            if e.path in there:
+                job.tracker.fetched(e.path)
+                checks.append(hashers.submit(job.verify, e, job.local_dir / e.path, False))
+        pending: dict[Future, RepoFile] = {fetchers.submit(job.fetch, e): e for e in entries if e.path not in there}
         try:
             for fut in as_completed(pending):
                 entry = pending[fut]
@@ -170,7 +212,7 @@ def _fetch_and_verify(job: _Job, entries: list[RepoFile], workers: int) -> dict[
                     job.tracker.finished(entry.path, False)
                     results[entry.path] = _failed(entry, f"{entry.path}: download failed: {one_line(exc)}")
                 else:
-                    checks.append(hashers.submit(job.verify, entry, path))
+                    checks.append(hashers.submit(job.verify, entry, path, True))
             for fut in checks:
                 r = fut.result()
                 results[r.filename] = r
@@ -186,28 +228,30 @@ def _marker(local_dir: Path, name: str) -> Path:
 
 
 def _verify_file(
-    local_dir: Path, entry: RepoFile, path: Path, tracker: DownloadTracker, reverify: bool
+    local_dir: Path, entry: RepoFile, path: Path, tracker: DownloadTracker, reverify: bool, fresh: bool
 ) -> DownloadResult:
+    """Check ``path`` against the Hub's size and sha256. ``fresh``: this run downloaded it (a mismatch is set aside
+    to ``<name>.corrupt``); else it was there before the run (a mismatch is left as it is)."""
     name = entry.path
     exp_size = file_size(entry)
     exp_sha = entry.lfs.sha256.lower() if entry.lfs is not None else None
     base = dict(filename=name, expected_size=exp_size, expected_sha256=exp_sha)
     marker = _marker(local_dir, name)
     st = path.stat()
+    root = Root(local_dir)
 
     def bad(message: str, size: int, sha: str | None) -> DownloadResult:
-        moved = path.with_name(path.name + ".corrupt")
-        root = Root(local_dir)
-        root.replace(path, moved)
-        root.unlink(marker)
+        moved = None
+        where = f"{path} was there before this run and is left as it is: move it away and run again to download it"
+        try:
+            root.unlink(marker)
+            if fresh:  # this run's download: set aside, so it is never taken as a shard (nothing replaced)
+                moved = root.set_aside(path, ".corrupt", same_as=st)
+                where = f"moved it to {moved}"
+        except OwnershipError as exc:
+            where = f"it is left at {path} ({exc})"
         return DownloadResult(
-            **base,
-            path=None,
-            ok=False,
-            size=size,
-            sha256=sha,
-            moved_to=moved,
-            error=f"{name}: {message}; moved it to {moved}",
+            **base, path=None, ok=False, size=size, sha256=sha, moved_to=moved, error=f"{name}: {message}; {where}"
         )
 
     if st.st_size != exp_size:
@@ -236,9 +280,14 @@ def _verify_file(
     actual = h.hexdigest()
     if actual != expected:
         return bad(f"{algo} mismatch: expected {expected}, got {actual}", st.st_size, actual)
-    if exp_sha is not None:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(json.dumps({"sha256": actual, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
+    if exp_sha is not None:  # the marker only saves hashing next time: a marker that cannot be written is none
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            root.write_atomic(
+                marker, json.dumps({"sha256": actual, "size": st.st_size, "mtime_ns": st.st_mtime_ns}).encode()
+            )
+        except (OSError, OwnershipError):
+            pass
     return DownloadResult(**base, path=path, ok=True, size=st.st_size, sha256=actual if exp_sha else None)
 
 

@@ -1,7 +1,7 @@
 """The Hub's errors, each an `EtlError` with the exit code the command line gives it.
 
-Not found, unreachable while resolving inputs, a bad ``--shards`` selection: usage errors (exit 2), refused
-before any work. Bytes that do not match the Hub's metadata, a transfer that failed for good: exit 1 (raised while a
+Not found, unreachable while resolving inputs, a bad ``--shards`` selection, a local file in the way of a file to
+save: usage errors (exit 2), refused before any work. Bytes that do not match the Hub's metadata, a transfer that failed for good: exit 1 (raised while a
 shard is read, they fail that shard).
 """
 
@@ -31,6 +31,11 @@ class HubTransferError(HubError, OSError):
     """Reading a file from the Hub failed for good (the connection kept dropping, or an HTTP error)."""
 
 
+class HubLocalFileError(HubError, UsageError):
+    """A file already where a Hub file would be saved (``--keep-tars DIR``, ``download``'s folder) that cannot be
+    that file (another size, a folder, a dangling link): left as it is; refused before any work (exit 2)."""
+
+
 class ShardSelectionError(HubError, UsageError, ValueError):
     """A ``--shards`` selection such as ``0-9,12`` could not be parsed."""
 
@@ -41,5 +46,6 @@ __all__ = [
     "HubUnavailableError",
     "HubIntegrityError",
     "HubTransferError",
+    "HubLocalFileError",
     "ShardSelectionError",
 ]

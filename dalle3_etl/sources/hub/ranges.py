@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dalle3_etl.sources.hub.errors import HubIntegrityError
-from dalle3_etl.sources.hub.keep import kept_path, set_aside
+from dalle3_etl.sources.hub.keep import LEFT_AS_IT_IS, kept_path, usable_copy
 
 if TYPE_CHECKING:
     from dalle3_etl.sources.hub.transfer import Body
@@ -183,7 +183,7 @@ def fetch_range(src, blocks: BlockHashes, start: int, end: int | None, spool: Pa
     offsets in the shard, so offsets read from it are the shard's). Returns the file to read."""
     lo, hi = covering(src.size, blocks.block, start, end)
     kept = kept_path(src.keep_dir, src.path_in_repo) if src.keep_dir else None
-    local = kept if kept is not None and kept.is_file() and kept.stat().st_size == src.size else None
+    local = kept if kept is not None and usable_copy(kept, src.size) else None
     hasher = BlockHasher(blocks.block, _checker(src, blocks, str(local or src.uri)), lo)
     from dalle3_etl.sources.hub.transfer import Body  # httpx and huggingface_hub: only for a Hub shard
 
@@ -194,9 +194,7 @@ def fetch_range(src, blocks: BlockHashes, start: int, end: int | None, spool: Pa
     except HubIntegrityError as exc:
         if local is None:
             raise
-        raise HubIntegrityError(
-            f"{exc}; moved it to {set_aside(local)}, it will be downloaded again next time"
-        ) from exc
+        raise HubIntegrityError(f"{exc}; {LEFT_AS_IT_IS.format(local)}") from exc
     finally:
         body.disconnect()
         if out is not None:

@@ -17,6 +17,7 @@ from huggingface_hub.utils import parse_hf_uri
 from dalle3_etl.sources.base import SHARD_SUFFIXES, ShardSource, SourceError, natural_key, shard_id_for
 from dalle3_etl.sources.hub.client import hub_call, hub_endpoint, list_files, resolve_commit
 from dalle3_etl.sources.hub.errors import HubNotFoundError
+from dalle3_etl.sources.hub.keep import check_keep_dir
 from dalle3_etl.sources.hub.stream import HubShardSource
 
 
@@ -183,7 +184,8 @@ def resolve_hub_input(
     Raises a `SourceError` subclass naming the argument when nothing matches, the repo/revision does not exist,
     or the Hub cannot be reached, and a `SourceError` naming the file when its name cannot be a shard id
     (`sources.base.shard_id_problem`: ``data/..tar``...). ``keep_dir``: where the sources keep a verified copy
-    of what they read (``--keep-tars``; None: nowhere).
+    of what they read (``--keep-tars``; None: nowhere); `HubLocalFileError` (exit 2) when a name there is taken by
+    something that cannot be that file (`keep.check_keep_dir`).
     """
     return resolve_hub_inputs([arg], keep_dir=keep_dir, endpoint=endpoint, token=token)
 
@@ -216,6 +218,8 @@ def resolve_hub_inputs(
         for f in files:
             src = _source(f, repo_id=parsed.id, repo_type=parsed.type, commit=commit, endpoint=ep, keep_dir=kd)
             by_uri[src.uri] = src
+    if kd is not None:  # before any work: a name in the keep dir taken by something that cannot be the file
+        check_keep_dir(kd, ((s.path_in_repo, s.size) for s in by_uri.values()))
     return sorted(by_uri.values(), key=lambda s: natural_key(s.uri))
 
 

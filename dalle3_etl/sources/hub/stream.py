@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from dalle3_etl.sources.base import ShardSource
-from dalle3_etl.sources.hub.errors import HubError, HubIntegrityError, HubTransferError
-from dalle3_etl.sources.hub.keep import KeepWriter, kept_path, set_aside
+from dalle3_etl.sources.hub.errors import HubError, HubIntegrityError, HubLocalFileError, HubTransferError
+from dalle3_etl.sources.hub.keep import LEFT_AS_IT_IS, KeepWriter, in_the_way, kept_path, usable_copy
 from dalle3_etl.sources.hub.ranges import BlockHashes
 
 #: Stream tuning (tests lower CHUNK_SIZE and DRAIN_LIMIT).
@@ -85,8 +85,10 @@ class HubStream(io.RawIOBase):
         self._local: Path | None = None  # verified kept copy, read instead of the network
         self._keep: KeepWriter | None = None
         final = kept_path(keep_dir, self._path) if keep_dir is not None else None
-        if final is not None and final.is_file() and final.stat().st_size == self._size:
+        if final is not None and usable_copy(final, self._size):
             self._local = final
+        elif final is not None and (why := in_the_way(final, self._size)) is not None:  # came after the run's check
+            raise HubLocalFileError(f"{self._path}: {final} ({why}) is not the Hub's file; it is left as it is")
         from dalle3_etl.sources.hub.transfer import Body  # httpx and huggingface_hub: only for a Hub shard
 
         self._body = Body(
@@ -226,21 +228,21 @@ class HubStream(io.RawIOBase):
         actual = self._hasher.hexdigest()
         if self._expected is not None and actual != self._expected:
             where = f"kept copy {self._local}" if self._local is not None else self.name
-            moved = ""
-            if self._local is not None:
-                bad = set_aside(self._local)
-                moved = f"; moved it to {bad}, it will be downloaded again next time"
+            left = f"; {LEFT_AS_IT_IS.format(self._local)}" if self._local is not None else ""
             self._fail(
                 HubIntegrityError(
                     f"{self._path}: {self._algo} mismatch reading {where}: expected {self._expected}, got {actual} "
-                    f"({self._received} bytes){moved}"
+                    f"({self._received} bytes){left}"
                 )
             )
+        keep, self._keep = self._keep, None
+        if keep is not None:
+            try:
+                keep.commit()
+            except HubError as exc:
+                self._fail(exc)
         self.digest = actual
         self._done = True
-        if self._keep is not None:
-            self._keep.commit()
-            self._keep = None
 
 
 def open_verified_stream(
@@ -251,8 +253,8 @@ def open_verified_stream(
     Reading to the end raises `HubIntegrityError` (naming the file, expected and actual sha256) if the bytes do not
     match the Hub's LFS metadata; `HubStream.finish` reads what is left and verifies; closing the stream without
     error verifies too when at most `DRAIN_LIMIT` bytes were left. With ``keep_dir`` the file is written to
-    ``keep_dir/<name>.part`` while read and renamed to ``keep_dir/<name>`` once complete and verified; if that
-    verified copy is already there (right size), it is read instead of the network.
+    a new ``keep_dir/<name>.<random>.part`` while read and moved to ``keep_dir/<name>`` once complete and verified
+    (never over anything); a file of the right size already there is read instead of the network, and verified.
     """
     return HubStream(source, keep_dir=keep_dir, token=token, **kwargs)
 

@@ -13,8 +13,10 @@ Which names the tool created is the caller's knowledge (a shard's files are the 
 state folder is the tool's, the root's own file names are fixed); `remove_files` removes exactly the names
 it is given and only the folders that are empty afterwards, so a user's file beside them survives.
 
-Moves that must not replace anything (`rename_new`, `link_new`) fail with FileExistsError when the target
-exists and fall back to copying when the target is on another file system (OUT/data linked to another disk).
+Moves that must not replace anything (`rename_new`, `link_new`, `move_new`, `set_aside`) fail with
+FileExistsError when the target exists (`set_aside` then takes the next free name) and fall back to copying when
+the target is on another file system (OUT/data linked to another disk). A file the tool fills piece by piece is
+created new (`open_new`: O_EXCL, O_NOFOLLOW); `replace` renames only the tool's own file, never a symlink.
 """
 
 from __future__ import annotations
@@ -122,14 +124,16 @@ class Root:
 
     # -- removing ----------------------------------------------------------------------------------
 
-    def unlink(self, path: str | os.PathLike) -> bool:
-        """Remove a regular file the tool created. True if it was there."""
+    def unlink(self, path: str | os.PathLike, *, same_as: os.stat_result | None = None) -> bool:
+        """Remove a regular file the tool created. True if it was there. `same_as` (the `os.fstat` of the file
+        the tool created there): refused unless that very file is still under the name."""
         full = self.check(path)
         st = self._no_link(full)
         if st is None:
             return False
         if stat.S_ISDIR(st.st_mode):
             raise OwnershipError(f"refused: {full} is a folder, expected a file")
+        _same_file(full, st, same_as)
         try:
             os.unlink(full)
         except FileNotFoundError:
@@ -256,10 +260,53 @@ class Root:
         """Atomically rename the tool's `src` over `dst`, which must be absent or a file the tool owns
         (a regular file: a symlink or folder there is refused, never replaced)."""
         s, d = self.check(src), self.check(dst)
+        src_st = self._no_link(s)  # a symlink there is not the tool's file: never renamed
         st = self._no_link(d)
-        if st is not None and stat.S_ISDIR(st.st_mode) and not stat.S_ISDIR(os.lstat(s).st_mode):
+        if st is not None and stat.S_ISDIR(st.st_mode) and not (src_st and stat.S_ISDIR(src_st.st_mode)):
             raise OwnershipError(f"refused: {d} is a folder, expected a file")
         os.replace(s, d)
+
+    def move_new(
+        self, src: str | os.PathLike, dst: str | os.PathLike, *, same_as: os.stat_result | None = None
+    ) -> None:
+        """Move the tool's regular file `src` to the new name `dst` in the same folder or file system, never
+        replacing anything: a hard link at `dst` (atomic, FileExistsError when any entry, a dangling link
+        included, has that name), then `src` removed; `rename_new` where hard links are not supported. `src` must
+        be a regular file, not a link (and with `same_as`, the `os.fstat` of the file the tool created there:
+        that very file)."""
+        s, d = self.check(src), self.check(dst)
+        st = self._no_link(s)
+        if st is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", s)
+        if not stat.S_ISREG(st.st_mode):
+            raise OwnershipError(f"refused: {s} is not a regular file")
+        _same_file(s, st, same_as)
+        try:
+            os.link(s, d, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            self.rename_new(s, d)
+            return
+        os.unlink(s)
+
+    def set_aside(self, path: str | os.PathLike, suffix: str, *, same_as: os.stat_result | None = None) -> Path:
+        """Move the tool's regular file `path` to `<name><suffix>`, or when that name is taken (by anything) to the
+        first free `<name><suffix>.1`, `.2`...: nothing is ever replaced. Returns where it went."""
+        full = Path(self.check(path))
+        for n in range(1000):
+            dst = full.with_name(full.name + suffix + (f".{n}" if n else ""))
+            try:
+                self.move_new(full, dst, same_as=same_as)
+            except FileExistsError:
+                continue
+            return dst
+        raise FileExistsError(errno.EEXIST, f"no free name for {full.name}{suffix}.N", str(full))
+
+    def open_new(self, path: str | os.PathLike) -> int:
+        """A write descriptor of the new regular file `path` (O_EXCL and O_NOFOLLOW: FileExistsError when the name
+        is taken by anything, a dangling link included; nothing is opened through a link or truncated)."""
+        return os.open(self.check(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
 
     def rename_new(self, src: str | os.PathLike, dst: str | os.PathLike) -> None:
         """Move `src` (a file or a folder the tool made) to `dst`, which must not exist: FileExistsError
@@ -386,6 +433,12 @@ class Root:
     def write_atomic(self, path: str | os.PathLike, data: bytes) -> None:
         """Write a file the tool owns under a temporary name (`.<name>.tmp-<pid>`), sync it, rename it over."""
         self.write_atomic_chunks(path, (data,))
+
+
+def _same_file(full: str, st: os.stat_result, same_as: os.stat_result | None) -> None:
+    """Refuses when `same_as` is given and the file `full` (lstat `st`) is not that file any more."""
+    if same_as is not None and (st.st_dev, st.st_ino) != (same_as.st_dev, same_as.st_ino):
+        raise OwnershipError(f"refused: {full} is no longer the file the tool created there (left as it is)")
 
 
 def would_remove(dir_fd: int, name: str | bytes, digest: bytes | None) -> bool:
