@@ -38,7 +38,9 @@ IMAGEFOLDER_IMAGE = "image"
 #: How an extracted folder's images reach OUT/data: hard links (a copy where OUT is on another file system), copies,
 #: symlinks to the input files, or not at all ("none": SimpleTuner reads them in the input folder).
 LINK_MODES = ("hard", "copy", "symlink", "none")
-_NAME = r"(?!\.\.?$)[^/\\\x00-\x1f\x7f-\x9f]+"  # one path component: no /, \, control characters (C0, DEL, C1); not . or ..
+_NAME = (
+    r"(?!\.\.?$)[^/\\\x00-\x1f\x7f-\x9f]+"  # one path component: no /, \, control characters (C0, DEL, C1); not . or ..
+)
 
 
 #: The parquet columns every conversion writes, in order (`--fields` adds more after them).
