@@ -123,7 +123,11 @@ def scan_many(
             _, pending = cf.wait(pending, timeout=0.2)
             if queue is not None and progress is not None:
                 drain(queue, progress)
-        return found | {src.shard_id: fut.result() for src, fut in zip(sources, futures)}
+        points = {src.shard_id: fut.result() for src, fut in zip(sources, futures)}
+        pool.shutdown(wait=True)  # a worker's last progress can still be in its queue's feeder: flushed as it exits
+        if queue is not None and progress is not None:
+            drain(queue, progress)
+        return found | points
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         if queue is not None:
