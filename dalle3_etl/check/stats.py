@@ -22,6 +22,7 @@ from rich.table import Table
 from dalle3_etl.check.target import is_image_name, open_output
 from dalle3_etl.optional import require
 from dalle3_etl.safetext import human_bytes, safe
+from dalle3_etl.settings import CAPTIONS_COLUMN
 from dalle3_etl.shard.shape import filter_of
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.layout import Layout
@@ -108,7 +109,10 @@ def compute_stats(out: Path) -> Stats:
         parquet_bytes=target.parquet.stat().st_size,
     )
     names = pf.schema_arrow.names
-    wanted = [c for c in (target.caption, target.width, target.height, "shard", "source") if c in names]
+    # every caption a row has (--extra-captions: the list; SimpleTuner reads them all, from the caption file's
+    # lines or the list cell), whichever caption strategy the entry uses
+    caption = CAPTIONS_COLUMN if CAPTIONS_COLUMN in names else target.caption
+    wanted = [c for c in (caption, target.width, target.height, "shard", "source") if c in names]
     lengths = []
     for i in range(pf.num_row_groups):
         group = pf.read_row_group(i, columns=wanted)
@@ -121,9 +125,9 @@ def compute_stats(out: Path) -> Stats:
                 pc.cast(group.column(target.width), pa.string()), pc.cast(group.column(target.height), pa.string()), "x"
             )
             _count_into(stats.resolutions, resolution)
-        if target.caption in names:
-            captions = group.column(target.caption)
-            if pa.types.is_list(captions.type):  # --extra-captions with the parquet strategy: every caption
+        if caption in names:
+            captions = group.column(caption)
+            if pa.types.is_list(captions.type):
                 captions = pc.list_flatten(captions)
             lengths.extend(pc.drop_null(pc.utf8_length(captions)).chunks)
     stats.caption_chars = pa.chunked_array(lengths, pa.int32())
@@ -208,7 +212,7 @@ def plot_stats(stats: Stats, path: Path, top: int) -> None:
     ax_res.set_ylabel("rows")
     lengths = stats.caption_chars.to_numpy()
     ax_cap.hist(lengths, bins=50, color="tab:green")
-    ax_cap.set_title(f"caption length ({stats.samples:,} captions)")
+    ax_cap.set_title(f"caption length ({len(lengths):,} captions)")
     ax_cap.set_xlabel("characters")
     ax_cap.set_ylabel("captions")
     path.parent.mkdir(parents=True, exist_ok=True)

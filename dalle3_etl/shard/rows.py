@@ -234,7 +234,7 @@ def _extra_value(name: str, value: Any) -> Any:
         return None
     if name in LIST_FIELDS:
         if isinstance(value, list):
-            return [v if isinstance(v, str) else orjson.dumps(v).decode() for v in value]
+            return [v if isinstance(v, str) or v is None else orjson.dumps(v).decode() for v in value]  # null stays
         return [value if isinstance(value, str) else orjson.dumps(value).decode()]
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 

@@ -92,6 +92,8 @@ def test_textfile_strategy_entry_reads_the_txt_and_verify_accepts_several_lines(
     report = verify(out)
     assert report.ok, [c.to_json() for c in report.failed]
     assert report.checks["multiline_caption_file"].status == "skipped"
+    stats = compute_stats(out)  # every caption, the caption files' lines, as with the parquet strategy
+    assert sorted(stats.caption_chars.to_pylist()) == sorted(len(c) for cs in CAPTIONS.values() for c in cs)
 
 
 @pytest.mark.parametrize("text", [b"a red fox\n\nan owl", b"a red fox\n", b"\na red fox", b"a red fox\n  \nx"])

@@ -74,6 +74,12 @@ def test_extra_fields_keep_lists_and_stringify_other_types():
     assert not isinstance(info, Reject)
 
 
+def test_a_null_inside_a_list_field_stays_null_not_the_text_null():
+    s = Settings(fields=("short_caption2",))
+    info = parse_json(orjson.dumps({"short_caption": "c", "short_caption2": [None, "", 3, "x"]}), s)
+    assert info.extras == {"short_caption2": [None, "", "3", "x"]}
+
+
 @pytest.mark.parametrize(
     "raw, clean",
     [
