@@ -32,7 +32,9 @@ FILTERS = dict(min_side=1024, max_aspect=2.0, exclude_sources=("midjourney",), m
 def member(key: str, image: bytes | None = None, **fields) -> list[tuple[str, bytes]]:
     """A sample whose JSON says 1024x1024, source dalle3, unless `fields` say otherwise."""
     fields = {"width": 1024, "height": 1024, "source": "dalle3", **fields}
-    return [(f"{key}.jpg", image or img()), (f"{key}.json", js(**fields))]
+    if image is None:  # an image of the size its JSON says (verify reads the headers)
+        image = img("jpeg", fields["width"], fields["height"])
+    return [(f"{key}.jpg", image), (f"{key}.json", js(**fields))]
 
 
 #: member -> the detail of its `filtered` line (None: kept), with FILTERS
