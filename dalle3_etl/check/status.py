@@ -2,7 +2,8 @@
 
 done: complete. damaged: complete up to a read error (the samples before it are in the dataset).
 failed: nothing committed last time (output I/O error, worker died); the next run redoes it.
-pending: a run started it and did not finish (interrupted or killed); the next run redoes it.
+pending: a run was given it and did not finish it (interrupted, killed, or left for a plain run by
+--retry-failed); the next run converts it.
 Only shards some run was given are known here; status cannot see inputs never passed to convert.
 """
 

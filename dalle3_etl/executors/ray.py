@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import signal
 import socket
 import threading
@@ -125,25 +126,60 @@ def _reporter(board: Any) -> ProgressCb:
     return report
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast on a `host:port` nobody answers at: `ray.init` itself retries for minutes.
+def check_address(address: str | None) -> None:
+    """Before OUT is touched (`run.pipeline`): the cluster `--ray-address` (or RAY_ADDRESS) names is one Ray can
+    connect to and someone answers at; none: a private local instance, nothing to check. A RayConnectError
+    (exit 2) otherwise, so a mistyped address or a cluster not started pins nothing and marks no shard."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        return
+    if address not in ("auto", "local") and "://" not in address and not _HOST_PORT.fullmatch(address):
+        raise RayConnectError(
+            f"Ray address {address!r} (--ray-address or RAY_ADDRESS) is not host:port, ray://host:port, auto or local"
+        )
+    _check_reachable(address)
 
-    Only plain `host:port` addresses of other machines are checked (Ray maps loopback to the node's own
-    address itself); "auto" and "ray://" client addresses are left to Ray.
+
+#: `host:port` as Ray takes a cluster address (an IPv6 host in brackets).
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
+
+
+def _check_reachable(address: str) -> None:
+    """Fail fast on a `host:port` nobody answers at: `ray.init` itself retries for minutes, deaf to Ctrl-C.
+
+    A loopback address is tried at 127.0.0.1 and at this machine's own address (Ray maps loopback to the node's
+    address, where its GCS may be all that listens); "auto" and "ray://" client addresses are left to Ray.
     """
     if "://" in address or ":" not in address:
         return
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
-    if not port.isdigit() or host in ("localhost", "") or host.startswith("127.") or host == "::1":
+    if not port.isdigit():
         return
+    loopback = host in ("localhost", "") or host.startswith("127.") or host == "::1"
+    failure: OSError | None = None
+    for candidate in dict.fromkeys((host, _node_ip()) if loopback else (host,)):
+        if candidate is None:
+            continue
+        try:
+            socket.create_connection((candidate, int(port)), timeout=CONNECT_CHECK_SECONDS).close()
+            return
+        except OSError as exc:
+            failure = failure or exc
+    raise RayConnectError(
+        f"no Ray cluster answers at {address} ({failure.strerror or failure}); start one with `ray start --head` "
+        "on the head node and pass the address it prints"
+    )
+
+
+def _node_ip() -> str | None:
+    """This machine's address on its default route, as Ray finds it (no packet is sent); None without one."""
     try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_CHECK_SECONDS).close()
-    except OSError as exc:
-        raise RayConnectError(
-            f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with `ray start --head` "
-            "on the head node and pass the address it prints"
-        ) from None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route
+            return probe.getsockname()[0]
+    except OSError:
+        return None
 
 
 class RayExecutor:
@@ -164,7 +200,7 @@ class RayExecutor:
             return False
         address = self.address or os.environ.get("RAY_ADDRESS") or None
         if address:
-            _check_reachable(address)
+            check_address(address)
         try:
             with _ctrl_c_deferred() as interrupted:
                 if address:
@@ -294,4 +330,4 @@ class RayExecutor:
             pass
 
 
-__all__ = ["RayExecutor", "RayConnectError", "import_ray", "MAX_RETRIES"]
+__all__ = ["RayExecutor", "RayConnectError", "check_address", "import_ray", "MAX_RETRIES"]

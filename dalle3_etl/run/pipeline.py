@@ -105,6 +105,10 @@ def run_convert(
     reporter = reporter or Reporter()
     out = Path(out).absolute()
     tars = check_inputs(sources, Layout(out), restart=restart_run) if settings.webshart else None  # before OUT exists
+    if executor == "ray":  # a cluster nobody answers at: refused before OUT is made, pinned or marked
+        from dalle3_etl.executors.ray import check_address
+
+        check_address(ray_address)
     layout = _open_out(out)
     start = time.monotonic()
     with RunLock(layout.lock, layout.workers_lock):
@@ -151,8 +155,8 @@ def _prepare(
     clean_task_leftovers(layout)
     plan = plan_run(layout, sources, retry_failed=retry_failed)
     refuse_foreign_folders(layout, settings, plan)
-    for src in plan.todo:  # marks shard ids this output owns, so leftovers can be told from user files
-        layout.seen(src.shard_id).touch()
+    for sid in [src.shard_id for src in plan.todo] + plan.deferred:  # the shards `status` knows were given
+        layout.seen(sid).touch()
     return plan
 
 

@@ -461,6 +461,8 @@ def test_failed_and_damaged_shards_plain_rerun_and_retry_failed(tmp_path):
     assert "Converting 2 shard(s)" in output and "DAMAGED data-000001" in output
     assert "--retry-failed: 1 shard(s) never converted are left for a plain run: data-000004" in output
     assert records(out) == SHARDS and shard_states(out)["data-000002"]["state"] == "done"
+    code, status = invoke("status", out)  # the shard left for a plain run is known, as pending
+    assert "pending 1" in status and "data-000004" in status, status
 
     # 3. the input is repaired in place, same size and mtime (like a transient read error): a plain
     #    re-run converts the new shard, keeps the damaged one as it is, says so and exits 1

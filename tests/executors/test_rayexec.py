@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dalle3_etl.cli import app
+from dalle3_etl.devtools.synth import SynthSpec, write_corpus
 from dalle3_etl.errors import MissingDependency
 from dalle3_etl.run.pipeline import Reporter, run_convert
 from dalle3_etl.settings import load_settings
@@ -271,9 +273,44 @@ def test_unreachable_cluster_is_refused_at_once(monkeypatch):
     monkeypatch.setattr(rayexec.socket, "create_connection", refuse)  # no packet leaves the machine
     with pytest.raises(rayexec.RayConnectError, match="no Ray cluster answers at 203.0.113.9:6379"):
         rayexec._check_reachable("203.0.113.9:6379")
-    for left_to_ray in ("auto", "ray://203.0.113.9:10001", "127.0.0.1:6379", "localhost:6379"):
+    for left_to_ray in ("auto", "ray://203.0.113.9:10001"):
         rayexec._check_reachable(left_to_ray)
     assert calls == [("203.0.113.9", 6379)]
+    # a loopback address (the user forgot `ray start --head`): tried there and at the node's address
+    monkeypatch.setattr(rayexec, "_node_ip", lambda: "198.51.100.7")
+    with pytest.raises(rayexec.RayConnectError, match="no Ray cluster answers at localhost:6379"):
+        rayexec._check_reachable("localhost:6379")
+    assert calls[1:] == [("localhost", 6379), ("198.51.100.7", 6379)]
+
+
+def test_a_loopback_address_answered_at_the_node_address_is_accepted(monkeypatch):
+    from dalle3_etl.executors import ray as rayexec
+
+    def answer_on_node_only(addr, timeout):
+        if addr[0] != "198.51.100.7":
+            raise ConnectionRefusedError(111, "Connection refused")
+        return socket.socket()
+
+    monkeypatch.setattr(rayexec.socket, "create_connection", answer_on_node_only)
+    monkeypatch.setattr(rayexec, "_node_ip", lambda: "198.51.100.7")
+    rayexec._check_reachable("127.0.0.1:6379")
+
+
+@pytest.mark.parametrize("address", ["garbage", "localhost:1"])
+def test_a_bad_or_unanswered_ray_address_is_refused_before_out_is_made(tmp_path, monkeypatch, address):
+    from dalle3_etl.executors import ray as rayexec
+
+    def refuse(addr, timeout):
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(rayexec.socket, "create_connection", refuse)
+    monkeypatch.setenv("RAY_ADDRESS", address)
+    write_corpus(tmp_path / "in", SynthSpec(shards=1, per_shard=3, seed=1, image_bytes=300))
+    result = CliRunner().invoke(
+        app, ["convert", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--executor", "ray"]
+    )
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out").exists()  # nothing pinned, no shard marked
 
 
 def test_resume_started_with_local_finished_with_ray(ray_instance, corpus, converted, tmp_path):
