@@ -24,6 +24,7 @@ from dalle3_etl.executors.base import (
 )
 from dalle3_etl.executors.pool import drain, mp_context
 from dalle3_etl.shard.convert import ShardResult
+from dalle3_etl.sources.hub.keep import discard_live_parts
 from dalle3_etl.store.layout import Layout
 from dalle3_etl.store.locks import hold_workers_lock
 
@@ -45,10 +46,18 @@ def _init_worker(progress_queue, driver_pid: int, workers_lock: str | None) -> N
     _progress_queue = progress_queue
     mark_pool_worker()  # its RSS log lines say "pool"
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver stops workers; no tracebacks from each
-    # SIGTERM keeps its default (die): a broken pool stops its other workers with SIGTERM.
+    # SIGTERM (the driver stopping the pool, or a broken pool stopping its other workers): die, as by default,
+    # once the --keep-tars temporaries this worker is writing are removed (nothing else is undone: the next run
+    # cleans up as after a kill)
+    signal.signal(signal.SIGTERM, _stop_now)
     _die_with_driver(driver_pid)
     if workers_lock is not None:  # None: a dry run, which never writes into OUT
         hold_workers_lock(workers_lock)
+
+
+def _stop_now(signum, frame) -> None:
+    discard_live_parts()
+    os._exit(128 + signal.SIGTERM)
 
 
 def _die_with_driver(driver_pid: int) -> None:
@@ -98,6 +107,7 @@ def _pool_task(task: ShardTask) -> ShardResult:
 
 
 MAX_POOL_RESTARTS = 8  # pools started again after a worker died, per run
+STOP_GRACE_SECONDS = 2.0  # how long stopped workers get to remove their temporaries before they are killed
 
 
 class LocalExecutor:
@@ -161,8 +171,7 @@ class LocalExecutor:
                         order.append(more)
                         pending[pool.submit(_pool_task, more)] = more
         except BaseException:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.kill()
+            _stop_workers(list((getattr(pool, "_processes", None) or {}).values()))
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         else:
@@ -170,6 +179,18 @@ class LocalExecutor:
         finally:
             progress_queue.close()
         return sorted(retry, key=order.index)
+
+
+def _stop_workers(procs: list) -> None:
+    """Stop the pool's workers at once (Ctrl-C, an error in the driver): SIGTERM lets each remove its --keep-tars
+    temporaries first (`_stop_now`); one still there after `STOP_GRACE_SECONDS` is killed."""
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
 
 
 __all__ = ["MAX_POOL_RESTARTS", "InlineExecutor", "LocalExecutor"]

@@ -165,3 +165,31 @@ def test_a_damaged_copy_read_by_a_task_is_left_as_it_is(hub, tmp_path):
         fetch_range(src, src.blocks, points[0], points[1], tmp_path / "spool")
     assert (keep / "data-000000.tar").read_bytes() == bytes(damaged)
     assert (keep / "data-000000.tar.corrupt").read_text() == "older file"
+
+
+def test_ctrl_c_of_a_pool_run_leaves_no_temporary_in_the_keep_dir(hub, tmp_path):
+    """The pool's workers are stopped at once on Ctrl-C; each removes the .part files it was writing first."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    keep, out = tmp_path / "keep", tmp_path / "out"
+    keep.mkdir()
+    for path in (S0, S1):
+        hub.cut(path, after=20_000, times=20)  # a dropped connection is resumed after a pause: reads take a while
+    args = [sys.executable, "-m", "dalle3_etl", "convert", hub.uri("data/*.tar"), "-o", str(out), "-q"]
+    args += ["--workers", "2", "--keep-tars", str(keep)]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not list(keep.glob("*.part")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(keep.glob("*.part")), "no read under way to interrupt"
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, output
+    assert list(keep.glob("*.part")) == []
+    hub.heal()
+    res = run(hub, keep, out)
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in keep.iterdir()) == ["data-000000.tar", "data-000001.tar"]

@@ -100,6 +100,20 @@ def _same_bytes(a: Path, b: Path) -> bool:
     return filecmp.cmp(a, b, shallow=False)
 
 
+#: This process's temporaries being written, for `discard_live_parts` (a worker told to stop).
+_LIVE: dict[int, KeepWriter] = {}
+
+
+def discard_live_parts() -> None:
+    """Remove the temporaries this process is writing (each the tool's own file only): a pool worker stopped by
+    its driver (Ctrl-C) before its reads could finish, which would otherwise leave them in DIR."""
+    for writer in list(_LIVE.values()):
+        try:
+            writer.discard()
+        except OSError:
+            pass
+
+
 class KeepWriter:
     """The bytes of a file being read, written to a new temporary ``<final>.<random>.part``; `commit` (once the read
     was verified) moves it to ``final`` (never over anything), `discard` removes it."""
@@ -120,6 +134,7 @@ class KeepWriter:
         self.part = part
         self._created = os.fstat(fd)  # the file the tool made: the only one it moves or removes under that name
         self._fh = os.fdopen(fd, "wb")
+        _LIVE[id(self)] = self
 
     def write(self, chunk: bytes) -> None:
         self._fh.write(chunk)
@@ -130,6 +145,7 @@ class KeepWriter:
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()
+        _LIVE.pop(id(self), None)
         root = self._root
         try:
             try:
@@ -152,6 +168,7 @@ class KeepWriter:
 
     def discard(self) -> None:
         """Remove the temporary (the tool's own file only; anything else now under its name stays)."""
+        _LIVE.pop(id(self), None)
         self._fh.close()
         root = self._root
         try:
@@ -168,4 +185,5 @@ __all__ = [
     "check_keep_dir",
     "refuse_in_the_way",
     "KeepWriter",
+    "discard_live_parts",
 ]
