@@ -28,10 +28,14 @@ def _load_app():
 
 
 def main() -> None:
-    from dalle3_etl.executors.pool import prestart_early
+    try:
+        from dalle3_etl.executors.pool import prestart_early
 
-    prestart_early(sys.argv[1:])
-    _load_app()()
+        prestart_early(sys.argv[1:])
+        app = _load_app()
+    except KeyboardInterrupt:  # Ctrl-C while the command is still loading: nothing started, no traceback
+        sys.exit(130)
+    app()
 
 
 def __getattr__(name: str):
