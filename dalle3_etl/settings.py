@@ -22,7 +22,7 @@ from typing import Any
 from dalle3_etl.settingrules import SettingsError, _coerce, _setting, _specs, _validate
 
 LIST_FIELDS = ("short_caption2", "long_caption2")
-#: What pyarrow's parquet writer accepts (checked against pyarrow by tests/test_hostile_settings.py).
+#: What pyarrow's parquet writer accepts (checked against pyarrow by tests/e2e/test_hostile_settings.py).
 PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "lz4_raw", "zstd")
 #: SimpleTuner's `resolution_type` values.
 RESOLUTION_TYPES = ("area", "pixel", "pixel_area")

@@ -65,6 +65,23 @@ def count_too_small(pf: pq.ParquetFile, width: str, height: str, how: tuple[str,
     return skipped
 
 
+def keeps_all(pf: pq.ParquetFile, width: str, height: str, kind: str) -> str:
+    """A `minimum_image_size` at which SimpleTuner keeps every row (without a square crop): the smallest area in
+    megapixels, rounded down to 2 decimals (`area`), or the smallest side (`pixel`)."""
+    least = None
+    for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=[width, height]):
+        w, h = (pc.cast(col, "int64") for col in batch.columns)
+        size = pc.multiply(w, h) if kind == "area" else pc.min_element_wise(w, h)
+        low = pc.min(size).as_py()
+        if low is not None:
+            least = low if least is None else min(least, low)
+    if least is None:
+        return "..."
+    if kind == "area":
+        return f"{max(math.floor(least / 10_000) / 100, 0.01):g}"
+    return str(least)
+
+
 def check_train_size(layout: Layout, pf: pq.ParquetFile, width: str, height: str, check: Check) -> None:
     entry = image_entry(layout)
     how = rule(entry) if entry is not None else None
@@ -80,8 +97,8 @@ def check_train_size(layout: Layout, pf: pq.ParquetFile, width: str, height: str
     if rows and skipped == rows:
         check.warn(
             f"every one of the {rows:,} rows is {what}: SimpleTuner skips them all and stops ('Dataset produced no "
-            f"usable samples'); lower it, e.g. `dalle3-etl entry {layout.out} --minimum-image-size ...` "
-            "(and --resolution for small images)",
+            f"usable samples'); lower it, e.g. `dalle3-etl entry {layout.out} --minimum-image-size "
+            f"{keeps_all(pf, width, height, kind)}` (and a --resolution for images this small)",
             count=rows,
         )
     elif skipped:

@@ -23,7 +23,7 @@ from dalle3_etl.sources.resolve import resolve_inputs
 @command()
 def convert(
     inputs: list[str] = typer.Argument(
-        ..., help="Shard files, directories, globs, or hf://datasets/<repo>[@rev]/<path>."
+        ..., help="Shard files, directories, globs, or hf://datasets/<repo>\\[@rev]/<path>."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory (created; resumable)."),
     config: Path | None = typer.Option(None, "--config", help="TOML settings file (see config/default.toml)."),

@@ -18,7 +18,7 @@ def entry_cmd(
     mount_path: Path | None = typer.Option(
         None, "--mount-path", metavar="PATH", help="Write the entry for the path OUT will have on the training machine."
     ),
-    config: Path | None = typer.Option(None, "--config", help="TOML file whose [simpletuner] table sets values."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file whose \\[simpletuner] table sets values."),
     dataset_id: str | None = typer.Option(None, "--id", help="Dataset id (also names the cache folders)."),
     resolution: float | None = typer.Option(None, help="SimpleTuner resolution."),
     resolution_type: str | None = typer.Option(None, help="area, pixel or pixel_area."),

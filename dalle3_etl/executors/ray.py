@@ -127,9 +127,10 @@ def _reporter(board: Any) -> ProgressCb:
 
 
 def check_address(address: str | None) -> None:
-    """Before OUT is touched (`run.pipeline`): the cluster `--ray-address` (or RAY_ADDRESS) names is one Ray can
+    """Before OUT is touched (`run.pipeline`): Ray is installed, and the cluster `--ray-address` (or RAY_ADDRESS) names is one Ray can
     connect to and someone answers at; none: a private local instance, nothing to check. A RayConnectError
     (exit 2) otherwise, so a mistyped address or a cluster not started pins nothing and marks no shard."""
+    import_ray()  # not installed: MissingDependency (exit 2), before OUT is made too
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address is None:
         return

@@ -63,6 +63,9 @@ def test_verify_warns_when_simpletuner_would_skip_every_row_and_entry_fixes_it(t
     assert code == 0, log
     assert "train_size" in log and "SimpleTuner skips them all" in log and "--minimum-image-size" in log
     assert "OK, with warnings" in log and "SimpleTuner can start" not in log
-    assert cli("entry", out, "--minimum-image-size", "0.01")[0] == 0
+    import re
+
+    suggested = re.search(r"--minimum-image-size ([0-9.]+)`", " ".join(log.split())).group(1)  # the fix it names
+    assert cli("entry", out, "--minimum-image-size", suggested)[0] == 0
     code, log = cli("verify", out)
     assert code == 0 and "SimpleTuner can start on this output" in log and "warning" not in log

@@ -241,6 +241,10 @@ def test_a_worker_killed_alone_fails_only_the_shards_in_flight_and_the_rerun_com
     assert leftovers(out) == []
 
 
+NEEDS_PROC = pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists a session's processes through /proc (Linux)")
+
+
+@NEEDS_PROC
 def test_killing_only_the_driver_stops_its_workers_before_a_new_run_starts(corpus, reference, tmp_path):
     """Pool workers are not the driver's children; without a watchdog they would live on and commit
     shards under the next run's feet."""
@@ -289,6 +293,7 @@ def test_second_run_is_refused_while_one_runs_and_a_dead_runs_lock_is_taken_over
 # --- Ctrl-C ----------------------------------------------------------------------------------------
 
 
+@NEEDS_PROC
 @pytest.mark.parametrize(
     "how, code",
     [

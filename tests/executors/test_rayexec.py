@@ -190,7 +190,7 @@ def test_without_ray_the_command_says_how_to_install_it(monkeypatch, corpus, tmp
     result = CliRunner().invoke(app, ["convert", str(root), "-o", str(tmp_path / "o"), "--executor", "ray", "-q"])
     assert result.exit_code == 2, result.output
     assert HINT in " ".join(result.output.split())
-    assert not (tmp_path / "o" / "dalle3.parquet").exists()
+    assert not (tmp_path / "o").exists()  # refused before OUT is made: nothing pinned, no shard marked
 
 
 # -------------------------------------------------------------------------------------------------------
@@ -337,6 +337,7 @@ def running_ray_tasks() -> list[str]:
     return titles
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists Ray task processes through /proc (Linux)")
 def test_resume_ray_interrupted_then_finished_with_local(ray_instance, corpus, converted, tmp_path):
     root, _ = corpus
     reference, _, _ = converted

@@ -1,6 +1,6 @@
 """`fsio.Root`, the one module that deletes, moves or overwrites: never what the tool did not create, never
 outside its root, never through a symlink (the safety issue, point 2). The end-to-end runs are in
-tests/test_hostile_ownership.py."""
+tests/e2e/test_hostile_ownership.py."""
 
 from __future__ import annotations
 

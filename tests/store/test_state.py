@@ -141,7 +141,7 @@ def test_status_tells_whether_dalle3_parquet_is_up_to_date(tmp_path):
 
 def test_cleanup_removes_a_claim_cut_short_by_a_kill(layout):
     """A worker killed while writing its claim (`owned/.<id>.tmp-<pid>`) leaves a temporary: the next run
-    removes it, so nothing of the killed run is left (it made tests/test_resume.py fail now and then)."""
+    removes it, so nothing of the killed run is left (it made tests/e2e/test_resume.py fail now and then)."""
 
     tmp = layout.owned_dir / ".data-000002.tmp-4242"
     tmp.parent.mkdir(parents=True, exist_ok=True)
