@@ -89,6 +89,7 @@ def restart(layout: Layout, settings: Settings) -> None:
         fs.remove_tree(folder)
     fs.unlink(layout.dedup_counts)
     fs.unlink(layout.webshart_tars)
+    fs.unlink(layout.webshart_generation)
     forget_input_folder(layout)  # --link none
     fs.unlink(layout.manifest)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from dalle3_etl.run.webshart import webshart_entry
+from dalle3_etl.run.webshart import index_generation, vae_cache_dir, webshart_entry
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
 from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
@@ -34,7 +34,9 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
         "minimum_image_size": st.minimum_image_size,
         "target_downsample_size": st.target_downsample_size,
         "resolution_type": st.resolution_type,
-        "cache_dir_vae": str(out.out / st.cache_dir_vae if st.cache_dir_vae else out.cache("vae", st.id)),
+        "cache_dir_vae": str(
+            out.out / st.cache_dir_vae if st.cache_dir_vae else default_vae_cache(layout, out, settings)
+        ),
         "caption_strategy": strategy,
         "metadata_backend": "parquet",
         "parquet": {
@@ -60,6 +62,14 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
         "cache_dir": str(out.out / st.cache_dir_text if st.cache_dir_text else out.cache("text", st.id)),
     }
     return [image, text_embeds]
+
+
+def default_vae_cache(layout: Layout, out: Layout, settings: Settings) -> Path:
+    """OUT/cache/vae/<id>; with --webshart, per generation of the indexes (`run.webshart`: its latents are keyed
+    by shard and sample number). `layout`: OUT here, `out`: OUT where it is read from."""
+    if settings.webshart:
+        return vae_cache_dir(out, settings, index_generation(layout))
+    return out.cache("vae", settings.simpletuner.id)
 
 
 def caption_strategy(layout: Layout, settings: Settings) -> str:

@@ -5,9 +5,15 @@ The workers keep, per row, where the image member's data is in the tar (the part
 columns, `shard.sinks.WEBSHART_COLUMNS`). After the merge has decided the rows (filters, rejects and `--dedup`
 duplicates are not in the parquet), each completed shard's index is built from its part: the rows the merged
 parquet kept, in member order, with the parquet's caption (or with --extra-captions its list of captions) and
-size. An index is written atomically and only when its bytes change; the entry's webshart metadata cache for
-that shard (`<cache_dir>/<source folder, '/' -> '_'>/<shard>.json`, webshart's layout) is then removed, since
-webshart reads its cache before the index.
+size. An index is written atomically and only when its bytes change.
+
+SimpleTuner keeps caches of what the indexes say, and reads them before the indexes: webshart's metadata cache
+(`<cache_dir>/metadata_cache/...`, per shard), SimpleTuner's bucket, caption and metadata caches (in `cache_dir`,
+its webshart backend's `instance_data_dir`), and VAE latents keyed by `webshart://<shard number>/<sample
+number>/<name>`, which another index or one more tar gives to another image. So the cache folders the entry names
+are per generation of the indexes, `.../<digest of every index>`: a run that changes any index, or the set of
+them, makes the entry point SimpleTuner at new, empty caches, and nothing it cached from other indexes is read
+again (nor removed: those folders are SimpleTuner's files, and the summary names them for the user to delete).
 
 The index format (webshart 0.4.6 to 0.6): `{"path": "<tar name>", "filesize": <tar bytes>,
 "includes_image_geometry": true, "files": {"<member>": {"offset", "length", "width", "height", "aspect",
@@ -17,6 +23,7 @@ source folder and skips a tar without an index silently: `check_inputs` refuses 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -49,8 +56,9 @@ class IndexOutcome:
 
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
-    caches_cleared: list[str] = field(default_factory=list)
     indexes: int = 0
+    generation: str = ""  # the digest of the indexes, which names the entry's cache folders
+    stale_caches: list[Path] = field(default_factory=list)  # SimpleTuner's caches of earlier indexes, unused now
 
 
 class WebshartError(UsageError):
@@ -135,9 +143,24 @@ def remember_tars(layout: Layout, folder: Path, sources: list[ShardSource]) -> N
     layout.fs.write_atomic(layout.webshart_tars, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
-def cache_dir(layout: Layout, settings: Settings) -> Path:
-    """The entry's webshart `cache_dir` (webshart's metadata cache): the tool's, under OUT."""
-    return layout.cache("webshart", settings.simpletuner.id)
+def cache_dir(layout: Layout, settings: Settings, generation: str | None = None) -> Path:
+    """The entry's webshart `cache_dir` (webshart's metadata cache and SimpleTuner's bucket caches), under OUT, for
+    the present indexes (`generation`: read from OUT's state when not given)."""
+    return layout.cache("webshart", settings.simpletuner.id) / (generation or index_generation(layout))
+
+
+def vae_cache_dir(layout: Layout, settings: Settings, generation: str | None = None) -> Path:
+    """The default VAE cache of a webshart entry: per generation of the indexes too (its latents are keyed by
+    shard and sample number)."""
+    return layout.cache("vae", settings.simpletuner.id) / (generation or index_generation(layout))
+
+
+def index_generation(layout: Layout) -> str:
+    """The digest of the present indexes (`write_indexes` keeps it), "0" before any."""
+    try:
+        return layout.webshart_generation.read_text().strip() or "0"
+    except FileNotFoundError:
+        return "0"
 
 
 def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str, Any]:
@@ -153,7 +176,7 @@ def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str,
         "metadata": str(out.webshart_dir),
         "caption_strategy": "webshart",
         "metadata_backend": "webshart",
-        "webshart": {"cache_dir": str(cache_dir(out, settings)), "shard_cache_gb": 0},
+        "webshart": {"cache_dir": str(cache_dir(out, settings, index_generation(layout))), "shard_cache_gb": 0},
     }
 
 
@@ -182,11 +205,6 @@ def index_bytes(layout: Layout, settings: Settings, shard_id: str, tar: dict[str
     return head[:-1] + b',"files":{' + b",".join(entries) + b"}}"
 
 
-def _cache_entry(layout: Layout, settings: Settings, source: str, shard_id: str) -> Path:
-    """Where webshart caches the shard's metadata: `<cache_dir>/<source, '/' -> '_'>/<shard>.json`."""
-    return cache_dir(layout, settings) / source.replace("/", "_") / f"{shard_id}.json"
-
-
 def _tar_size(layout: Layout, source: str, name: str, record: ShardRecord | None) -> int:
     """The tar's size as it was converted (its record's fingerprint), else as it is now."""
     size = (record.source or {}).get("size") if record is not None else None
@@ -211,10 +229,12 @@ def write_indexes(layout: Layout, settings: Settings, done: list[str]) -> IndexO
         return True
 
     layout.webshart_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     for sid in done:
         name = tars.get("tars", {}).get(sid, f"{sid}.tar")
         tar = {"name": name, "size": _tar_size(layout, source, name, records.get(sid))}
         data = index_bytes(layout, settings, sid, tar, kept)
+        digest.update(orjson.dumps([sid, hashlib.sha256(data).hexdigest()]))
         outcome.indexes += 1
         pa.default_memory_pool().release_unused()  # the driver's peak RSS is the merge's, not this
         path = layout.webshart_index(sid)
@@ -226,23 +246,32 @@ def write_indexes(layout: Layout, settings: Settings, done: list[str]) -> IndexO
         layout.fs.write_atomic(path, data)
         crash_point("webshart", sid)
         outcome.written.append(sid)
-        if source and layout.fs.unlink(_cache_entry(layout, settings, source, sid)):
-            outcome.caches_cleared.append(sid)
     if head is not None:
         raise RuntimeError(f"--webshart: the parquet row {head!r} is in no completed shard's part")
     for sid in sorted(layout.known_ids() - set(done), key=natural_key):
         if layout.fs.unlink(layout.webshart_index(sid)):
             outcome.removed.append(sid)
+    generation = digest.hexdigest()[:16]
+    earlier = index_generation(layout)
+    if generation != earlier:
+        layout.fs.write_atomic(layout.webshart_generation, generation.encode())
+        if earlier != "0":  # SimpleTuner's caches of the earlier indexes: no longer read, left for the user
+            outcome.stale_caches = [
+                p
+                for p in (cache_dir(layout, settings, earlier), vae_cache_dir(layout, settings, earlier))
+                if p.exists()
+            ]
+    outcome.generation = generation
     return outcome
 
 
 def webshart_lines(outcome: IndexOutcome, out: Path) -> list[str]:
-    """The summary's lines about the indexes: where, how many rewritten, whose webshart cache was cleared."""
+    """The summary's lines about the indexes: where, how many rewritten, SimpleTuner's caches no longer read."""
     lines = [f"  indexes:    {Layout(out).webshart_dir} ({outcome.indexes}, {len(outcome.written)} written this run)"]
-    if outcome.caches_cleared:
+    if outcome.stale_caches:
         lines.append(
-            f"  webshart metadata cache cleared for {len(outcome.caches_cleared)} re-indexed shard(s): "
-            + ", ".join(outcome.caches_cleared)
+            "  the indexes changed: SimpleTuner starts new caches; those of the earlier indexes are no longer read "
+            "(remove them when you like): " + ", ".join(str(p) for p in outcome.stale_caches)
         )
     if outcome.removed:
         lines.append(f"  indexes removed (shard no longer complete): {', '.join(outcome.removed)}")
@@ -254,10 +283,12 @@ __all__ = [
     "WebshartError",
     "cache_dir",
     "check_inputs",
+    "index_generation",
     "index_bytes",
     "read_tars",
     "remember_tars",
     "tar_location",
+    "vae_cache_dir",
     "webshart_entry",
     "webshart_lines",
     "write_indexes",

@@ -125,6 +125,11 @@ class Layout:
         """--webshart: the folder holding the indexed tars and each shard's tar name (`run.webshart`)."""
         return self.state / "webshart.json"
 
+    @property
+    def webshart_generation(self) -> Path:
+        """--webshart: the digest of the present indexes, which names SimpleTuner's cache folders (`run.webshart`)."""
+        return self.state / "webshart-generation"
+
     def cache(self, kind: str, dataset_id: str) -> Path:
         """Where SimpleTuner caches one kind of embeddings ("vae", "text") of a dataset (named in its entry)."""
         return self.out / "cache" / kind / dataset_id

@@ -4,6 +4,7 @@ the settings and the Hub inputs of --webshart."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import orjson
 import pyarrow.parquet as pq
@@ -56,24 +57,39 @@ def test_the_parquet_is_the_parquet_only_modes_and_other_parts_have_no_hidden_co
     assert hidden == ["_offset", "_length"]
 
 
-def test_rewritten_only_when_bytes_change_and_then_its_cache_is_removed(tmp_path):
+def _entry(out) -> dict:
+    return orjson.loads((out / "multidatabackend.json").read_bytes())[0]
+
+
+def test_rewritten_only_when_bytes_change_and_then_simpletuner_gets_new_caches(tmp_path):
+    """SimpleTuner reads its caches (webshart's metadata, its buckets and captions, VAE latents keyed by shard and
+    sample number) before the indexes: changed indexes must never meet the caches of the old ones."""
     src = tmp_path / "src"
     tar = _shards(src)
     out = tmp_path / "out"
     convert([tar], out, webshart=True, workers=1)
     index = out / "webshart" / "data-000000.json"
-    cache = out / "cache" / "webshart" / "dalle3" / str(src).replace("/", "_") / "data-000000.json"
-    cache.parent.mkdir(parents=True)
-    cache.write_bytes(b"{}")
+    first = _entry(out)
+    caches = [Path(first["webshart"]["cache_dir"]), Path(first["cache_dir_vae"])]
+    assert all(p.is_relative_to(out / "cache") for p in caches)
+    for cache in caches:  # what SimpleTuner writes there while it trains
+        cache.mkdir(parents=True)
+        (cache / "aspect_ratio_bucket_indices_dalle3.json").write_bytes(b"{}")
     before = index.stat().st_mtime_ns
-    summary = convert([tar], out, webshart=True, workers=1)  # nothing changed: not rewritten, cache kept
-    assert index.stat().st_mtime_ns == before and cache.exists()
-    assert summary.webshart.written == [] and summary.webshart.caches_cleared == []
-    _shards(src, captions=("one", "a new caption"))  # the tar changed: redone, re-indexed, cache cleared
+    summary = convert([tar], out, webshart=True, workers=1)  # nothing changed: not rewritten, same caches
+    assert index.stat().st_mtime_ns == before and _entry(out) == first
+    assert summary.webshart.written == [] and summary.webshart.stale_caches == []
+    _shards(src, captions=("one", "a new caption"))  # the tar changed: redone, re-indexed, new caches
     summary = convert([tar], out, webshart=True, workers=1)
-    assert summary.webshart.written == ["data-000000"] and summary.webshart.caches_cleared == ["data-000000"]
-    assert not cache.exists()
+    assert summary.webshart.written == ["data-000000"]
+    second = _entry(out)
+    assert Path(second["webshart"]["cache_dir"]) != caches[0] and Path(second["cache_dir_vae"]) != caches[1]
+    assert summary.webshart.stale_caches == caches  # named for the user, not removed (SimpleTuner's files)
+    assert all((p / "aspect_ratio_bucket_indices_dalle3.json").exists() for p in caches)
     assert orjson.loads(index.read_bytes())["files"]["k1.jpg"]["captions"] == "a new caption"
+    fresh = tmp_path / "fresh"  # the cache folders follow the indexes only: the same for the same input
+    convert([tar], fresh, webshart=True, workers=1)
+    assert Path(_entry(fresh)["webshart"]["cache_dir"]).name == Path(second["webshart"]["cache_dir"]).name
 
 
 def test_restart_removes_the_indexes(tmp_path):
