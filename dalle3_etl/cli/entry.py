@@ -40,9 +40,11 @@ def entry_cmd(
     Dataset settings are kept from the present entry unless changed here; OUT's pinned output settings are not
     changed. Exit 2 on a bad setting (the file is left as it was).
     """
+    from dalle3_etl.run.entry import cache_names, stale_caches
     from dalle3_etl.run.portable import rewrite_entry
     from dalle3_etl.store.layout import Layout
 
+    before = cache_names(Layout(Path(out).absolute()))
     path = rewrite_entry(
         out,
         mount_path=mount_path,
@@ -62,5 +64,13 @@ def entry_cmd(
         cache_dir_text=cache_dir_text,
     )
     Console().print(safe(f"wrote {path}"))
+    stale = stale_caches(before, Layout(Path(out).absolute()))
+    if stale:  # other sizes or buckets: SimpleTuner starts new caches
+        Console().print(
+            safe(
+                "SimpleTuner's caches of the earlier entry are no longer read (its files, left as they are; "
+                "remove them when you like): " + ", ".join(map(str, stale))
+            )
+        )
     if "imagefolder" in (csv_list(also) or ()):
         Console().print(safe(f"wrote {Layout(out).imagefolder_metadata}"))

@@ -12,6 +12,7 @@ from dalle3_etl.settings import Settings
 from dalle3_etl.shard.commit import forget_shard
 from dalle3_etl.sources.base import natural_key
 from dalle3_etl.store.crash import crash_point
+from dalle3_etl.store.generation import bump_generation
 from dalle3_etl.store.inplace import forget_input_folder
 from dalle3_etl.store.layout import TMP_GLOB, Layout
 from dalle3_etl.store.manifest import pinned_parquet, pinned_settings
@@ -57,6 +58,8 @@ def restart(layout: Layout, settings: Settings) -> None:
             captions=bool(old.get("captions", settings.captions)),
         )
     ids = sorted(layout.known_ids(), key=natural_key)
+    if ids:  # the next output's images may take these names: SimpleTuner's caches of them would lie
+        bump_generation(layout)
     owned = {sid for sid in ids if layout.owns_shard_data(sid)}
     for sid in ids:
         if sid in owned and not layout.claim(sid).exists():  # an output written before claims existed

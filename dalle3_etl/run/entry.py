@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +11,7 @@ import orjson
 
 from dalle3_etl.run.webshart import index_generation, vae_cache_dir, webshart_entry
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
+from dalle3_etl.store.generation import read_generation
 from dalle3_etl.store.inplace import input_folder
 from dalle3_etl.store.layout import Layout
 
@@ -25,6 +28,7 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
     out = Layout(Path(root) if root is not None else layout.out.resolve())
     st = settings.simpletuner
     strategy = caption_strategy(layout, settings)
+    generation = entry_generation(layout, settings)
     image = {
         "id": st.id,
         "type": "local",
@@ -35,7 +39,7 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
         "target_downsample_size": st.target_downsample_size,
         "resolution_type": st.resolution_type,
         "cache_dir_vae": str(
-            out.out / st.cache_dir_vae if st.cache_dir_vae else default_vae_cache(layout, out, settings)
+            out.out / st.cache_dir_vae if st.cache_dir_vae else vae_cache_dir(out, settings, generation)
         ),
         "caption_strategy": strategy,
         "metadata_backend": "parquet",
@@ -48,10 +52,11 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
             "identifier_includes_extension": True,
         },
     }
+    image["cache_file_suffix"] = f"{st.id}-{generation}"  # SimpleTuner's bucket caches (store.generation)
     if settings.webshart:  # the images are read from the tars (run.webshart)
         shared = ("resolution", "maximum_image_size", "minimum_image_size", "target_downsample_size")
-        image = webshart_entry(layout, settings, out) | {
-            k: image[k] for k in (*shared, "resolution_type", "cache_dir_vae")
+        image = webshart_entry(layout, settings, out, generation) | {
+            k: image[k] for k in (*shared, "resolution_type", "cache_dir_vae", "cache_file_suffix")
         }
     image.update({key: getattr(st, key) for key in OPTIONAL_KEYS if getattr(st, key)})
     text_embeds = {
@@ -64,12 +69,28 @@ def dataloader_entries(layout: Layout, settings: Settings, root: Path | None = N
     return [image, text_embeds]
 
 
-def default_vae_cache(layout: Layout, out: Layout, settings: Settings) -> Path:
-    """OUT/cache/vae/<id>; with --webshart, per generation of the indexes (`run.webshart`: its latents are keyed
-    by shard and sample number). `layout`: OUT here, `out`: OUT where it is read from."""
+#: The entry's settings that decide an image's size, crop and bucket in SimpleTuner (its caches keep them).
+GEOMETRY_KEYS = (
+    "resolution",
+    "resolution_type",
+    "minimum_image_size",
+    "maximum_image_size",
+    "target_downsample_size",
+    "crop",
+    "crop_style",
+    "crop_aspect",
+)
+
+
+def entry_generation(layout: Layout, settings: Settings) -> str:
+    """The name of SimpleTuner's caches for this output as it is now: a digest of the output's generation
+    (`store.generation`: runs that changed images it may have cached), the settings that decide sizes and
+    buckets, and with --webshart the indexes (`run.webshart`: its ids are shard and sample numbers)."""
+    st = settings.simpletuner
+    parts: list[Any] = [read_generation(layout), {key: getattr(st, key) for key in GEOMETRY_KEYS}]
     if settings.webshart:
-        return vae_cache_dir(out, settings, index_generation(layout))
-    return out.cache("vae", settings.simpletuner.id)
+        parts.append(index_generation(layout))
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
 
 
 def caption_strategy(layout: Layout, settings: Settings) -> str:
@@ -101,7 +122,38 @@ def caption_column(settings: Settings, strategy: str) -> str:
 
 
 def write_dataloader_config(layout: Layout, settings: Settings, root: Path | None = None) -> Path:
+    """Write OUT's entry. SimpleTuner's caches the entry it replaces named, and this one does not, are then
+    unused: `stale_caches` names them (call `cache_names` before, with the old entry in place)."""
     path = layout.dataloader_config
     entries = dataloader_entries(layout, settings, root)
     layout.fs.write_atomic(path, orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
     return path
+
+
+def cache_names(layout: Layout) -> set[Path]:
+    """The caches SimpleTuner keeps for OUT's present entry, those that exist: the VAE folder, the webshart cache
+    folder, the bucket cache files (SimpleTuner's files: the tool names them to the user, never removes them)."""
+    try:
+        entries = orjson.loads(layout.dataloader_config.read_bytes())
+        image = next(e for e in entries if isinstance(e, dict) and e.get("dataset_type", "image") == "image")
+    except (OSError, orjson.JSONDecodeError, StopIteration, TypeError):
+        return set()
+    webshart = image.get("webshart") if isinstance(image.get("webshart"), dict) else {}
+    names: set[Path] = set()
+    for value in (image.get("cache_dir_vae"), webshart.get("cache_dir")):
+        if isinstance(value, str) and os.path.isdir(value):
+            names.add(Path(value))
+    folder = webshart.get("cache_dir") if image.get("type") == "webshart" else image.get("instance_data_dir")
+    suffix = image.get("cache_file_suffix") or image.get("id")
+    if isinstance(folder, str) and isinstance(suffix, str):
+        for kind in ("indices", "metadata"):
+            path = Path(folder) / f"aspect_ratio_bucket_{kind}_{suffix}.json"
+            if path.is_file():
+                names.add(path)
+    return names
+
+
+def stale_caches(before: set[Path], layout: Layout) -> list[Path]:
+    """Of SimpleTuner's caches the earlier entry named (`before`), those the present entry no longer uses."""
+    now = cache_names(layout)
+    return sorted(p for p in before - now if not any(p.is_relative_to(q) for q in now))

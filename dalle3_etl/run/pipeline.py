@@ -18,7 +18,7 @@ from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.cleanup import clean_leftovers, restart
 from dalle3_etl.run.dedup import read_dedup_counts
-from dalle3_etl.run.entry import write_dataloader_config
+from dalle3_etl.run.entry import cache_names, stale_caches, write_dataloader_config
 from dalle3_etl.run.imagefolder import keep_imagefolder
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
@@ -28,6 +28,7 @@ from dalle3_etl.run.webshart import IndexOutcome, check_inputs, remember_tars, w
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.sources.base import ShardSource, natural_key
+from dalle3_etl.store.generation import bump_generation
 from dalle3_etl.store.inplace import record_input_folder
 from dalle3_etl.store.layout import Layout, StateError
 from dalle3_etl.store.locks import RunLock
@@ -49,6 +50,7 @@ class RunSummary:
     duplicates: int | None = None  # --dedup: duplicate rejects in the whole output, as the merge decided
     webshart: IndexOutcome | None = None  # --webshart: the indexes written and the caches cleared
     redone_whole: dict[str, str] = field(default_factory=dict)  # split shard -> why its split did not hold
+    stale_caches: list[Path] = field(default_factory=list)  # SimpleTuner's, of images this run changed (unused now)
 
     @property
     def failed(self) -> list[ShardResult]:
@@ -68,6 +70,12 @@ class RunSummary:
                 f"{len(earlier)} input shard(s) incomplete from earlier runs: "
                 + ", ".join(f"{sid} ({state})" for sid, state in earlier.items())
                 + ". See `dalle3-etl status`; --retry-failed redoes failed and damaged shards."
+            )
+        if self.stale_caches:
+            lines.append(
+                "Images SimpleTuner may have cached changed: the entry names new caches for them, and these of "
+                "before are no longer read (SimpleTuner's files, left as they are; remove them when you like): "
+                + ", ".join(str(p) for p in self.stale_caches)
             )
         if self.redone_whole:
             lines.append(
@@ -155,6 +163,8 @@ def _prepare(
     clean_task_leftovers(layout)
     plan = plan_run(layout, sources, retry_failed=retry_failed)
     refuse_foreign_folders(layout, settings, plan)
+    if any(layout.record(src.shard_id).exists() for src in plan.todo):  # complete shards converted again
+        bump_generation(layout)  # before their files change: SimpleTuner's caches of them would lie
     for sid in [src.shard_id for src in plan.todo] + plan.deferred:  # the shards `status` knows were given
         layout.seen(sid).touch()
     return plan
@@ -210,7 +220,9 @@ def _convert_and_merge(
         summary.parquet = layout.parquet(settings.parquet_name)
         if settings.webshart:
             summary.webshart = write_indexes(layout, settings, done)
+        before = cache_names(layout)  # SimpleTuner's caches of the entry being replaced
         summary.dataloader = write_dataloader_config(layout, settings)
+        summary.stale_caches = stale_caches(before, layout)
         keep_imagefolder(layout, settings)
     finally:
         streaming.abort()  # after an error: drop the half-merged parquet (a no-op once merged)

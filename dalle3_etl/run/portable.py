@@ -83,7 +83,8 @@ def _entry_values(layout: Layout) -> dict[str, Any]:
             ("cache_dir_text", "text", text.get("cache_dir")),
         )
         for key, kind, value in cached:
-            if isinstance(value, str) and value and Path(value) != old.cache(kind, values["id"]):
+            default = old.cache(kind, values["id"])  # the VAE one per generation (`run.entry.entry_generation`)
+            if isinstance(value, str) and value and default not in (Path(value), Path(value).parent):
                 values[key] = _relative_to(Path(value), old.out)
     return values
 

@@ -57,8 +57,7 @@ class IndexOutcome:
     written: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     indexes: int = 0
-    generation: str = ""  # the digest of the indexes, which names the entry's cache folders
-    stale_caches: list[Path] = field(default_factory=list)  # SimpleTuner's caches of earlier indexes, unused now
+    generation: str = ""  # the digest of the indexes, part of the name of the entry's cache folders
 
 
 class WebshartError(UsageError):
@@ -143,16 +142,15 @@ def remember_tars(layout: Layout, folder: Path, sources: list[ShardSource]) -> N
     layout.fs.write_atomic(layout.webshart_tars, orjson.dumps(data, option=orjson.OPT_INDENT_2))
 
 
-def cache_dir(layout: Layout, settings: Settings, generation: str | None = None) -> Path:
+def cache_dir(layout: Layout, settings: Settings, generation: str) -> Path:
     """The entry's webshart `cache_dir` (webshart's metadata cache and SimpleTuner's bucket caches), under OUT, for
-    the present indexes (`generation`: read from OUT's state when not given)."""
-    return layout.cache("webshart", settings.simpletuner.id) / (generation or index_generation(layout))
+    the entry's `generation` (`run.entry.entry_generation`, which covers the indexes)."""
+    return layout.cache("webshart", settings.simpletuner.id) / generation
 
 
-def vae_cache_dir(layout: Layout, settings: Settings, generation: str | None = None) -> Path:
-    """The default VAE cache of a webshart entry: per generation of the indexes too (its latents are keyed by
-    shard and sample number)."""
-    return layout.cache("vae", settings.simpletuner.id) / (generation or index_generation(layout))
+def vae_cache_dir(layout: Layout, settings: Settings, generation: str) -> Path:
+    """The entry's default VAE cache, under OUT, for its `generation` (`run.entry.entry_generation`)."""
+    return layout.cache("vae", settings.simpletuner.id) / generation
 
 
 def index_generation(layout: Layout) -> str:
@@ -163,7 +161,7 @@ def index_generation(layout: Layout) -> str:
         return "0"
 
 
-def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str, Any]:
+def webshart_entry(layout: Layout, settings: Settings, out: Layout, generation: str) -> dict[str, Any]:
     """SimpleTuner's webshart image dataset (absolute paths; `out`: OUT where it is read from), without the
     sizes and caches every image entry has (`run.entry` adds them)."""
     st = settings.simpletuner
@@ -176,7 +174,7 @@ def webshart_entry(layout: Layout, settings: Settings, out: Layout) -> dict[str,
         "metadata": str(out.webshart_dir),
         "caption_strategy": "webshart",
         "metadata_backend": "webshart",
-        "webshart": {"cache_dir": str(cache_dir(out, settings, index_generation(layout))), "shard_cache_gb": 0},
+        "webshart": {"cache_dir": str(cache_dir(out, settings, generation)), "shard_cache_gb": 0},
     }
 
 
@@ -252,27 +250,15 @@ def write_indexes(layout: Layout, settings: Settings, done: list[str]) -> IndexO
         if layout.fs.unlink(layout.webshart_index(sid)):
             outcome.removed.append(sid)
     generation = digest.hexdigest()[:16]
-    earlier = index_generation(layout)
-    if generation != earlier:
+    if generation != index_generation(layout):  # part of the name of the entry's caches (run.entry)
         layout.fs.write_atomic(layout.webshart_generation, generation.encode())
-        if earlier != "0":  # SimpleTuner's caches of the earlier indexes: no longer read, left for the user
-            outcome.stale_caches = [
-                p
-                for p in (cache_dir(layout, settings, earlier), vae_cache_dir(layout, settings, earlier))
-                if p.exists()
-            ]
     outcome.generation = generation
     return outcome
 
 
 def webshart_lines(outcome: IndexOutcome, out: Path) -> list[str]:
-    """The summary's lines about the indexes: where, how many rewritten, SimpleTuner's caches no longer read."""
+    """The summary's lines about the indexes: where, how many rewritten, which removed."""
     lines = [f"  indexes:    {Layout(out).webshart_dir} ({outcome.indexes}, {len(outcome.written)} written this run)"]
-    if outcome.stale_caches:
-        lines.append(
-            "  the indexes changed: SimpleTuner starts new caches; those of the earlier indexes are no longer read "
-            "(remove them when you like): " + ", ".join(str(p) for p in outcome.stale_caches)
-        )
     if outcome.removed:
         lines.append(f"  indexes removed (shard no longer complete): {', '.join(outcome.removed)}")
     return lines

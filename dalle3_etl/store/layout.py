@@ -126,6 +126,11 @@ class Layout:
         return self.state / "webshart.json"
 
     @property
+    def simpletuner_generation(self) -> Path:
+        """A count of the runs that changed images SimpleTuner may have cached (`store.generation`)."""
+        return self.state / "simpletuner-generation"
+
+    @property
     def webshart_generation(self) -> Path:
         """--webshart: the digest of the present indexes, which names SimpleTuner's cache folders (`run.webshart`)."""
         return self.state / "webshart-generation"

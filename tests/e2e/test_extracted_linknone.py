@@ -231,13 +231,13 @@ def test_entry_rewrites_keep_the_input_folder_and_caches_under_out(folder, tmp_p
     assert code == 0, output
     image = entry(out)
     assert image["instance_data_dir"] == str(folder.resolve())
-    assert image["cache_dir_vae"] == str(out.resolve() / "cache" / "vae" / "mine")
+    assert Path(image["cache_dir_vae"]).parent == out.resolve() / "cache" / "vae" / "mine"  # one per generation
     code, output = cli("entry", out, "--mount-path", "/mnt/st")
     assert code == 0, output
     image = entry(out)
     assert image["instance_data_dir"] == str(folder.resolve())  # the folder is not moved with OUT
     assert image["parquet"]["path"] == "/mnt/st/dalle3.parquet"
-    assert image["cache_dir_vae"] == "/mnt/st/cache/vae/mine"
+    assert Path(image["cache_dir_vae"]).parent == Path("/mnt/st/cache/vae/mine")
     code, output = cli("verify", out, "--mount-path", "/mnt/st")
     assert code == 0, output
 

@@ -78,18 +78,19 @@ def test_rewritten_only_when_bytes_change_and_then_simpletuner_gets_new_caches(t
     before = index.stat().st_mtime_ns
     summary = convert([tar], out, webshart=True, workers=1)  # nothing changed: not rewritten, same caches
     assert index.stat().st_mtime_ns == before and _entry(out) == first
-    assert summary.webshart.written == [] and summary.webshart.stale_caches == []
+    assert summary.webshart.written == [] and summary.stale_caches == []
     _shards(src, captions=("one", "a new caption"))  # the tar changed: redone, re-indexed, new caches
     summary = convert([tar], out, webshart=True, workers=1)
     assert summary.webshart.written == ["data-000000"]
     second = _entry(out)
     assert Path(second["webshart"]["cache_dir"]) != caches[0] and Path(second["cache_dir_vae"]) != caches[1]
-    assert summary.webshart.stale_caches == caches  # named for the user, not removed (SimpleTuner's files)
+    assert summary.stale_caches == sorted(caches)  # named for the user, not removed (SimpleTuner's files)
     assert all((p / "aspect_ratio_bucket_indices_dalle3.json").exists() for p in caches)
     assert orjson.loads(index.read_bytes())["files"]["k1.jpg"]["captions"] == "a new caption"
-    fresh = tmp_path / "fresh"  # the cache folders follow the indexes only: the same for the same input
-    convert([tar], fresh, webshart=True, workers=1)
-    assert Path(_entry(fresh)["webshart"]["cache_dir"]).name == Path(second["webshart"]["cache_dir"]).name
+    one, two = tmp_path / "one", tmp_path / "two"  # the same input, the same cache names
+    convert([tar], one, webshart=True, workers=1)
+    convert([tar], two, webshart=True, workers=2)
+    assert Path(_entry(one)["webshart"]["cache_dir"]).name == Path(_entry(two)["webshart"]["cache_dir"]).name
 
 
 def test_restart_removes_the_indexes(tmp_path):
