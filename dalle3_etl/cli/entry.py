@@ -40,11 +40,11 @@ def entry_cmd(
     Dataset settings are kept from the present entry unless changed here; OUT's pinned output settings are not
     changed. Exit 2 on a bad setting (the file is left as it was).
     """
-    from dalle3_etl.run.entry import cache_names, stale_caches
+    from dalle3_etl.run.entry import entry_cache_generation, stale_caches
     from dalle3_etl.run.portable import rewrite_entry
     from dalle3_etl.store.layout import Layout
 
-    before = cache_names(Layout(Path(out).absolute()))
+    before = entry_cache_generation(Layout(Path(out).absolute()))
     path = rewrite_entry(
         out,
         mount_path=mount_path,

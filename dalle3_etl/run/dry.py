@@ -22,7 +22,7 @@ from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.dedup import KeyTable
 from dalle3_etl.run.pipeline import Reporter
 from dalle3_etl.run.plan import Plan, plan_run, refuse_foreign_folders
-from dalle3_etl.run.preflight import check_out_dir, check_settings
+from dalle3_etl.run.preflight import check_out_dir, check_settings, refuse_unsafe_out
 from dalle3_etl.run.webshart import check_inputs
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
@@ -270,6 +270,7 @@ def _preflight(layout: Layout, sources: list[ShardSource], settings: Settings, r
     """The refusals of `convert` that need no writing (OUT's kind, its settings, a user's folder in the way);
     then which shards a real run would skip (none with `--restart`)."""
     check_out_dir(layout.out, write=False)
+    refuse_unsafe_out(layout, settings, restart_run=restart_run)
     if not restart_run:
         check_settings(layout, settings)
     plan = plan_run(layout, sources, retry_failed=False)

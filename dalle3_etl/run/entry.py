@@ -123,37 +123,42 @@ def caption_column(settings: Settings, strategy: str) -> str:
 
 def write_dataloader_config(layout: Layout, settings: Settings, root: Path | None = None) -> Path:
     """Write OUT's entry. SimpleTuner's caches the entry it replaces named, and this one does not, are then
-    unused: `stale_caches` names them (call `cache_names` before, with the old entry in place)."""
+    unused: `stale_caches` names them (read `entry_cache_generation` before, with the old entry in place)."""
     path = layout.dataloader_config
     entries = dataloader_entries(layout, settings, root)
     layout.fs.write_atomic(path, orjson.dumps(entries, option=orjson.OPT_INDENT_2) + b"\n")
     return path
 
 
-def cache_names(layout: Layout) -> set[Path]:
-    """The caches SimpleTuner keeps for OUT's present entry, those that exist: the VAE folder, the webshart cache
-    folder, the bucket cache files (SimpleTuner's files: the tool names them to the user, never removes them)."""
+def entry_cache_generation(layout: Layout) -> tuple[str, str] | None:
+    """(id, generation) of the caches OUT's present entry names (`cache_file_suffix` "<id>-<generation>"); None
+    for an entry without one (written by an earlier version) or no entry."""
     try:
         entries = orjson.loads(layout.dataloader_config.read_bytes())
         image = next(e for e in entries if isinstance(e, dict) and e.get("dataset_type", "image") == "image")
-    except (OSError, orjson.JSONDecodeError, StopIteration, TypeError):
-        return set()
-    webshart = image.get("webshart") if isinstance(image.get("webshart"), dict) else {}
-    names: set[Path] = set()
-    for value in (image.get("cache_dir_vae"), webshart.get("cache_dir")):
-        if isinstance(value, str) and os.path.isdir(value):
-            names.add(Path(value))
-    folder = webshart.get("cache_dir") if image.get("type") == "webshart" else image.get("instance_data_dir")
-    suffix = image.get("cache_file_suffix") or image.get("id")
-    if isinstance(folder, str) and isinstance(suffix, str):
-        for kind in ("indices", "metadata"):
-            path = Path(folder) / f"aspect_ratio_bucket_{kind}_{suffix}.json"
-            if path.is_file():
-                names.add(path)
-    return names
+        dataset_id, suffix = image["id"], image["cache_file_suffix"]
+    except (OSError, orjson.JSONDecodeError, StopIteration, TypeError, KeyError):
+        return None
+    if not (isinstance(dataset_id, str) and isinstance(suffix, str) and suffix.startswith(dataset_id + "-")):
+        return None
+    return dataset_id, suffix[len(dataset_id) + 1 :]
 
 
-def stale_caches(before: set[Path], layout: Layout) -> list[Path]:
-    """Of SimpleTuner's caches the earlier entry named (`before`), those the present entry no longer uses."""
-    now = cache_names(layout)
-    return sorted(p for p in before - now if not any(p.is_relative_to(q) for q in now))
+def stale_caches(before: tuple[str, str] | None, layout: Layout) -> list[Path]:
+    """SimpleTuner's caches, in OUT (or the --link none input folder) as they are here, of the entry that named
+    generation `before` (`entry_cache_generation`, read before the entry was rewritten), when the present entry
+    names another: the VAE and webshart cache folders and the bucket cache files of that generation that exist.
+    SimpleTuner's files: the tool names them to the user and never removes them."""
+    now = entry_cache_generation(layout)
+    if before is None or now is None or before == now:
+        return []
+    dataset_id, generation = before
+    suffix = f"{dataset_id}-{generation}"
+    bucket_dirs = [input_folder(layout) or layout.data, layout.cache("webshart", dataset_id) / generation]
+    candidates = [layout.cache("vae", dataset_id) / generation, layout.cache("webshart", dataset_id) / generation]
+    candidates += [
+        d / f"aspect_ratio_bucket_{kind}_{suffix}.json" for d in bucket_dirs for kind in ("indices", "metadata")
+    ]
+    live = [layout.cache("vae", now[0]) / now[1], layout.cache("webshart", now[0]) / now[1]]
+    found = [p for p in dict.fromkeys(candidates) if os.path.lexists(p)]
+    return [p for p in found if not any(p == q or q.is_relative_to(p) for q in live)]

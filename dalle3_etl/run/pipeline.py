@@ -18,7 +18,7 @@ from dalle3_etl.executors.choose import make_executor
 from dalle3_etl.executors.pool import default_workers
 from dalle3_etl.run.cleanup import clean_leftovers, restart
 from dalle3_etl.run.dedup import read_dedup_counts
-from dalle3_etl.run.entry import cache_names, stale_caches, write_dataloader_config
+from dalle3_etl.run.entry import entry_cache_generation, stale_caches, write_dataloader_config
 from dalle3_etl.run.imagefolder import keep_imagefolder
 from dalle3_etl.run.merge import StreamingMerge, merge
 from dalle3_etl.run.plan import Plan, incomplete_shards, plan_run, refuse_foreign_folders
@@ -28,7 +28,7 @@ from dalle3_etl.run.webshart import IndexOutcome, check_inputs, remember_tars, w
 from dalle3_etl.settings import Settings
 from dalle3_etl.shard.convert import ShardResult
 from dalle3_etl.sources.base import ShardSource, natural_key
-from dalle3_etl.store.generation import bump_generation
+from dalle3_etl.store.generation import bump_generation, settle_generation
 from dalle3_etl.store.inplace import record_input_folder
 from dalle3_etl.store.layout import Layout, StateError
 from dalle3_etl.store.locks import RunLock
@@ -73,9 +73,9 @@ class RunSummary:
             )
         if self.stale_caches:
             lines.append(
-                "Images SimpleTuner may have cached changed: the entry names new caches for them, and these of "
-                "before are no longer read (SimpleTuner's files, left as they are; remove them when you like): "
-                + ", ".join(str(p) for p in self.stale_caches)
+                "The entry names new SimpleTuner caches (images it may have cached, or the sizes, changed); these "
+                "of the earlier entry are no longer read (SimpleTuner's files, left as they are; remove them when "
+                "you like): " + ", ".join(str(p) for p in self.stale_caches)
             )
         if self.redone_whole:
             lines.append(
@@ -220,9 +220,10 @@ def _convert_and_merge(
         summary.parquet = layout.parquet(settings.parquet_name)
         if settings.webshart:
             summary.webshart = write_indexes(layout, settings, done)
-        before = cache_names(layout)  # SimpleTuner's caches of the entry being replaced
+        before = entry_cache_generation(layout)  # SimpleTuner's caches of the entry being replaced
         summary.dataloader = write_dataloader_config(layout, settings)
         summary.stale_caches = stale_caches(before, layout)
+        settle_generation(layout)
         keep_imagefolder(layout, settings)
     finally:
         streaming.abort()  # after an error: drop the half-merged parquet (a no-op once merged)

@@ -76,6 +76,10 @@ def _entry_values(layout: Layout) -> dict[str, Any]:
     data_dir = image.get("instance_data_dir")
     if input_folder(layout) is not None:  # --link none: instance_data_dir is the input folder; OUT holds the parquet
         data_dir = (image.get("parquet") or {}).get("path") if isinstance(image.get("parquet"), dict) else None
+    suffix = image.get("cache_file_suffix")
+    generation = None  # of the present entry's caches (`run.entry.entry_generation`)
+    if isinstance(suffix, str) and isinstance(values.get("id"), str) and suffix.startswith(values["id"] + "-"):
+        generation = suffix[len(values["id"]) + 1 :]
     if isinstance(data_dir, str) and os.path.isabs(data_dir) and isinstance(values.get("id"), str):
         old = Layout(Path(data_dir).parent)
         cached = (
@@ -83,8 +87,10 @@ def _entry_values(layout: Layout) -> dict[str, Any]:
             ("cache_dir_text", "text", text.get("cache_dir")),
         )
         for key, kind, value in cached:
-            default = old.cache(kind, values["id"])  # the VAE one per generation (`run.entry.entry_generation`)
-            if isinstance(value, str) and value and default not in (Path(value), Path(value).parent):
+            defaults = {old.cache(kind, values["id"])}  # an earlier version's; the VAE one now per generation
+            if kind == "vae" and generation is not None:
+                defaults.add(old.cache(kind, values["id"]) / generation)
+            if isinstance(value, str) and value and Path(value) not in defaults:
                 values[key] = _relative_to(Path(value), old.out)
     return values
 

@@ -27,7 +27,22 @@ def read_generation(layout: Layout) -> int:
 
 
 def bump_generation(layout: Layout) -> None:
-    layout.fs.write_atomic(layout.simpletuner_generation, str(read_generation(layout) + 1).encode())
+    """Count one more generation, once for a run however often it is resumed: the target is kept in a pending
+    marker first, and a resumed run that finds it only makes sure the count is there (`settle_generation` clears
+    it once the run's entry is written). The same changes give the same count whether or not a run was killed."""
+    pending = layout.simpletuner_generation_pending
+    try:
+        target = int(pending.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        target = read_generation(layout) + 1
+        layout.fs.write_atomic(pending, str(target).encode())
+    if read_generation(layout) != target:
+        layout.fs.write_atomic(layout.simpletuner_generation, str(target).encode())
 
 
-__all__ = ["bump_generation", "read_generation"]
+def settle_generation(layout: Layout) -> None:
+    """The run that counted a generation wrote its entry: a later change counts again."""
+    layout.fs.unlink(layout.simpletuner_generation_pending)
+
+
+__all__ = ["bump_generation", "read_generation", "settle_generation"]

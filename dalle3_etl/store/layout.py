@@ -131,6 +131,11 @@ class Layout:
         return self.state / "simpletuner-generation"
 
     @property
+    def simpletuner_generation_pending(self) -> Path:
+        """The generation a run counted and has not finished yet (`store.generation.bump_generation`)."""
+        return self.state / "simpletuner-generation-pending"
+
+    @property
     def webshart_generation(self) -> Path:
         """--webshart: the digest of the present indexes, which names SimpleTuner's cache folders (`run.webshart`)."""
         return self.state / "webshart-generation"

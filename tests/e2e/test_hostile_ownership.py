@@ -214,7 +214,7 @@ def test_a_symlink_at_one_of_the_tools_files_is_refused_before_any_work(shards, 
     shutil.move(str(out / name), moved)
     (out / name).symlink_to(moved)
     kept = moved.read_bytes()
-    for more in ([], ["--restart"]):
+    for more in ([], ["--restart"], ["--dry-run"], ["--dry-run", "--restart"]):  # a dry run refuses it the same way
         code, text = cli("convert", inputs, "-o", out, "-w", "1", *more)
         assert code == 2 and f"{name} is a symlink" in text and "Traceback" not in text, text
     assert (out / name).is_symlink() and moved.read_bytes() == kept

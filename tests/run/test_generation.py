@@ -6,6 +6,7 @@ them."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,71 @@ def test_restart_names_new_caches_for_the_new_output(tmp_path):
     result = CliRunner().invoke(app, ["convert", str(src), "-o", str(out), "-q", "-w", "1", "--restart"])
     assert result.exit_code == 0, result.output
     assert caches(out)[0] != before[0]  # --restart may give the names other images (--flat, filters, inputs)
+
+
+def _run(src: Path, out: Path, *more: str, crash: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DALLE3_ETL_TEST_CRASH"}
+    if crash:
+        env["DALLE3_ETL_TEST_CRASH"] = crash
+    args = [sys.executable, "-m", "dalle3_etl", "convert", str(src), "-o", str(out), "-q", "-w", "1", *more]
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, start_new_session=True)
+
+
+def test_a_redo_resumed_after_a_kill_counts_once(tmp_path):
+    src = tmp_path / "src"
+    write_corpus(src, SynthSpec(shards=2, per_shard=8, seed=1, image_bytes=800))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for out in (whole, killed):
+        assert _run(src, out).returncode == 0
+    for tar in src.iterdir():  # the inputs change (mtime): both shards are converted again
+        os.utime(tar, ns=(tar.stat().st_atime_ns, tar.stat().st_mtime_ns + 10**9))
+    assert _run(src, whole).returncode == 0
+    assert _run(src, killed, crash="sample:data-000000:3").returncode != 0  # killed in the redo
+    assert _run(src, killed).returncode == 0
+    assert caches(killed)[0] == caches(whole)[0]
+    assert _run(src, killed, "--restart", crash="restart:data-000000").returncode != 0
+    assert _run(src, killed, "--restart").returncode == 0
+    assert _run(src, whole, "--restart").returncode == 0
+    assert caches(killed)[0] == caches(whole)[0]
+
+
+def test_only_caches_in_out_of_an_earlier_generation_are_named(tmp_path):
+    src = tmp_path / "src"
+    write_corpus(src, SynthSpec(shards=1, per_shard=6, seed=1, image_bytes=800))
+    out = tmp_path / "out"
+    assert convert([src], out, workers=1).exit_code == 0
+    simpletuner_trains(out)
+    # an entry written by an earlier version: no cache_file_suffix, the VAE cache right under cache/vae/<id>
+    entries = orjson.loads((out / "multidatabackend.json").read_bytes())
+    del entries[0]["cache_file_suffix"]
+    entries[0]["cache_dir_vae"] = str(out.resolve() / "cache" / "vae" / "dalle3")
+    (out / "multidatabackend.json").write_bytes(orjson.dumps(entries))
+    summary = convert([src], out, workers=1)
+    assert summary.exit_code == 0 and summary.stale_caches == []  # not cache/vae/dalle3: the live one is in it
+    result = CliRunner().invoke(app, ["entry", str(out), "--mount-path", "/mnt/train/out"])
+    assert result.exit_code == 0 and "no longer read" not in result.output  # the same caches, read there
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy, symlinks=True)
+    result = CliRunner().invoke(app, ["entry", str(copy)])
+    assert result.exit_code == 0 and "no longer read" not in result.output
+
+
+def test_entry_keeps_a_cache_folder_of_the_users_under_the_default_one(tmp_path):
+    src = tmp_path / "src"
+    write_corpus(src, SynthSpec(shards=1, per_shard=4, seed=1, image_bytes=800))
+    config = tmp_path / "cv.toml"
+    config.write_text(
+        '[simpletuner]\ncache_dir_vae = "cache/vae/dalle3/flux"\ncache_dir_text = "cache/text/dalle3/flux"\n'
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["convert", str(src), "-o", str(out), "-q", "-w", "1", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["entry", str(out)])
+    assert result.exit_code == 0, result.output
+    entries = orjson.loads((out / "multidatabackend.json").read_bytes())
+    assert entries[0]["cache_dir_vae"] == str(out.resolve() / "cache" / "vae" / "dalle3" / "flux")
+    assert entries[1]["cache_dir"] == str(out.resolve() / "cache" / "text" / "dalle3" / "flux")
