@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from dalle3_etl.run.webshart import index_generation, vae_cache_dir, webshart_entry
+from dalle3_etl.run.webshart import index_generation, webshart_entry
 from dalle3_etl.settings import CAPTIONS_COLUMN, Settings
 from dalle3_etl.store.generation import read_generation
 from dalle3_etl.store.inplace import input_folder
@@ -130,18 +130,30 @@ def write_dataloader_config(layout: Layout, settings: Settings, root: Path | Non
     return path
 
 
+def suffix_generation(image: dict[str, Any]) -> str | None:
+    """The generation an image entry's `cache_file_suffix` ("<id>-<generation>") names; None without one (an entry
+    of an earlier version)."""
+    dataset_id, suffix = image.get("id"), image.get("cache_file_suffix")
+    if isinstance(dataset_id, str) and isinstance(suffix, str) and suffix.startswith(dataset_id + "-"):
+        return suffix[len(dataset_id) + 1 :]
+    return None
+
+
+def vae_cache_dir(layout: Layout, settings: Settings, generation: str) -> Path:
+    """The entry's default VAE cache, under OUT, for its `generation` (`entry_generation`)."""
+    return layout.cache("vae", settings.simpletuner.id) / generation
+
+
 def entry_cache_generation(layout: Layout) -> tuple[str, str] | None:
     """(id, generation) of the caches OUT's present entry names (`cache_file_suffix` "<id>-<generation>"); None
     for an entry without one (written by an earlier version) or no entry."""
     try:
         entries = orjson.loads(layout.dataloader_config.read_bytes())
         image = next(e for e in entries if isinstance(e, dict) and e.get("dataset_type", "image") == "image")
-        dataset_id, suffix = image["id"], image["cache_file_suffix"]
-    except (OSError, orjson.JSONDecodeError, StopIteration, TypeError, KeyError):
+    except (OSError, orjson.JSONDecodeError, StopIteration, TypeError):
         return None
-    if not (isinstance(dataset_id, str) and isinstance(suffix, str) and suffix.startswith(dataset_id + "-")):
-        return None
-    return dataset_id, suffix[len(dataset_id) + 1 :]
+    generation = suffix_generation(image)
+    return None if generation is None else (image["id"], generation)
 
 
 def stale_caches(before: tuple[str, str] | None, layout: Layout) -> list[Path]:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from dalle3_etl.errors import UsageError
-from dalle3_etl.run.entry import write_dataloader_config
+from dalle3_etl.run.entry import suffix_generation, write_dataloader_config
 from dalle3_etl.run.imagefolder import refuse_foreign_metadata, write_imagefolder
 from dalle3_etl.settings import OUTPUT_KEYS, Settings, SimpleTunerSettings, simpletuner_values
 from dalle3_etl.store.inplace import input_folder
@@ -76,10 +76,7 @@ def _entry_values(layout: Layout) -> dict[str, Any]:
     data_dir = image.get("instance_data_dir")
     if input_folder(layout) is not None:  # --link none: instance_data_dir is the input folder; OUT holds the parquet
         data_dir = (image.get("parquet") or {}).get("path") if isinstance(image.get("parquet"), dict) else None
-    suffix = image.get("cache_file_suffix")
-    generation = None  # of the present entry's caches (`run.entry.entry_generation`)
-    if isinstance(suffix, str) and isinstance(values.get("id"), str) and suffix.startswith(values["id"] + "-"):
-        generation = suffix[len(values["id"]) + 1 :]
+    generation = suffix_generation(image)  # of the present entry's caches
     if isinstance(data_dir, str) and os.path.isabs(data_dir) and isinstance(values.get("id"), str):
         old = Layout(Path(data_dir).parent)
         cached = (

@@ -65,19 +65,23 @@ class RichReporter(Reporter):
         if plan.todo:
             self.console.print(f"{self.verb} {len(plan.todo)} shard(s), {human_bytes(total_bytes)}.")
         if self.live and plan.todo:
-            self.bar = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                TaskProgressColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TextColumn("{task.fields[rate]}"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=False,
-            )
+            self.bar = self._bytes_bar("[bold]{task.description}", TextColumn("{task.fields[rate]}"), transient=False)
             self.task = self.bar.add_task(self._desc(), total=total_bytes or None, rate="")
             self.bar.start()
+
+    def _bytes_bar(self, label: str, *more, transient: bool) -> Progress:
+        """A bar of bytes done (with speed and time left) labelled `label`; `more` columns before the time left."""
+        return Progress(
+            TextColumn(label),
+            BarColumn(),
+            TaskProgressColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            *more,
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=transient,
+        )
 
     def scanning(self, sources) -> None:
         if self.quiet:
@@ -88,16 +92,7 @@ class RichReporter(Reporter):
         self.scan_total = sum(src.size for src in sources if is_hub(src))
         self.scan_bytes = {}
         if self.live and self.scan_total:
-            self.bar = Progress(
-                TextColumn("[bold]finding split points"),
-                BarColumn(),
-                TaskProgressColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
+            self.bar = self._bytes_bar("[bold]finding split points", transient=True)
             self.task = self.bar.add_task("scan", total=self.scan_total)
             self.bar.start()
 

@@ -148,11 +148,6 @@ def cache_dir(layout: Layout, settings: Settings, generation: str) -> Path:
     return layout.cache("webshart", settings.simpletuner.id) / generation
 
 
-def vae_cache_dir(layout: Layout, settings: Settings, generation: str) -> Path:
-    """The entry's default VAE cache, under OUT, for its `generation` (`run.entry.entry_generation`)."""
-    return layout.cache("vae", settings.simpletuner.id) / generation
-
-
 def index_generation(layout: Layout) -> str:
     """The digest of the present indexes (`write_indexes` keeps it), "0" before any."""
     try:
@@ -274,7 +269,6 @@ __all__ = [
     "read_tars",
     "remember_tars",
     "tar_location",
-    "vae_cache_dir",
     "webshart_entry",
     "webshart_lines",
     "write_indexes",
